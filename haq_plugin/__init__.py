@@ -1,0 +1,31 @@
+"""haq-plugin: hardware-aware automated mixed-precision quantization.
+
+Public API (stable names; see README.md and docs/plugins.md):
+
+* plugin authors: :data:`hookimpl`, :class:`HardwareModel`, :class:`LayerCost`,
+  :class:`QuantBackend`, :class:`Option`, :class:`LayerSpec`, :class:`HaqError`;
+* users: :func:`load_hardware`, :func:`load_backend`, :func:`extract_layers`,
+  :class:`Policy`, :func:`search`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from haq_plugin.backend import QuantBackend
+from haq_plugin.errors import HaqError, PluginError
+from haq_plugin.hardware import HardwareModel, LayerCost
+from haq_plugin.hookspecs import hookimpl
+from haq_plugin.layers import LayerSpec, extract_layers
+from haq_plugin.options import Option
+from haq_plugin.plugins import get_plugin_manager, load_backend, load_hardware
+
+try:
+    __version__ = version("haq-plugin")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "HaqError", "HardwareModel", "LayerCost", "LayerSpec", "Option", "PluginError", "QuantBackend",
+    "__version__", "extract_layers", "get_plugin_manager", "hookimpl", "load_backend", "load_hardware",
+]

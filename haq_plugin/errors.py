@@ -1,0 +1,17 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad option, an unknown name, an infeasible
+budget, a malformed policy file) raises :class:`HaqError`.  The CLI turns it into a
+one-paragraph message and a non-zero exit instead of a traceback, so the message
+must say what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+
+class HaqError(Exception):
+    """A mistake in user input or plugin behaviour, explained in plain words."""
+
+
+class PluginError(HaqError):
+    """A plugin failed to load, raised in a hook, or registered something malformed."""
