@@ -1,0 +1,194 @@
+"""Per-layer bit policies and their JSON file format.
+
+A :class:`Policy` maps each quantizable layer (by module name) to a pair
+``(weight_bits, activation_bits)``; the activation bits are those of the layer's
+*input*, as in HAQ.  It carries the layer fingerprint (names and shapes of the
+model it was searched on) so that applying it to a different model fails loudly,
+and provenance (how and where it was found) so that a result can be reproduced.
+
+File format (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "layers": [{"name": "features.0.0", "shape": "conv:3->32:...", "weight_bits": 8,
+                  "activation_bits": 8}, ...],
+      "provenance": {"haq_plugin_version": "...", "hardware": {...}, ...}
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from haq_plugin.errors import HaqError
+from haq_plugin.layers import LayerSpec
+
+SCHEMA_VERSION = 1
+MIN_BITS, MAX_BITS = 1, 16
+
+BitPair = tuple[int, int]
+
+
+@dataclass
+class Policy:
+    """Weight and activation bits per layer, with the fingerprint and provenance."""
+
+    bits: dict[str, BitPair]
+    layers: list[tuple[str, str]]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.layers]
+        if list(self.bits) != names:
+            missing = [n for n in names if n not in self.bits]
+            extra = [n for n in self.bits if n not in names]
+            raise HaqError(_difference_message("Policy bits do not match its layers", missing, extra))
+        for name, pair in self.bits.items():
+            _check_pair(name, pair)
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_bits(cls, layers: Sequence[LayerSpec], bits: Mapping[str, BitPair] | Sequence[BitPair],
+                  **provenance: Any) -> "Policy":
+        """A policy for ``layers`` from a name->bits mapping or a list in layer order."""
+        if isinstance(bits, Mapping):
+            given = {name: tuple(int(b) for b in pair) for name, pair in bits.items()}
+            ordered = {}
+            for layer in layers:
+                if layer.name not in given:
+                    raise HaqError(f"Policy: no bits given for layer '{layer.name}'.")
+                ordered[layer.name] = given.pop(layer.name)
+            if given:
+                raise HaqError(f"Policy: bits given for unknown layer(s) {', '.join(given)}.")
+        else:
+            if len(bits) != len(layers):
+                raise HaqError(f"Policy: {len(bits)} bit pairs given for {len(layers)} layers.")
+            ordered = {layer.name: (int(p[0]), int(p[1])) for layer, p in zip(layers, bits)}
+        return cls(bits=ordered, layers=fingerprint(layers), provenance=dict(provenance))
+
+    @classmethod
+    def uniform(cls, layers: Sequence[LayerSpec], weight_bits: int, act_bits: int,
+                **provenance: Any) -> "Policy":
+        """Every layer at the same bits."""
+        return cls.from_bits(layers, [(weight_bits, act_bits)] * len(layers), **provenance)
+
+    # -- checks -----------------------------------------------------------------------
+    def check_layers(self, layers: Sequence[LayerSpec]) -> None:
+        """Raise :class:`HaqError` listing every difference between the policy's layers and ``layers``."""
+        mine = dict(self.layers)
+        theirs = {spec.name: spec.shape_key() for spec in layers}
+        missing = [n for n in mine if n not in theirs]
+        extra = [n for n in theirs if n not in mine]
+        changed = [f"{n} (policy {mine[n]}, model {theirs[n]})"
+                   for n in mine if n in theirs and mine[n] != theirs[n]]
+        if missing or extra or changed:
+            lines = _difference_message("The policy was searched on a different model", missing, extra)
+            if changed:
+                lines += " Layers with another shape: " + "; ".join(changed) + "."
+            raise HaqError(lines)
+
+    def as_list(self) -> list[BitPair]:
+        """Bits in layer order."""
+        return [self.bits[name] for name, _ in self.layers]
+
+    # -- serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "layers": [{"name": name, "shape": shape, "weight_bits": self.bits[name][0],
+                        "activation_bits": self.bits[name][1]} for name, shape in self.layers],
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "policy") -> "Policy":
+        if not isinstance(data, dict):
+            raise HaqError(f"{source}: expected a JSON object at the top level.")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise HaqError(f"{source}: field 'schema_version' is {version!r}; this haq-plugin reads "
+                           f"schema_version {SCHEMA_VERSION}.")
+        entries = data.get("layers")
+        if not isinstance(entries, list) or not entries:
+            raise HaqError(f"{source}: field 'layers' must be a non-empty list.")
+        bits: dict[str, BitPair] = {}
+        layers: list[tuple[str, str]] = []
+        for i, entry in enumerate(entries):
+            where = f"{source}: layers[{i}]"
+            if not isinstance(entry, dict):
+                raise HaqError(f"{where} must be an object.")
+            for key in ("name", "shape", "weight_bits", "activation_bits"):
+                if key not in entry:
+                    raise HaqError(f"{where} lacks field '{key}'.")
+            name = str(entry["name"])
+            if name in bits:
+                raise HaqError(f"{where}: layer '{name}' appears twice.")
+            for key in ("weight_bits", "activation_bits"):
+                _check_bits_value(f"{where}.{key}", entry[key])
+            bits[name] = (int(entry["weight_bits"]), int(entry["activation_bits"]))
+            layers.append((name, str(entry["shape"])))
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise HaqError(f"{source}: field 'provenance' must be an object.")
+        return cls(bits=bits, layers=layers, provenance=provenance)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the policy as JSON, atomically (a crash never leaves half a file)."""
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise HaqError(f"Policy file {path} does not exist.") from None
+        except json.JSONDecodeError as exc:
+            raise HaqError(f"Policy file {path} is not valid JSON: {exc}.") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def fingerprint(layers: Iterable[LayerSpec]) -> list[tuple[str, str]]:
+    """The (name, shape) list that identifies a model's quantizable layers."""
+    return [(spec.name, spec.shape_key()) for spec in layers]
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_bits_value(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        raise HaqError(f"{where} is {value!r}; bit widths must be integers from {MIN_BITS} to {MAX_BITS}.")
+
+
+def _check_pair(name: str, pair: Any) -> None:
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise HaqError(f"Policy: bits of layer '{name}' must be a (weight_bits, activation_bits) pair.")
+    _check_bits_value(f"weight bits of layer '{name}'", pair[0])
+    _check_bits_value(f"activation bits of layer '{name}'", pair[1])
+
+
+def _difference_message(head: str, missing: list[str], extra: list[str]) -> str:
+    parts = [head + "."]
+    if missing:
+        parts.append(f"Layers in the policy but not in the model: {', '.join(missing)}.")
+    if extra:
+        parts.append(f"Layers in the model but not in the policy: {', '.join(extra)}.")
+    return " ".join(parts)
