@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from haq_plugin import HaqError, extract_layers
+from haq_plugin.policy import SCHEMA_VERSION, Policy
+
+
+@pytest.fixture
+def layers():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    return extract_layers(model, torch.zeros(1, 1, 8, 8))
+
+
+def test_round_trip_keeps_bits_order_and_provenance(tmp_path, layers):
+    policy = Policy.from_bits(layers, {"3": (4, 6), "0": (8, 8)}, seed=3, hardware={"name": "bitfusion"})
+    assert list(policy.bits) == ["0", "3"]
+    path = policy.save(tmp_path / "policy.json")
+    loaded = Policy.load(path)
+    assert loaded.bits == {"0": (8, 8), "3": (4, 6)}
+    assert loaded.provenance == {"seed": 3, "hardware": {"name": "bitfusion"}}
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+    loaded.check_layers(layers)
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(schema_version=99), "schema_version"),
+    (lambda d: d["layers"][0].update(weight_bits=17), r"layers\[0\]\.weight_bits"),
+    (lambda d: d["layers"][1].update(activation_bits=0), r"layers\[1\]\.activation_bits"),
+    (lambda d: d["layers"][0].pop("shape"), "lacks field 'shape'"),
+    (lambda d: d.update(layers=[]), "'layers' must be a non-empty list"),
+    (lambda d: d["layers"].append(dict(d["layers"][0])), "appears twice"),
+])
+def test_invalid_files_name_the_offending_field(tmp_path, layers, mutate, message):
+    data = Policy.uniform(layers, 4, 4).to_dict()
+    mutate(data)
+    with pytest.raises(HaqError, match=message):
+        Policy.load(_write(tmp_path, data))
+
+
+def test_not_json_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(HaqError, match="not valid JSON"):
+        Policy.load(bad)
+    with pytest.raises(HaqError, match="does not exist"):
+        Policy.load(tmp_path / "missing.json")
+
+
+def test_applying_to_a_different_model_lists_differences(layers):
+    policy = Policy.uniform(layers, 4, 4)
+    other = extract_layers(nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 36, 10)),
+                           torch.zeros(1, 1, 8, 8))
+    with pytest.raises(HaqError) as err:
+        policy.check_layers(other)
+    text = str(err.value)
+    assert "Layers in the policy but not in the model: 3" in text
+    assert "Layers in the model but not in the policy: 2" in text
+    assert "0 (policy conv:1->4" in text
+
+
+def test_missing_and_extra_layers_in_bits(layers):
+    with pytest.raises(HaqError, match="no bits given for layer '3'"):
+        Policy.from_bits(layers, {"0": (4, 4)})
+    with pytest.raises(HaqError, match="unknown layer"):
+        Policy.from_bits(layers, {"0": (4, 4), "3": (4, 4), "9": (2, 2)})
