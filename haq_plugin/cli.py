@@ -157,6 +157,7 @@ def cost_cmd(model_spec: str, input_shape: str | None, hw_name: str, hw_options:
     """Per-layer latency, energy, weight size and BOPs of a policy on a hardware model."""
     if bits and policy_path:
         raise HaqError("Give either --bits or --policy, not both.")
+    uniform = parse_bits(bits or "8/8")
     hardware = load_hardware(hw_name, **parse_key_values(hw_options, "--hw-option"))
     source = load_model(model_spec, input_shape)
     layers = extract_layers(source.model, source.example_input)
@@ -165,7 +166,7 @@ def cost_cmd(model_spec: str, input_shape: str | None, hw_name: str, hw_options:
         policy.check_layers(layers)
         pairs = policy.as_list()
     else:
-        pairs = [parse_bits(bits or "8/8")] * len(layers)
+        pairs = [uniform] * len(layers)
     for w, a in set(pairs):
         hardware.check_bits(w, a)
     table = build_cost_table(hardware, layers, bits=_table_bits(hardware, pairs), cache=not no_cache)

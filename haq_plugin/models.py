@@ -20,6 +20,7 @@ object with these attributes):
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,9 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     """``1,3,224,224`` or ``1x3x224x224`` -> tuple of ints."""
     if text is None:
         return None
-    parts = text.replace("x", ",").split(",")
+    parts = re.split(r"[,x]", text.strip())
     try:
-        shape = tuple(int(p) for p in parts if p.strip())
+        shape = tuple(int(p) for p in parts)
     except ValueError:
         shape = ()
     if not shape or any(d <= 0 for d in shape):

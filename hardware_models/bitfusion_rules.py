@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 PSUM_BITS = 32
 """Partial sums are 32 bits wide (simulator's accumulator width, rules 3 and 5)."""
 
@@ -149,10 +151,11 @@ def fusion_factor(act_bits: Any, weight_bits: Any, array: ArraySpec) -> Any:
 
 
 def _clamp_low(bits: Any, low: int) -> Any:
-    if isinstance(bits, int):
-        return max(bits, low)
-    import numpy as np
-    return np.maximum(bits, low)
+    return max(bits, low) if isinstance(bits, int) else np.maximum(bits, low)
+
+
+def _floor_at_zero(x: Any) -> Any:
+    return max(x, 0) if isinstance(x, int) else np.maximum(x, 0)
 
 
 def tile_candidates(nest: LoopNest, array: ArraySpec) -> dict[str, list[int]]:
@@ -218,8 +221,6 @@ def onchip_accesses(nest: LoopNest, array: ArraySpec, trips_product: Any, b: Any
     ``wbuf_read``, ``ibuf_read``, ``obuf_read`` and ``obuf_write`` (OBUF traffic from
     DRAM is added by the promotion rule).  Works element-wise on arrays.
     """
-    import numpy as np
-
     lanes = array.rows * pf
     if nest.im2col:
         red = ceil_div(nest.kernel_area * ic, lanes) * lanes
@@ -251,8 +252,25 @@ def onchip_accesses(nest: LoopNest, array: ArraySpec, trips_product: Any, b: Any
 def stall_cycles(compute: Any, prologue: Any, epilogue: Any, dram_read: Any, dram_write: Any,
                  bandwidth_bits: int) -> Any:
     """Rule 7: un-overlapped prologue/epilogue plus middle traffic not hidden by compute."""
-    import numpy as np
-
     latency = ceil_div(prologue, bandwidth_bits) + ceil_div(epilogue, bandwidth_bits)
     middle = dram_read + dram_write - prologue - epilogue
-    return np.maximum(0, ceil_div(middle, bandwidth_bits) - compute) + latency
+    return _floor_at_zero(ceil_div(middle, bandwidth_bits) - compute) + latency
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """The chosen schedule of one layer and its counters (one group, one batch).
+
+    ``loop_order`` lists the loops outermost first; a search may leave out loops
+    whose trip count is 1 in every candidate, since they change nothing.
+    """
+
+    counters: dict[str, int]
+    energy_pj: float
+    dataflow: str
+    tiling: Tiling
+    loop_order: tuple[str, ...]
+
+    def selection_key(self) -> tuple:
+        """Rule 8 (fewest cycles, then least energy), then the counters for a total order."""
+        return (self.counters["cycles"], self.energy_pj, *(self.counters[name] for name in COUNTERS))

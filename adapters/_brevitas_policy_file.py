@@ -1,0 +1,135 @@
+"""The ``brevitas_policy.json`` file: a HAQ policy in Brevitas' own terms.
+
+Plain JSON, no pickles.  Schema (``format_version`` 1)::
+
+    {
+      "format": "haq_plugin.brevitas_policy",
+      "format_version": 1,
+      "brevitas_version": "0.13.4",
+      "example_input_shape": [1, 1, 8, 8],      # input used for the layer fingerprint
+      "quantizers": {                             # Brevitas quantizer classes (import paths)
+        "weight": "brevitas.quant.scaled_int.Int8WeightPerChannelFloat",
+        "signed_input": "brevitas.quant.scaled_int.Int8ActPerTensorFloat",
+        "unsigned_input": "brevitas.quant.scaled_int.Uint8ActPerTensorFloat",
+        "bias": null                              # biases stay in floating point
+      },
+      "layers": [                                 # one per quantized layer, execution order
+        {"name": "features.0.0", "quant_layer": "QuantConv2d",
+         "weight_bit_width": 4, "input_bit_width": 8, "input_signed": false}, ...
+      ],
+      "policy": { ... haq_plugin.policy.Policy.to_dict() ... }
+    }
+
+``layers`` repeats the policy's bits under Brevitas' keyword names
+(``weight_bit_width``, ``input_bit_width``) and adds what the policy does not
+carry: the input quantizer's sign, found on the calibration data during the
+search.  Reading checks that both agree, so a hand edit of one but not the
+other is caught.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import brevitas
+
+from haq_plugin.errors import HaqError
+from haq_plugin.policy import Policy, write_text_atomic
+
+from haq_plugin.adapters._brevitas_quantizers import (
+    QUANT_LAYER_CLASSES, SIGNED_INPUT_QUANT, UNSIGNED_INPUT_QUANT, WEIGHT_QUANT, LayerQuant)
+
+FORMAT = "haq_plugin.brevitas_policy"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BrevitasPolicyFile:
+    """The parsed contents of a ``brevitas_policy.json``."""
+
+    policy: Policy
+    plan: dict[str, LayerQuant]
+    example_input_shape: tuple[int, ...]
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], quant_layer_names: Mapping[str, str],
+                     example_input_shape: Sequence[int]) -> dict[str, Any]:
+    """The JSON object written by ``BrevitasBackend.export``."""
+    layers = [{"name": name, "quant_layer": quant_layer_names[name],
+               "weight_bit_width": plan[name].weight_bits, "input_bit_width": plan[name].input_bits,
+               "input_signed": plan[name].input_signed} for name, _ in policy.layers]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "brevitas_version": brevitas.__version__,
+        "example_input_shape": [int(s) for s in example_input_shape],
+        "quantizers": {"weight": _class_path(WEIGHT_QUANT), "signed_input": _class_path(SIGNED_INPUT_QUANT),
+                       "unsigned_input": _class_path(UNSIGNED_INPUT_QUANT), "bias": None},
+        "layers": layers,
+        "policy": policy.to_dict(),
+    }
+
+
+def write_policy_file(path: Path, data: dict[str, Any]) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_policy_file(path: str | Path) -> BrevitasPolicyFile:
+    """Parse and cross-check a ``brevitas_policy.json``; every problem is a :class:`HaqError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HaqError(f"Brevitas policy file {path} does not exist.") from None
+    except json.JSONDecodeError as exc:
+        raise HaqError(f"Brevitas policy file {path} is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise HaqError(f"{path} is not a Brevitas policy file (field 'format' must be {FORMAT!r}); "
+                       "write one with the brevitas backend's export().")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise HaqError(f"{path}: format_version {data.get('format_version')!r} is not supported; this "
+                       f"haq-plugin reads format_version {FORMAT_VERSION}.")
+    policy = Policy.from_dict(data.get("policy"), source=f"{path} (field 'policy')")
+    plan = _read_layers(path, data.get("layers"), policy)
+    shape = data.get("example_input_shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise HaqError(f"{path}: 'example_input_shape' must be a list of positive integers, got {shape!r}.")
+    return BrevitasPolicyFile(policy=policy, plan=plan, example_input_shape=tuple(shape))
+
+
+def _read_layers(path: Path, entries: Any, policy: Policy) -> dict[str, LayerQuant]:
+    if not isinstance(entries, list):
+        raise HaqError(f"{path}: field 'layers' must be a list.")
+    known_layers = {cls.__name__ for cls in QUANT_LAYER_CLASSES.values()}
+    plan: dict[str, LayerQuant] = {}
+    for i, entry in enumerate(entries):
+        where = f"{path}: layers[{i}]"
+        if not isinstance(entry, dict):
+            raise HaqError(f"{where} must be an object.")
+        for key in ("name", "weight_bit_width", "input_bit_width", "input_signed"):
+            if key not in entry:
+                raise HaqError(f"{where} lacks field '{key}'.")
+        name = entry["name"]
+        if name not in policy.bits:
+            raise HaqError(f"{where}: layer '{name}' is not in the file's policy.")
+        if entry.get("quant_layer", next(iter(known_layers))) not in known_layers:
+            raise HaqError(f"{where}: quant_layer {entry['quant_layer']!r} is not one of "
+                           f"{', '.join(sorted(known_layers))}.")
+        if not isinstance(entry["input_signed"], bool):
+            raise HaqError(f"{where}: 'input_signed' must be true or false.")
+        pair = (entry["weight_bit_width"], entry["input_bit_width"])
+        if pair != policy.bits[name]:
+            raise HaqError(f"{where}: bit widths {pair} differ from the policy's {policy.bits[name]} for layer "
+                           f"'{name}'; the file was edited inconsistently.")
+        plan[name] = LayerQuant(weight_bits=pair[0], input_bits=pair[1], input_signed=entry["input_signed"])
+    missing = [name for name in policy.bits if name not in plan]
+    if missing:
+        raise HaqError(f"{path}: field 'layers' lacks layer(s) {', '.join(missing)} of the policy.")
+    return plan

@@ -1,0 +1,257 @@
+"""The ``brevitas`` quantization backend and :func:`apply_policy`.
+
+A HAQ policy becomes a model whose Conv1d/Conv2d/Linear layers are Brevitas
+``QuantConv1d``/``QuantConv2d``/``QuantLinear`` layers, converted by Brevitas'
+own ``layerwise_quantize`` with per-layer ``weight_bit_width`` and
+``input_bit_width`` (see :mod:`haq_plugin.adapters._brevitas_quantizers` for
+the quantizers and why changing bits in place is sound).
+
+Search loop costs: ``prepare`` copies the model once and quantizes it once;
+``set_policy`` only writes bit widths into existing quantizer buffers;
+``calibrate`` re-runs Brevitas' ``calibration_mode`` over the calibration
+batches after resetting the previous activation statistics.
+
+A user applies a searched policy to their own float model with::
+
+    from haq_plugin.adapters.brevitas import apply_policy
+    qmodel = apply_policy(model, "brevitas_policy.json", calibration_data=batches)
+
+and then trains, evaluates or exports ``qmodel`` like any Brevitas model.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import numbers
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from haq_plugin.backend import QuantBackend, batch_inputs
+from haq_plugin.errors import HaqError
+from haq_plugin.hookspecs import hookimpl
+from haq_plugin.layers import LayerSpec, extract_layers
+from haq_plugin.policy import Policy
+
+from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
+from haq_plugin.adapters._brevitas_quantizers import (
+    LayerHandles, LayerQuant, calibrate_inputs, detect_input_signs, find_handles, quantize_layers,
+    reset_input_scaling, set_bit_widths)
+
+SUPPORTED_BITS = tuple(range(2, 9))
+BITS_HELP = (
+    "The brevitas backend quantizes with 2 to 8 bits. 1 bit is refused: a narrow-range signed 1-bit integer "
+    "has no level besides zero, so Brevitas' integer weight quantizer would divide by a zero range (binary "
+    "networks need Brevitas' separate binary quantizers, a different scheme from HAQ's linear one). More than "
+    "8 bits is refused because 2..8 is the space the search explores and the hardware models cost."
+)
+
+
+class BrevitasBackend(QuantBackend):
+    """Fake quantization with Brevitas quant layers.
+
+    Weights: signed, narrow range, per output channel.  Layer inputs: per
+    tensor, unsigned where the calibration data shows the input is never
+    negative, signed otherwise.  Biases and BatchNorm stay in floating point.
+    ``finetune`` trains with Adam and cross-entropy on ``(inputs, targets)``
+    batches; every ``set_policy`` after a finetune first restores the weights
+    of ``prepare``, so episodes are independent.
+    """
+
+    name = "brevitas"
+    description = ("Brevitas quant layers via layerwise_quantize: per-channel weights, per-tensor signed or "
+                   "unsigned inputs, bit widths changed in place")
+    export_filename = "brevitas_policy.json"
+    supported_bits = SUPPORTED_BITS
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._model: nn.Module | None = None
+        self._layers: list[LayerSpec] = []
+        self._handles: dict[str, LayerHandles] = {}
+        self._signs: dict[str, bool] = {}
+        self._bits: dict[str, tuple[int, int]] = {}
+        self._calibration: list[Any] = []
+        self._example_shape: tuple[int, ...] = ()
+        self._snapshot: dict[str, torch.Tensor] | None = None
+        self._weights_changed = False
+        self._calibrated = False
+
+    # -- search loop ----------------------------------------------------------------------
+    def prepare(self, model: nn.Module, example_input: torch.Tensor,
+                calibration_data: Iterable[Any]) -> None:
+        """Copy ``model`` once, convert it to Brevitas quant layers (8 bits) and calibrate it."""
+        batches = [batch_inputs(batch) for batch in calibration_data]
+        if not batches:
+            raise HaqError("backend 'brevitas': calibration_data is empty; give at least one input batch so "
+                           "that activation ranges and input signs can be measured.")
+        self._layers = extract_layers(model, example_input)
+        names = [layer.name for layer in self._layers]
+        qmodel = copy.deepcopy(model)
+        self._signs = detect_input_signs(qmodel, names, batches)
+        self._bits = {name: (8, 8) for name in names}
+        quantize_layers(qmodel, self._plan())
+        qmodel.eval()
+        self._model, self._calibration = qmodel, batches
+        self._handles = find_handles(qmodel, names)
+        self._example_shape = tuple(example_input.shape)
+        self._snapshot, self._weights_changed = None, False
+        self.calibrate()
+
+    def set_policy(self, bits: Mapping[str, tuple[int, int]]) -> None:
+        """Write every layer's (weight, input) bit widths into its existing quantizers."""
+        self._require_prepared()
+        checked = check_bits(bits, [layer.name for layer in self._layers])
+        if self._weights_changed:
+            self._restore_weights()
+        for name, (weight_bits, input_bits) in checked.items():
+            set_bit_widths(self._handles[name], weight_bits, input_bits)
+        self._bits = checked
+        self._calibrated = False
+
+    def calibrate(self) -> None:
+        """Reset the input quantizers' ranges and re-collect them with ``calibration_mode``."""
+        model = self._require_prepared()
+        reset_input_scaling(self._handles.values())
+        calibrate_inputs(model, self._calibration)
+        self._calibrated = True
+
+    def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
+        """Train the quantized model for ``steps`` batches (cycling over ``train_data``); 0 does nothing."""
+        if steps < 0 or lr <= 0:
+            raise HaqError(f"backend 'brevitas': finetune needs steps >= 0 and lr > 0, got steps={steps}, lr={lr}.")
+        if steps == 0:
+            return
+        model = self._require_prepared()
+        if not self._calibrated:
+            self.calibrate()
+        if self._snapshot is None:
+            self._snapshot = {name: t.detach().clone() for name, t in _named_tensors(model)}
+        self._weights_changed = True
+        train_quantized(model, train_data, steps, lr)
+
+    @property
+    def model(self) -> nn.Module:
+        return self._require_prepared()
+
+    @property
+    def bits(self) -> dict[str, tuple[int, int]]:
+        """The bit widths currently set, layer name -> (weight, input)."""
+        return dict(self._bits)
+
+    @property
+    def input_signs(self) -> dict[str, bool]:
+        """Whether each layer's input quantizer is signed (found on the calibration data)."""
+        return dict(self._signs)
+
+    def export(self, policy: Policy, path: str | Path) -> Path:
+        """Write ``brevitas_policy.json`` (into ``path`` if it is a directory); see the file format module."""
+        model = self._require_prepared()
+        if not isinstance(policy, Policy):
+            raise HaqError(f"backend 'brevitas': export needs a haq_plugin.policy.Policy, got {type(policy).__name__}.")
+        policy.check_layers(self._layers)
+        check_bits(policy.bits, [layer.name for layer in self._layers])
+        plan = {name: LayerQuant(w, a, self._signs[name]) for name, (w, a) in policy.bits.items()}
+        modules = dict(model.named_modules())
+        quant_layer_names = {name: type(modules[name]).__name__ for name in plan}
+        path = Path(path)
+        if path.is_dir():
+            path = path / self.export_filename
+        return write_policy_file(path, policy_file_dict(policy, plan, quant_layer_names, self._example_shape))
+
+    # -- internals ------------------------------------------------------------------------
+    def _plan(self) -> dict[str, LayerQuant]:
+        return {name: LayerQuant(w, a, self._signs[name]) for name, (w, a) in self._bits.items()}
+
+    def _require_prepared(self) -> nn.Module:
+        if self._model is None:
+            raise HaqError("backend 'brevitas': call prepare(model, example_input, calibration_data) first.")
+        return self._model
+
+    def _restore_weights(self) -> None:
+        assert self._model is not None and self._snapshot is not None
+        with torch.no_grad():
+            for name, tensor in _named_tensors(self._model):
+                tensor.copy_(self._snapshot[name])
+        self._weights_changed = False
+
+
+def _named_tensors(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    """Parameters and buffers: everything a finetune can change (weights, BN statistics, scales)."""
+    return itertools.chain(model.named_parameters(), model.named_buffers())
+
+
+def check_bits(bits: Mapping[str, tuple[int, int]], names: list[str]) -> dict[str, tuple[int, int]]:
+    """Validate a name -> (weight, input) bits mapping against the layers; return it in layer order."""
+    missing = [name for name in names if name not in bits]
+    unknown = [name for name in bits if name not in names]
+    if missing or unknown:
+        parts = ["backend 'brevitas': the bits do not match the model's layers."]
+        if missing:
+            parts.append(f"No bits for: {', '.join(missing)}.")
+        if unknown:
+            parts.append(f"Unknown layer(s): {', '.join(unknown)}.")
+        raise HaqError(" ".join(parts))
+    checked: dict[str, tuple[int, int]] = {}
+    for name in names:
+        pair = bits[name]
+        valid = (isinstance(pair, (tuple, list)) and len(pair) == 2
+                 and all(isinstance(b, numbers.Integral) and not isinstance(b, bool)
+                         and int(b) in SUPPORTED_BITS for b in pair))
+        if not valid:
+            raise HaqError(f"backend 'brevitas': layer '{name}' has bits {pair!r}. {BITS_HELP}")
+        checked[name] = (int(pair[0]), int(pair[1]))
+    return checked
+
+
+def train_quantized(model: nn.Module, train_data: Iterable[Any], steps: int, lr: float) -> None:
+    """Quantization-aware training: Adam on cross-entropy, ``steps`` batches, model left in eval mode."""
+    batches = list(train_data)
+    if not batches or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
+        raise HaqError("backend 'brevitas': finetune needs a non-empty list of (inputs, targets) batches.")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    try:
+        for x, y in itertools.islice(itertools.cycle(batches), steps):
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+    finally:
+        model.eval()
+
+
+def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[Any] | None = None,
+                 example_input: torch.Tensor | None = None) -> nn.Module:
+    """The Brevitas-quantized counterpart of ``model`` under the policy in ``path``.
+
+    ``model`` is left unchanged; the returned copy has Brevitas quant layers with
+    the policy's bit widths and the input signs recorded at export.  The layers
+    are checked against the policy's fingerprint on ``example_input`` (by default
+    zeros of the shape recorded in the file).  With ``calibration_data`` the
+    input quantizers are calibrated on it; without, Brevitas initialises them
+    itself from the first training-mode forward passes (its QAT behaviour), so
+    calibrate before evaluating an untrained model.
+    """
+    contents = read_policy_file(path)
+    check_bits(contents.policy.bits, list(contents.policy.bits))
+    if example_input is None:
+        example_input = torch.zeros(contents.example_input_shape)
+    contents.policy.check_layers(extract_layers(model, example_input))
+    qmodel = quantize_layers(copy.deepcopy(model), contents.plan)
+    find_handles(qmodel, contents.plan)  # every policy layer must now be a Brevitas quant layer
+    if calibration_data is not None:
+        batches = [batch_inputs(batch) for batch in calibration_data]
+        if not batches:
+            raise HaqError("apply_policy: calibration_data is empty; pass None to skip calibration.")
+        calibrate_inputs(qmodel, batches)
+    qmodel.train(model.training)
+    return qmodel
+
+
+@hookimpl
+def haq_quant_backends() -> list[type[QuantBackend]]:
+    return [BrevitasBackend]
