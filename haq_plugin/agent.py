@@ -131,12 +131,15 @@ class ReplayBuffer:
 
     def add_many(self, states: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                  next_states: torch.Tensor, dones: torch.Tensor) -> None:
-        for i in range(len(states)):
-            p = self.position
-            self.states[p], self.actions[p], self.rewards[p] = states[i], actions[i], rewards[i]
-            self.next_states[p], self.dones[p] = next_states[i], dones[i]
-            self.position = (p + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+        """Append transitions in order, overwriting the oldest once full."""
+        n = len(states)
+        if n > self.capacity:
+            raise ValueError(f"{n} transitions do not fit a buffer of {self.capacity}")
+        slots = (self.position + torch.arange(n)) % self.capacity
+        for name, values in zip(self.FIELDS, (states, actions, rewards, next_states, dones)):
+            getattr(self, name)[slots] = values
+        self.position = (self.position + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
 
     def sample(self, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
         idx = torch.from_numpy(indices)

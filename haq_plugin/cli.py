@@ -220,6 +220,15 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None) -> None:
     click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")
 
 
+def _register_search() -> None:
+    from haq_plugin.cli_search import search_cmd
+
+    cli.add_command(search_cmd)
+
+
+_register_search()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into a message and exit status 2."""
     try:

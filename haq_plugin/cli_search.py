@@ -1,0 +1,132 @@
+"""``haq-plugin search``: the command-line face of :func:`haq_plugin.search.search`.
+
+Options map one to one onto the Python API; the DDPG hyperparameters are
+generated from the fields of :class:`~haq_plugin.agent.DDPGConfig`, so every
+hyperparameter is an option with the reference default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+
+from haq_plugin.agent import DDPGConfig
+from haq_plugin.costs import CONSTRAINTS
+from haq_plugin.errors import HaqError
+from haq_plugin.formatting import si
+from haq_plugin.options import parse_key_values
+
+DEFAULT_EPISODES = 300
+DEFAULT_OUTPUT = "haq-output"
+
+
+def parse_pins(values: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """``--pin NAME=W/A`` values -> {name: (w, a)}."""
+    from haq_plugin.cli import parse_bits
+
+    pins = {}
+    for name, bits in parse_key_values(values, "--pin").items():
+        pins[name] = parse_bits(bits, f"--pin {name}")
+    return pins
+
+
+def ddpg_options(func):
+    """One option per DDPGConfig field, e.g. --lr-actor, --warmup-episodes."""
+    for field in reversed(dataclasses.fields(DDPGConfig)):
+        flag = "--" + field.name.replace("_", "-")
+        func = click.option(flag, f"ddpg_{field.name}", type=field.type if isinstance(field.type, type) else
+                            {"int": int, "float": float}[field.type], default=field.default, show_default=True,
+                            help=f"DDPG hyperparameter '{field.name}' (reference default).")(func)
+    return func
+
+
+@click.command("search")
+@click.option("--model", "model_spec", default="demo", show_default=True, metavar="SPEC",
+              help="'demo', or 'package.module:callable' returning a module or (module, example_input).")
+@click.option("--input-shape", default=None, metavar="N,C,H,W", help="Example input shape for --model.")
+@click.option("--data", "data_spec", default=None, metavar="package.module:callable",
+              help="Your calibration/validation data (required with your own --model).")
+@click.option("--backend", "backend_name", default="brevitas", show_default=True, metavar="NAME",
+              help="Quantization backend (see 'haq-plugin backends list').")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--hw", "hw_name", default="bitfusion", show_default=True, metavar="NAME",
+              help="Hardware model (see 'haq-plugin hw list').")
+@click.option("--hw-option", "hw_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--constraint", type=click.Choice(CONSTRAINTS), default="latency", show_default=True)
+@click.option("--budget", type=float, default=0.5, show_default=True,
+              help="Budget as a fraction of the uniform 8-bit policy's cost, in (0, 1].")
+@click.option("--strategy", type=click.Choice(["ddpg", "random", "uniform"]), default="ddpg", show_default=True)
+@click.option("--episodes", type=int, default=DEFAULT_EPISODES, show_default=True,
+              help="Evaluated episodes (HAQ's reference uses 600 on ImageNet).")
+@click.option("--min-bits", type=int, default=2, show_default=True)
+@click.option("--max-bits", type=int, default=8, show_default=True)
+@click.option("--keep-first-layer-8bit/--no-keep-first-layer-8bit", default=True, show_default=True)
+@click.option("--keep-last-layer-8bit/--no-keep-last-layer-8bit", default=True, show_default=True)
+@click.option("--pin", "pins", multiple=True, metavar="NAME=W/A", help="Fix a layer's bits (repeatable).")
+@click.option("--finetune-steps", type=int, default=0, show_default=True,
+              help="Training steps on the quantized model before each evaluation (needs train data).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "output", default=DEFAULT_OUTPUT, show_default=True, type=click.Path(file_okay=False),
+              help="Directory for policy.json, the backend export, episodes.csv, summary.md, policy.png.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --output directory.")
+@click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
+              help="Continue an interrupted search from its output directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar or summary (for scripts).")
+@click.option("--no-cache", is_flag=True, help="Re-simulate the cost table instead of using the cache.")
+@ddpg_options
+def search_cmd(model_spec: str, input_shape: str | None, data_spec: str | None, backend_name: str,
+               backend_options: tuple[str, ...], hw_name: str, hw_options: tuple[str, ...], constraint: str,
+               budget: float, strategy: str, episodes: int, min_bits: int, max_bits: int,
+               keep_first_layer_8bit: bool, keep_last_layer_8bit: bool, pins: tuple[str, ...],
+               finetune_steps: int, seed: int, output: str, force: bool, resume_dir: str | None, quiet: bool,
+               no_cache: bool, **ddpg_values: Any) -> None:
+    """Search per-layer weight/activation bits that maximise accuracy within a hardware budget.
+
+    \b
+    With no model options it runs on the embedded demo (MobileNet-V2-style
+    network, UCI digits), for example:
+      haq-plugin search --backend brevitas --hw bitfusion
+      haq-plugin search --backend torch.ao --hw bismo-edge --budget 0.4
+    """
+    from haq_plugin.models import load_model, load_task_data
+    from haq_plugin.plugins import load_backend, load_hardware
+    from haq_plugin.search import search
+
+    ddpg = DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in ddpg_values.items()})
+    pinned = parse_pins(pins)
+    hardware = load_hardware(hw_name, **parse_key_values(hw_options, "--hw-option"))
+    backend = load_backend(backend_name, **parse_key_values(backend_options, "--backend-option"))
+    if resume_dir is not None:
+        output, resume = resume_dir, True
+    else:
+        resume = False
+    source = load_model(model_spec, input_shape)
+    data = load_task_data(data_spec, model_spec)
+    if finetune_steps and data.train_data is None:
+        raise HaqError("--finetune-steps needs training data: return 'train_data' from your --data callable.")
+    result = search(
+        source.model, source.example_input, hardware=hardware, backend=backend, constraint=constraint,
+        budget=budget, eval_fn=data.eval_fn, calibration_data=data.calibration_data, train_data=data.train_data,
+        finetune_steps=finetune_steps, episodes=episodes, strategy=strategy, min_bits=min_bits,
+        max_bits=max_bits, keep_first_layer_8bit=keep_first_layer_8bit,
+        keep_last_layer_8bit=keep_last_layer_8bit, pins=pinned, seed=seed, output_dir=Path(output),
+        force=force, resume=resume, progress=not quiet, ddpg=ddpg, use_cache=not no_cache,
+    )
+    if not quiet:
+        print_outcome(result, Path(output), backend)
+
+
+def print_outcome(result: Any, output: Path, backend: Any) -> None:
+    """What a user wants to read when the search ends: accuracy, cost, where the files went, what next."""
+    click.echo("")
+    click.echo(result.summary_text())
+    click.echo("")
+    click.echo(f"Outputs in {output}/: policy.json, {backend.export_filename}, episodes.csv, summary.md, policy.png")
+    click.echo("Next:")
+    click.echo(f"  haq-plugin cost --hw {result.policy.provenance.get('hardware', {}).get('name', 'HW')} "
+               f"--policy {output / 'policy.json'}")
+    click.echo(f"  haq-plugin export --policy {output / 'policy.json'} --backend torch.ao -o qconfig_mapping.json")
+    click.echo("  then apply it in your training code (README: 'Apply a searched policy').")
