@@ -11,7 +11,9 @@ Plain JSON, no pickles.  Schema (``format_version`` 1)::
         "weight": "brevitas.quant.scaled_int.Int8WeightPerChannelFloat",
         "signed_input": "brevitas.quant.scaled_int.Int8ActPerTensorFloat",
         "unsigned_input": "brevitas.quant.scaled_int.Uint8ActPerTensorFloat",
-        "bias": null                              # biases stay in floating point
+        "bias": null,                             # biases stay in floating point
+        "act_range": "percentile",                # or "mse" (then the ...MSE input quantizers)
+        "act_percentile": 99.99
       },
       "layers": [                                 # one per quantized layer, execution order
         {"name": "features.0.0", "quant_layer": "QuantConv2d",
@@ -40,7 +42,7 @@ from haq_plugin.errors import HaqError
 from haq_plugin.policy import Policy, write_text_atomic
 
 from haq_plugin.adapters._brevitas_quantizers import (
-    QUANT_LAYER_CLASSES, SIGNED_INPUT_QUANT, UNSIGNED_INPUT_QUANT, WEIGHT_QUANT, LayerQuant)
+    QUANT_LAYER_CLASSES, WEIGHT_QUANT, LayerQuant, QuantSettings)
 
 FORMAT = "haq_plugin.brevitas_policy"
 FORMAT_VERSION = 1
@@ -52,6 +54,7 @@ class BrevitasPolicyFile:
 
     policy: Policy
     plan: dict[str, LayerQuant]
+    settings: QuantSettings
     example_input_shape: tuple[int, ...]
 
 
@@ -59,8 +62,8 @@ def _class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], quant_layer_names: Mapping[str, str],
-                     example_input_shape: Sequence[int]) -> dict[str, Any]:
+def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: QuantSettings,
+                     quant_layer_names: Mapping[str, str], example_input_shape: Sequence[int]) -> dict[str, Any]:
     """The JSON object written by ``BrevitasBackend.export``."""
     layers = [{"name": name, "quant_layer": quant_layer_names[name],
                "weight_bit_width": plan[name].weight_bits, "input_bit_width": plan[name].input_bits,
@@ -70,8 +73,10 @@ def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], quant_layer
         "format_version": FORMAT_VERSION,
         "brevitas_version": brevitas.__version__,
         "example_input_shape": [int(s) for s in example_input_shape],
-        "quantizers": {"weight": _class_path(WEIGHT_QUANT), "signed_input": _class_path(SIGNED_INPUT_QUANT),
-                       "unsigned_input": _class_path(UNSIGNED_INPUT_QUANT), "bias": None},
+        "quantizers": {"weight": _class_path(WEIGHT_QUANT),
+                       "signed_input": _class_path(settings.input_quant(signed=True)),
+                       "unsigned_input": _class_path(settings.input_quant(signed=False)),
+                       "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile},
         "layers": layers,
         "policy": policy.to_dict(),
     }
@@ -98,10 +103,23 @@ def read_policy_file(path: str | Path) -> BrevitasPolicyFile:
                        f"haq-plugin reads format_version {FORMAT_VERSION}.")
     policy = Policy.from_dict(data.get("policy"), source=f"{path} (field 'policy')")
     plan = _read_layers(path, data.get("layers"), policy)
+    settings = _read_settings(path, data.get("quantizers"))
     shape = data.get("example_input_shape")
     if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
         raise HaqError(f"{path}: 'example_input_shape' must be a list of positive integers, got {shape!r}.")
-    return BrevitasPolicyFile(policy=policy, plan=plan, example_input_shape=tuple(shape))
+    return BrevitasPolicyFile(policy=policy, plan=plan, settings=settings, example_input_shape=tuple(shape))
+
+
+def _read_settings(path: Path, quantizers: Any) -> QuantSettings:
+    if not isinstance(quantizers, dict) or "act_range" not in quantizers:
+        raise HaqError(f"{path}: field 'quantizers' must be an object with 'act_range'.")
+    percentile = quantizers.get("act_percentile", QuantSettings.act_percentile)
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
+        raise HaqError(f"{path}: 'quantizers.act_percentile' must be a number, got {percentile!r}.")
+    try:
+        return QuantSettings(act_range=quantizers["act_range"], act_percentile=float(percentile))
+    except HaqError as exc:
+        raise HaqError(f"{path}: field 'quantizers': {exc}") from None
 
 
 def _read_layers(path: Path, entries: Any, policy: Policy) -> dict[str, LayerQuant]:
@@ -119,7 +137,7 @@ def _read_layers(path: Path, entries: Any, policy: Policy) -> dict[str, LayerQua
         name = entry["name"]
         if name not in policy.bits:
             raise HaqError(f"{where}: layer '{name}' is not in the file's policy.")
-        if entry.get("quant_layer", next(iter(known_layers))) not in known_layers:
+        if "quant_layer" in entry and entry["quant_layer"] not in known_layers:
             raise HaqError(f"{where}: quant_layer {entry['quant_layer']!r} is not one of "
                            f"{', '.join(sorted(known_layers))}.")
         if not isinstance(entry["input_signed"], bool):

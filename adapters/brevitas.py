@@ -34,11 +34,12 @@ from haq_plugin.backend import QuantBackend, batch_inputs
 from haq_plugin.errors import HaqError
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec, extract_layers
+from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
 from haq_plugin.adapters._brevitas_quantizers import (
-    LayerHandles, LayerQuant, calibrate_inputs, detect_input_signs, find_handles, quantize_layers,
+    ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles, quantize_layers,
     reset_input_scaling, set_bit_widths)
 
 SUPPORTED_BITS = tuple(range(2, 9))
@@ -48,6 +49,10 @@ BITS_HELP = (
     "networks need Brevitas' separate binary quantizers, a different scheme from HAQ's linear one). More than "
     "8 bits is refused because 2..8 is the space the search explores and the hardware models cost."
 )
+
+
+def _check_percentile(value: float) -> str | None:
+    return None if 0.0 < value <= 100.0 else "must be in (0, 100]"
 
 
 class BrevitasBackend(QuantBackend):
@@ -66,9 +71,19 @@ class BrevitasBackend(QuantBackend):
                    "unsigned inputs, bit widths changed in place")
     export_filename = "brevitas_policy.json"
     supported_bits = SUPPORTED_BITS
+    options = (
+        Option("act_range", str, "percentile", choices=ACT_RANGES,
+               help="How input (activation) ranges are calibrated: 'percentile' of the calibration inputs "
+                    "(fast, bit-width independent) or 'mse' (MSE-optimal range for the current bit width; "
+                    "more accurate at 3-4 bits, several times slower to calibrate)."),
+        Option("act_percentile", float, 99.99, check=_check_percentile,
+               help="Percentile of the absolute calibration inputs used as range (act_range=percentile)."),
+    )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self._settings = QuantSettings(act_range=self.config["act_range"],
+                                       act_percentile=self.config["act_percentile"])
         self._model: nn.Module | None = None
         self._layers: list[LayerSpec] = []
         self._handles: dict[str, LayerHandles] = {}
@@ -93,7 +108,7 @@ class BrevitasBackend(QuantBackend):
         qmodel = copy.deepcopy(model)
         self._signs = detect_input_signs(qmodel, names, batches)
         self._bits = {name: (8, 8) for name in names}
-        quantize_layers(qmodel, self._plan())
+        quantize_layers(qmodel, self._plan(), self._settings)
         qmodel.eval()
         self._model, self._calibration = qmodel, batches
         self._handles = find_handles(qmodel, names)
@@ -160,7 +175,8 @@ class BrevitasBackend(QuantBackend):
         path = Path(path)
         if path.is_dir():
             path = path / self.export_filename
-        return write_policy_file(path, policy_file_dict(policy, plan, quant_layer_names, self._example_shape))
+        data = policy_file_dict(policy, plan, self._settings, quant_layer_names, self._example_shape)
+        return write_policy_file(path, data)
 
     # -- internals ------------------------------------------------------------------------
     def _plan(self) -> dict[str, LayerQuant]:
@@ -241,7 +257,7 @@ def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[
     if example_input is None:
         example_input = torch.zeros(contents.example_input_shape)
     contents.policy.check_layers(extract_layers(model, example_input))
-    qmodel = quantize_layers(copy.deepcopy(model), contents.plan)
+    qmodel = quantize_layers(copy.deepcopy(model), contents.plan, contents.settings)
     find_handles(qmodel, contents.plan)  # every policy layer must now be a Brevitas quant layer
     if calibration_data is not None:
         batches = [batch_inputs(batch) for batch in calibration_data]

@@ -56,7 +56,10 @@ class ArraySpec:
     """The accelerator: an N x M systolic array of Fusion Units and three SRAMs.
 
     ``*_half_bits`` is half of each buffer's capacity in bits: the simulator
-    double-buffers every SRAM, so one tile may use only half (rule 3).
+    double-buffers every SRAM, so one tile may use only half (rule 3).  The
+    precision range 8 to 2 bits is ``high_prec``/``low_prec`` of the simulator's
+    ``conf.ini`` and ``bf_e_conf.ini``: a Fusion Unit is built of 2-bit BitBricks
+    and fuses up to 8-bit operands (ISCA 2018, section 3).
     """
 
     rows: int

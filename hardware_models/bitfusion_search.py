@@ -42,12 +42,13 @@ import numpy as np
 
 from haq_plugin.hardware_models.bitfusion_rules import (
     COUNTERS, DATAFLOWS, LOOPS, RELEVANT, ArraySpec, EnergyTable, LoopNest, Mapping, Tiling, act_footprint,
-    compute_cycles_per_tile, fusion_factor, onchip_accesses, out_footprint, stall_cycles, tile_candidates,
+    ceil_div, compute_cycles_per_tile, fusion_factor, onchip_accesses, out_footprint, stall_cycles, tile_candidates,
     trip_counts, weight_footprint,
 )
 
 _INFEASIBLE = np.iinfo(np.int64).max // 4
 _CHUNK_ELEMENTS = 1 << 21  # bound on pairs x orders x tilings per numpy pass (memory, cache)
+_SEEDS_PER_PAIR = 2  # tilings per pair, lowest bound first, that set the upper bound (fact 5)
 
 
 @dataclass
@@ -96,26 +97,76 @@ class _StreamTable:
 def fast_search(nest: LoopNest, array: ArraySpec, energy: EnergyTable,
                 pairs: Sequence[tuple[int, int]]) -> list[Mapping]:
     """Best schedule of ``nest`` for each ``(weight_bits, act_bits)`` pair, as rule 8 picks it."""
-    weight_bits = np.array([w for w, _ in pairs], dtype=np.int64)
-    act_bits = np.array([a for _, a in pairs], dtype=np.int64)
-    pf = fusion_factor(act_bits, weight_bits, array)
-    tilings = _feasible_tilings(nest, array, weight_bits, act_bits, pf)
+    bits = _Bits.of(pairs, array)
+    tilings = _feasible_tilings(nest, array, bits)
     if tilings.b.size == 0:
         raise ValueError("no tiling fits the buffers")
-    orders = _distinct_orders(nest, tilings)
+    bound = _lower_bounds(nest, array, tilings, bits)
+    seed = np.unique(np.argsort(bound, axis=1, kind="stable")[:, :_SEEDS_PER_PAIR])
+    upper = np.array([m.counters["cycles"] for m in _search(nest, array, energy, tilings.take(seed), bits)])
+    return _search(nest, array, energy, tilings.take((bound <= upper[:, None]).any(axis=0)), bits)
+
+
+@dataclass
+class _Bits:
+    """The requested (weight, activation) pairs as arrays, with their fusion factors."""
+
+    weight: np.ndarray
+    act: np.ndarray
+    pf: np.ndarray
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[int, int]], array: ArraySpec) -> "_Bits":
+        weight = np.array([w for w, _ in pairs], dtype=np.int64)
+        act = np.array([a for _, a in pairs], dtype=np.int64)
+        return cls(weight, act, fusion_factor(act, weight, array))
+
+    def __len__(self) -> int:
+        return self.weight.size
+
+    def part(self, part: slice) -> "_Bits":
+        return _Bits(self.weight[part], self.act[part], self.pf[part])
+
+    def footprints(self, nest: LoopNest, array: ArraySpec, t: _Tilings) -> tuple[np.ndarray, np.ndarray]:
+        """(pairs, tilings) weight and activation footprints."""
+        w_fp = weight_footprint(nest, array, t.ic, t.oc, self.weight[:, None], self.pf[:, None])
+        a_fp = act_footprint(nest, t.b, t.oh, t.ow, t.ic, self.act[:, None])
+        return w_fp, a_fp
+
+    def compute(self, nest: LoopNest, array: ArraySpec, t: _Tilings) -> np.ndarray:
+        """(pairs, tilings) compute cycles (rule 6)."""
+        return t.total_trips * compute_cycles_per_tile(nest, array, t.b, t.oh, t.ow, t.ic, t.oc, self.pf[:, None])
+
+
+def _search(nest: LoopNest, array: ArraySpec, energy: EnergyTable, tilings: _Tilings,
+            bits: _Bits) -> list[Mapping]:
+    """Best of all distinct orders times ``tilings``, per pair."""
+    orders = _distinct_orders(tilings)
     tables = {kind: _stream_table(orders, tilings, kind) for kind in RELEVANT}
     vol_out, res_out = tables["out"].promote(tilings.out_footprint, array.obuf_half_bits)
     chunk = max(1, _CHUNK_ELEMENTS // (len(orders) * tilings.b.size))
     results: list[Mapping] = []
-    for start in range(0, len(pairs), chunk):
-        part = slice(start, start + chunk)
+    for start in range(0, len(bits), chunk):
         results += _best_per_pair(nest, array, energy, tilings, orders, tables, vol_out, res_out,
-                                  weight_bits[part], act_bits[part], pf[part])
+                                  bits.part(slice(start, start + chunk)))
     return results
 
 
-def _feasible_tilings(nest: LoopNest, array: ArraySpec, weight_bits: np.ndarray, act_bits: np.ndarray,
-                      pf: np.ndarray) -> _Tilings:
+def _lower_bounds(nest: LoopNest, array: ArraySpec, t: _Tilings, bits: _Bits) -> np.ndarray:
+    """(pairs, tilings) cycles no loop order can beat (fact 5); infeasible tilings get a huge bound."""
+    w_fp, a_fp = bits.footprints(nest, array, t)
+    o_fp = t.out_footprint
+    n = t.trips
+    least_prologue = ceil_div(w_fp + a_fp + o_fp, array.bandwidth_bits) + ceil_div(o_fp, array.bandwidth_bits)
+    least_traffic = (w_fp * (n["IC"] * n["OC"]) + a_fp * (n["B"] * n["OW"] * n["OH"] * n["IC"])
+                     + 2 * o_fp * (n["B"] * n["OW"] * n["OH"] * n["OC"]))
+    bound = np.maximum(bits.compute(nest, array, t) + least_prologue, ceil_div(least_traffic, array.bandwidth_bits))
+    feasible = (w_fp <= array.wbuf_half_bits) & (a_fp <= array.ibuf_half_bits)
+    return np.where(feasible, bound, _INFEASIBLE)
+
+
+def _feasible_tilings(nest: LoopNest, array: ArraySpec, bits: _Bits) -> _Tilings:
+    """Tilings whose output tile fits (any pair) and whose other tiles fit for some pair (fact 4)."""
     tiles = tile_candidates(nest, array)
     grid = np.array(list(itertools.product(range(len(tiles["b"])), range(len(tiles["oh"])),
                                            range(len(tiles["ic"])), range(len(tiles["oc"])))), dtype=np.int64)
@@ -126,20 +177,11 @@ def _feasible_tilings(nest: LoopNest, array: ArraySpec, weight_bits: np.ndarray,
     total = trips["B"] * trips["OW"] * trips["OH"] * trips["IC"] * trips["OC"]
     tilings = _Tilings(b, oh, ow, ic, oc, trips, total, out_fp)
     tilings = tilings.take(out_fp <= array.obuf_half_bits)
-    feasible = _pair_feasibility(nest, array, tilings, weight_bits, act_bits, pf)
-    return tilings.take(feasible.any(axis=0))
+    w_fp, a_fp = bits.footprints(nest, array, tilings)
+    return tilings.take(((w_fp <= array.wbuf_half_bits) & (a_fp <= array.ibuf_half_bits)).any(axis=0))
 
 
-def _pair_feasibility(nest: LoopNest, array: ArraySpec, tilings: _Tilings, weight_bits: np.ndarray,
-                      act_bits: np.ndarray, pf: np.ndarray) -> np.ndarray:
-    """(pairs, tilings) mask of the half-buffer rule for weights and activations."""
-    col = lambda v: v[:, None]  # noqa: E731
-    w_fp = weight_footprint(nest, array, tilings.ic, tilings.oc, col(weight_bits), col(pf))
-    a_fp = act_footprint(nest, tilings.b, tilings.oh, tilings.ow, tilings.ic, col(act_bits))
-    return (w_fp <= array.wbuf_half_bits) & (a_fp <= array.ibuf_half_bits)
-
-
-def _distinct_orders(nest: LoopNest, tilings: _Tilings) -> list[tuple[str, ...]]:
+def _distinct_orders(tilings: _Tilings) -> list[tuple[str, ...]]:
     """Loop orders (outermost first) over the loops that ever have more than one trip."""
     active = [loop for loop in LOOPS if int(tilings.trips[loop].max()) > 1]
     orders = list(itertools.permutations(active))
@@ -170,46 +212,51 @@ def _stream_table(orders: list[tuple[str, ...]], tilings: _Tilings, kind: str) -
     return _StreamTable(cum, vol)
 
 
-def _best_per_pair(nest: LoopNest, array: ArraySpec, energy: EnergyTable, tilings: _Tilings,
+def _best_per_pair(nest: LoopNest, array: ArraySpec, energy: EnergyTable, t: _Tilings,
                    orders: list[tuple[str, ...]], tables: dict[str, _StreamTable], vol_out: np.ndarray,
-                   res_out: np.ndarray, weight_bits: np.ndarray, act_bits: np.ndarray,
-                   pf: np.ndarray) -> list[Mapping]:
-    col = lambda v: v[:, None]  # noqa: E731
-    t = tilings
-    w_fp = weight_footprint(nest, array, t.ic, t.oc, col(weight_bits), col(pf))
-    a_fp = act_footprint(nest, t.b, t.oh, t.ow, t.ic, col(act_bits))
+                   res_out: np.ndarray, bits: _Bits) -> list[Mapping]:
+    w_fp, a_fp = bits.footprints(nest, array, t)
     feasible = (w_fp <= array.wbuf_half_bits) & (a_fp <= array.ibuf_half_bits)
     vol_w, res_w = tables["wgt"].promote(w_fp, array.wbuf_half_bits)
     vol_a, res_a = tables["act"].promote(a_fp, array.ibuf_half_bits)
-    compute = t.total_trips * compute_cycles_per_tile(nest, array, t.b, t.oh, t.ow, t.ic, t.oc, col(pf))
+    compute = bits.compute(nest, array, t)[:, None, :]
     dram_read = vol_w + vol_a + vol_out
-    prologue = res_w + res_a + res_out
-    stall = stall_cycles(compute[:, None, :], prologue, res_out, dram_read, vol_out, array.bandwidth_bits)
-    cycles = np.where(feasible[:, None, :], compute[:, None, :] + stall, _INFEASIBLE)
-    onchip = onchip_accesses(nest, array, t.total_trips, t.b, t.oh, t.ow, t.ic, t.oc, col(act_bits),
-                             col(weight_bits), col(pf))
-    flat_cycles = cycles.reshape(len(weight_bits), -1)
+    stall = stall_cycles(compute, res_w + res_a + res_out, res_out, dram_read, vol_out, array.bandwidth_bits)
+    cycles = np.where(feasible[:, None, :], compute + stall, _INFEASIBLE)
+    onchip = onchip_accesses(nest, array, t.total_trips, t.b, t.oh, t.ow, t.ic, t.oc, bits.act[:, None],
+                             bits.weight[:, None], bits.pf[:, None])
+    n_tilings = t.b.size
+    flat_cycles = cycles.reshape(len(bits), -1)
     best: list[Mapping] = []
-    for p in range(len(weight_bits)):
-        ties = np.flatnonzero(flat_cycles[p] == flat_cycles[p].min())
-        candidates = []
-        for flat in ties:
-            r, f = divmod(int(flat), t.b.size)
-            counters = {
-                "cycles": int(cycles[p, r, f]),
-                "stall_cycles": int(stall[p, r, f]),
-                "wbuf_read": int(onchip["wbuf_read"][p, f]),
-                "wbuf_write": int(vol_w[p, r, f]),
-                "ibuf_read": int(onchip["ibuf_read"][p, f]),
-                "ibuf_write": int(vol_a[p, r, f]),
-                "obuf_read": int(vol_out[r, f] + onchip["obuf_read"][p, f]),
-                "obuf_write": int(vol_out[r, f] + onchip["obuf_write"][p, f]),
-                "dram_read": int(dram_read[p, r, f]),
-                "dram_write": int(vol_out[r, f]),
-            }
-            tiling = Tiling(int(t.b[f]), int(t.oh[f]), int(t.ow[f]), int(t.ic[f]), int(t.oc[f]))
-            candidates.append(Mapping(counters, energy.of_counters(counters),
-                                      DATAFLOWS[int(onchip["dataflow"][p, f])], tiling, orders[r]))
-        best.append(min(candidates, key=Mapping.selection_key))
-    assert all(tuple(m.counters) == COUNTERS for m in best)
+    for p in range(len(bits)):
+        r, f = np.divmod(np.flatnonzero(flat_cycles[p] == flat_cycles[p].min()), n_tilings)
+        counters = {
+            "cycles": cycles[p, r, f],
+            "stall_cycles": stall[p, r, f],
+            "wbuf_read": onchip["wbuf_read"][p, f],
+            "wbuf_write": vol_w[p, r, f],
+            "ibuf_read": onchip["ibuf_read"][p, f],
+            "ibuf_write": vol_a[p, r, f],
+            "obuf_read": vol_out[r, f] + onchip["obuf_read"][p, f],
+            "obuf_write": vol_out[r, f] + onchip["obuf_write"][p, f],
+            "dram_read": dram_read[p, r, f],
+            "dram_write": vol_out[r, f],
+        }
+        pick = _tie_break(energy, counters)
+        chosen = {name: int(values[pick]) for name, values in counters.items()}
+        fp, rp = int(f[pick]), int(r[pick])
+        tiling = Tiling(int(t.b[fp]), int(t.oh[fp]), int(t.ow[fp]), int(t.ic[fp]), int(t.oc[fp]))
+        best.append(Mapping(chosen, energy.of_counters(chosen), DATAFLOWS[int(onchip["dataflow"][p, fp])],
+                            tiling, orders[rp]))
     return best
+
+
+def _tie_break(energy: EnergyTable, counters: dict[str, np.ndarray]) -> int:
+    """Index of the candidate with least energy, then smallest counters, among equal-cycle ones."""
+    if counters["cycles"].size == 1:
+        return 0
+    pj = energy.energy_pj(counters["cycles"] - counters["stall_cycles"],
+                          *(counters[name] for name in COUNTERS[2:]))
+    least = np.flatnonzero(pj == pj.min())
+    keys = tuple(counters[name][least] for name in reversed(COUNTERS))
+    return int(least[np.lexsort(keys)[0]])

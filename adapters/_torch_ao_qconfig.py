@@ -1,0 +1,99 @@
+"""Bit widths as torch.ao fake-quantizers: the ranges, the constructors, in-place changes.
+
+Weights are symmetric and per output channel: ``w`` bits give the signed
+integer range ``[-2^(w-1), 2^(w-1) - 1]`` (``torch.qint8``,
+``per_channel_symmetric``).  Activations are affine and per tensor: ``a``
+bits give ``[0, 2^a - 1]`` (``torch.quint8``, ``per_tensor_affine``).  Affine
+is what makes one unsigned type serve every activation: the observer picks the
+zero point, so a tensor after ReLU gets zero point 0 and uses every level,
+while a tensor that can be negative (the network input, a MobileNet-V2 linear
+bottleneck) gets a zero point inside the range and keeps its negative values.
+A signed activation type would not do: torch.ao's default backend config only
+accepts ``quint8`` activations and silently leaves a layer with a ``qint8``
+activation QConfig in floating point.
+
+Only 2 to 8 bits are offered.  ``quint8``/``qint8`` hold at most 8 bits, and
+1 bit has no symmetric signed range: ``[-1, 0]`` cannot represent a single
+positive weight.
+
+Changing bits in place is sound because a ``FakeQuantize`` reads its range from
+its observer on every forward pass; :func:`set_fake_quant_range` rewrites that
+range on both and forgets the old statistics, so the next observed batch
+computes scale and zero point for the new range.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.ao.quantization import FakeQuantize, QConfig
+from torch.ao.quantization.observer import MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
+
+from haq_plugin.errors import HaqError
+
+SUPPORTED_BITS = tuple(range(2, 9))
+BITS_HELP = (
+    "torch.ao fake quantization with quant_min/quant_max supports 2 to 8 bits: activations use quint8 and "
+    "weights qint8, which hold at most 8 bits, and 1 bit has no symmetric signed weight range "
+    "([-1, 0] cannot represent a positive weight)."
+)
+
+ACT_OBSERVERS: dict[str, type] = {
+    "minmax": MinMaxObserver,
+    "moving_average": MovingAverageMinMaxObserver,
+}
+
+
+def weight_range(bits: int) -> tuple[int, int]:
+    """The signed integer range of ``bits``-bit symmetric weights."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def act_range(bits: int) -> tuple[int, int]:
+    """The unsigned integer range of ``bits``-bit affine activations."""
+    return 0, 2 ** bits - 1
+
+
+def check_bits(bits: int, what: str) -> int:
+    """``bits`` as an int, or a :class:`HaqError` saying what is supported."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise HaqError(f"torch.ao backend: {what} is {bits!r}. {BITS_HELP}")
+    return bits
+
+
+def weight_fake_quant(bits: int) -> Any:
+    """Constructor of a per-output-channel symmetric weight fake-quantizer."""
+    lo, hi = weight_range(check_bits(bits, "a weight bit width"))
+    return FakeQuantize.with_args(observer=PerChannelMinMaxObserver, quant_min=lo, quant_max=hi,
+                                  dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+
+
+def act_fake_quant(bits: int, observer: str = "minmax") -> Any:
+    """Constructor of a per-tensor affine unsigned activation fake-quantizer."""
+    lo, hi = act_range(check_bits(bits, "an activation bit width"))
+    if observer not in ACT_OBSERVERS:
+        raise HaqError(f"torch.ao backend: activation observer {observer!r} is unknown; "
+                       f"use one of {', '.join(ACT_OBSERVERS)}.")
+    return FakeQuantize.with_args(observer=ACT_OBSERVERS[observer], quant_min=lo, quant_max=hi,
+                                  dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+
+
+def make_qconfig(weight_bits: int, act_bits: int, observer: str = "minmax") -> QConfig:
+    """One QConfig: weights at ``weight_bits``, the activation it observes at ``act_bits``."""
+    return QConfig(activation=act_fake_quant(act_bits, observer), weight=weight_fake_quant(weight_bits))
+
+
+def set_fake_quant_range(fq: FakeQuantize, quant_min: int, quant_max: int) -> None:
+    """Give ``fq`` a new integer range and forget what its observer has seen."""
+    observer = fq.activation_post_process
+    observer.quant_min, observer.quant_max = quant_min, quant_max
+    fq.quant_min, fq.quant_max = quant_min, quant_max
+    observer.reset_min_max_vals()
+    # A range from before the change must never quantize with the new bounds.
+    fq.zero_point.clamp_(quant_min, quant_max)
+
+
+def fake_quant_range(fq: FakeQuantize) -> tuple[int, int]:
+    """The integer range ``fq`` quantizes to."""
+    return int(fq.activation_post_process.quant_min), int(fq.activation_post_process.quant_max)

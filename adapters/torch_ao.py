@@ -1,0 +1,433 @@
+"""The ``torch.ao`` quantization backend: HAQ policies as torch.ao QConfigMappings.
+
+A policy becomes one ``QConfig`` per layer, set by module name:
+
+* weights: ``FakeQuantize`` with ``PerChannelMinMaxObserver``, ``torch.qint8``,
+  ``per_channel_symmetric``, range ``[-2^(w-1), 2^(w-1) - 1]``;
+* activations: ``FakeQuantize`` with ``MinMaxObserver`` (or
+  ``MovingAverageMinMaxObserver``, option ``act_observer``), ``torch.quint8``,
+  ``per_tensor_affine``, range ``[0, 2^a - 1]``.  Affine unsigned ranges also
+  hold negative inputs (the observer moves the zero point), whereas signed
+  activation QConfigs are silently ignored by torch.ao's default backend config.
+
+In FX graph mode a QConfig's activation quantizes the node's *output*, so a
+layer's activation bits go to the QConfig of whatever produces its input; see
+:mod:`haq_plugin.adapters._torch_ao_plan` for how that producer is found, and
+for the two cases where one observer serves several layers (the network input
+shares the first layer's QConfig; a tensor read by several layers has one
+observer): such observers take the smallest of those layers' bits.  Models that
+FX cannot trace fall back to eager mode (:mod:`haq_plugin.adapters._torch_ao_eager`),
+where every layer quantizes its own input.
+
+Search loop costs: ``prepare`` copies the model once and traces it once
+(``prepare_qat_fx``, 8 bits everywhere); ``set_policy`` rewrites
+``quant_min``/``quant_max`` of the existing fake-quantizers and resets their
+statistics; ``calibrate`` observes the calibration batches and freezes the
+ranges; ``finetune`` trains a few steps and the next ``set_policy`` restores
+the weights of ``prepare``, so episodes stay independent.
+
+Export file (``qconfig_mapping.json``, ``schema_version`` 1)::
+
+    {
+      "format": "haq-plugin torch.ao QConfigMapping",
+      "schema_version": 1,
+      "mode": "fx" | "eager",
+      "graph": "traced" | "assumed-chain" | "eager",
+      "layers": [{"name": "features.0.0", "shape": "conv:...", "weight_bits": 8,
+                  "activation_bits": 8, "effective_activation_bits": 8}, ...],
+      "shared_activation_observers": [["features.0.0", "features.1.conv.0.0"], ...],
+      "qconfig_mapping": {
+        "global": QCONFIG,
+        "module_name": [{"name": "features.0.0", "qconfig": QCONFIG}, ...],
+        "module_name_object_type_order": [{"module_name": "features.1", "object_type": "_operator.add",
+                                           "index": 0, "qconfig": QCONFIG}, ...]
+      }
+    }
+
+where ``QCONFIG`` is ``{"activation": CTOR, "weight": CTOR}`` and ``CTOR`` is
+described in :mod:`haq_plugin.adapters._torch_ao_json`.  ``graph`` says how
+the producers were found: ``traced`` from the model (exact); ``assumed-chain``
+when the policy was exported without its model (each layer is assumed to read
+the previous layer's output; give the model to :func:`load_qconfig_mapping` to
+rebuild it exactly); ``eager`` for eager mode, where each entry's activation
+describes the layer's *input* and the file is applied with
+:func:`prepare_qat_eager`.
+
+Apply an exported policy in your own training script::
+
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx, convert_fx
+    from haq_plugin.adapters.torch_ao import load_qconfig_mapping
+
+    mapping = load_qconfig_mapping("qconfig_mapping.json")
+    qat_model = prepare_qat_fx(model.train(), mapping, (example_input,))
+    ...train qat_model as usual...
+    int_model = convert_fx(qat_model.eval())
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.ao.nn.intrinsic import qat as nniqat
+from torch.ao.quantization import FakeQuantize, QConfigMapping
+
+from haq_plugin.backend import QuantBackend, batch_inputs
+from haq_plugin.errors import HaqError
+from haq_plugin.hookspecs import hookimpl
+from haq_plugin.layers import extract_layers
+from haq_plugin.options import Option
+
+from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
+from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json
+from haq_plugin.adapters._torch_ao_plan import GLOBAL, FxPlan, OwnerKey, check_traceable, prepare_probed
+from haq_plugin.adapters._torch_ao_qconfig import (
+    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, check_bits, make_qconfig, set_fake_quant_range,
+    weight_range)
+
+__all__ = ["TorchAoBackend", "load_qconfig_mapping", "prepare_qat_eager", "qconfig_mapping_for",
+           "SUPPORTED_BITS", "BITS_HELP"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "haq-plugin torch.ao QConfigMapping"
+SCHEMA_VERSION = 1
+BitMap = Mapping[str, tuple[int, int]]
+
+
+def _check_other_bits(value: int) -> str | None:
+    return None if value in SUPPORTED_BITS else BITS_HELP
+
+
+def checked_bits(bits: BitMap, layers: list[str]) -> dict[str, tuple[int, int]]:
+    """``bits`` in layer order, with every width checked; :class:`HaqError` otherwise."""
+    missing = [name for name in layers if name not in bits]
+    extra = [name for name in bits if name not in layers]
+    if missing or extra:
+        parts = ([f"no bits for layer(s) {', '.join(missing)}"] if missing else []) + \
+                ([f"bits for unknown layer(s) {', '.join(extra)}"] if extra else [])
+        raise HaqError(f"torch.ao backend: {'; '.join(parts)}. Layers: {', '.join(layers)}.")
+    result = {}
+    for name in layers:
+        pair = tuple(bits[name])
+        if len(pair) != 2:
+            raise HaqError(f"torch.ao backend: layer '{name}' needs (weight_bits, activation_bits), got {pair!r}.")
+        result[name] = (check_bits(pair[0], f"the weight bit width of layer '{name}'"),
+                        check_bits(pair[1], f"the activation bit width of layer '{name}'"))
+    return result
+
+
+def chain_plan(layers: list[str], observer: str = "minmax", other_act_bits: int = 8) -> FxPlan:
+    """The FX plan of a plain chain: each layer reads the previous layer's output.
+
+    Used only to export a policy without its model; a traced plan replaces it
+    whenever the model is at hand.
+    """
+    keys = [OwnerKey("module_name", name) for name in layers]
+    input_key = {layers[0]: keys[0], **{layer: keys[i] for i, layer in enumerate(layers[1:])}}
+    feeds: dict[OwnerKey, list[str]] = {}
+    for layer in layers:
+        feeds.setdefault(input_key[layer], []).append(layer)
+    return FxPlan(layers=list(layers), input_key=input_key, owners=keys + [GLOBAL], feeds=feeds,
+                  other_act_bits=other_act_bits, observer=observer)
+
+
+def eager_plan(layers: list[str], observer: str = "minmax", other_act_bits: int = 8) -> FxPlan:
+    """Eager mode: every layer owns the quantizer of its own input."""
+    keys = {name: OwnerKey("module_name", name) for name in layers}
+    return FxPlan(layers=list(layers), input_key=keys, owners=list(keys.values()),
+                  feeds={key: [name] for name, key in keys.items()}, other_act_bits=other_act_bits,
+                  observer=observer, mode="eager")
+
+
+def eager_mapping(plan: FxPlan, bits: BitMap) -> QConfigMapping:
+    """Per-layer QConfigs whose activation is the layer's input (see :func:`prepare_qat_eager`)."""
+    mapping = QConfigMapping()
+    for name in plan.layers:
+        mapping.set_module_name(name, make_qconfig(bits[name][0], bits[name][1], plan.observer))
+    return mapping
+
+
+def _layer_names(model: nn.Module, example_input: Any) -> list[str]:
+    return [spec.name for spec in extract_layers(model, example_input)]
+
+
+def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, act_observer: str = "minmax",
+                        other_act_bits: int = 8) -> QConfigMapping:
+    """The QConfigMapping that makes ``prepare_qat_fx(model, mapping, ...)`` apply ``bits``.
+
+    ``bits`` maps layer name -> (weight_bits, activation_bits of the layer's
+    input).  The model is traced once (it is not modified) to find which
+    QConfig builds the observer in front of each layer.
+    """
+    layers = _layer_names(model, example_input)
+    checked = checked_bits(bits, layers)
+    try:
+        check_traceable(model)
+    except Exception as exc:
+        raise HaqError(f"torch.fx cannot trace {type(model).__name__} ({_one_line(exc)}), so no FX "
+                       "QConfigMapping applies; use the torch.ao backend's eager mode and prepare_qat_eager.") from None
+    _, plan, _ = prepare_probed(model, example_input, layers, act_observer, other_act_bits)
+    return plan.mapping(checked)
+
+
+def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
+                         example_input: Any = None) -> QConfigMapping:
+    """Rebuild the QConfigMapping of an exported ``qconfig_mapping.json``.
+
+    With ``model`` and ``example_input`` (FX files only), the mapping is
+    recomputed from the file's bits by tracing the model; use this for files
+    whose ``graph`` is ``assumed-chain``.
+    """
+    data = _read_export(Path(path))
+    if model is None or data["mode"] == "eager":
+        return mapping_from_json(data["qconfig_mapping"], str(path))
+    bits = {entry["name"]: (int(entry["weight_bits"]), int(entry["activation_bits"])) for entry in data["layers"]}
+    observer = _stored_observer(data)
+    return qconfig_mapping_for(bits, model, example_input, act_observer=observer,
+                               other_act_bits=int(data.get("other_activation_bits", 8)))
+
+
+def _stored_observer(data: Mapping[str, Any]) -> str:
+    observer = data.get("activation_observer", "minmax")
+    if observer not in ACT_OBSERVERS:
+        raise HaqError(f"qconfig mapping file: activation_observer {observer!r} is unknown.")
+    return observer
+
+
+def _read_export(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HaqError(f"QConfigMapping file {path} does not exist.") from None
+    except json.JSONDecodeError as exc:
+        raise HaqError(f"QConfigMapping file {path} is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise HaqError(f"{path} is not a torch.ao QConfigMapping file written by haq-plugin "
+                       f"(expected \"format\": \"{FORMAT}\").")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise HaqError(f"{path}: schema_version {data.get('schema_version')!r}; this haq-plugin reads "
+                       f"schema_version {SCHEMA_VERSION}.")
+    for key in ("mode", "layers", "qconfig_mapping"):
+        if key not in data:
+            raise HaqError(f"{path}: field '{key}' is missing.")
+    return data
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class TorchAoBackend(QuantBackend):
+    """Fake quantization with torch.ao QConfigs, FX graph mode or eager mode (see module docstring)."""
+
+    name = "torch.ao"
+    description = ("torch.ao QAT fake quantization: a QConfig per layer (per-channel symmetric weights, "
+                   "affine unsigned activations), FX graph mode with an eager fallback; exports a QConfigMapping")
+    export_filename = "qconfig_mapping.json"
+    supported_bits = SUPPORTED_BITS
+    options = (
+        Option("mode", str, "auto", "fx: FX graph mode; eager: per-module qconfig with input fake-quantizers; "
+               "auto: FX when the model can be traced, else eager.", choices=("auto", "fx", "eager")),
+        Option("act_observer", str, "minmax", "Activation observer: minmax (range of all calibration "
+               "batches) or moving_average.", choices=tuple(ACT_OBSERVERS)),
+        Option("other_act_bits", int, 8, "Bits of activation observers that feed no quantizable layer "
+               "(e.g. a residual branch before its add, the network output).", check=_check_other_bits),
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._model: nn.Module | None = None
+        self._layers: list[tuple[str, str]] = []
+        self._plan: FxPlan | None = None
+        self._weight_fqs: dict[str, FakeQuantize] = {}
+        self._act_fqs: list[tuple[FakeQuantize, OwnerKey]] = []
+        self._calibration: list[Any] = []
+        self._snapshot: dict[str, torch.Tensor] = {}
+        self._bits: dict[str, tuple[int, int]] = {}
+        self._weights_changed = False
+        self._calibrated = False
+
+    # -- setup ----------------------------------------------------------------------
+    def prepare(self, model: nn.Module, example_input: Any, calibration_data: Iterable[Any]) -> None:
+        specs = extract_layers(model, example_input)
+        self._layers = [(spec.name, spec.shape_key()) for spec in specs]
+        names = [name for name, _ in self._layers]
+        work = copy.deepcopy(model)
+        if self._use_fx(work):
+            self._model, self._plan, handles = prepare_probed(
+                work, example_input, names, self.config["act_observer"], self.config["other_act_bits"])
+            self._weight_fqs, self._act_fqs = handles.weights, handles.activations
+            for group in self._plan.shared():
+                log.info("torch.ao: the inputs of layers %s are quantized by observers of one QConfig; they "
+                         "share the smallest of their activation bit widths.", ", ".join(group))
+        else:
+            self._plan = eager_plan(names, self.config["act_observer"], self.config["other_act_bits"])
+            uniform = {name: (8, 8) for name in names}
+            self._model = prepare_qat_eager(work, eager_mapping(self._plan, uniform), inplace=True)
+            self._weight_fqs, inputs = eager_handles(self._model, names)
+            self._act_fqs = [(inputs[name], self._plan.input_key[name]) for name in names]
+        self._calibration = list(calibration_data)
+        self._snapshot = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
+        self._weights_changed = False
+        self.set_policy({name: (8, 8) for name in names})
+
+    def _use_fx(self, model: nn.Module) -> bool:
+        mode = self.config["mode"]
+        if mode == "eager":
+            return False
+        try:
+            check_traceable(model)
+        except Exception as exc:
+            if mode == "fx":
+                raise HaqError(f"torch.ao backend (mode=fx): torch.fx cannot trace {type(model).__name__} "
+                               f"({_one_line(exc)}); use mode=eager or mode=auto.") from None
+            log.warning("torch.ao: FX cannot trace %s (%s); using eager mode (per-layer qconfig, weight and "
+                        "input fake-quantizers).", type(model).__name__, _one_line(exc))
+            return False
+        return True
+
+    def _require_prepared(self) -> tuple[nn.Module, FxPlan]:
+        if self._model is None or self._plan is None:
+            raise HaqError("torch.ao backend: call prepare(model, example_input, calibration_data) first.")
+        return self._model, self._plan
+
+    # -- per episode ----------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """``fx`` or ``eager``: how the prepared model was built."""
+        return self._require_prepared()[1].mode
+
+    @property
+    def plan(self) -> FxPlan:
+        """Which QConfig builds the observer in front of each layer."""
+        return self._require_prepared()[1]
+
+    def effective_act_bits(self, bits: BitMap | None = None) -> dict[str, int]:
+        """Activation bits each layer's input really gets (see :meth:`FxPlan.shared`)."""
+        plan = self._require_prepared()[1]
+        return plan.effective_act_bits(checked_bits(bits, plan.layers) if bits is not None else self._bits)
+
+    def set_policy(self, bits: BitMap) -> None:
+        model, plan = self._require_prepared()
+        checked = checked_bits(bits, plan.layers)
+        if self._weights_changed:
+            model.load_state_dict(self._snapshot)
+            self._weights_changed = False
+        for name, fq in self._weight_fqs.items():
+            set_fake_quant_range(fq, *weight_range(checked[name][0]))
+        act_bits = plan.act_bits_by_key(checked)
+        for fq, key in self._act_fqs:
+            set_fake_quant_range(fq, *act_range(act_bits[key]))
+        self._bits = checked
+        self._calibrated = False
+
+    def _fake_quants(self) -> list[FakeQuantize]:
+        return list(self._weight_fqs.values()) + [fq for fq, _ in self._act_fqs]
+
+    def calibrate(self) -> None:
+        model, _ = self._require_prepared()
+        model.eval()
+        for fq in self._fake_quants():
+            fq.activation_post_process.reset_min_max_vals()
+            fq.enable_observer()
+            fq.enable_fake_quant()
+        with torch.no_grad():
+            for batch in self._calibration:
+                model(batch_inputs(batch))
+        for fq in self._fake_quants():
+            fq.disable_observer()
+        self._calibrated = True
+
+    def evaluate(self, eval_fn: Any) -> float:
+        """Accuracy of the current policy; calibrates first if the policy has not been calibrated."""
+        if not self._calibrated:
+            self.calibrate()
+        return super().evaluate(eval_fn)
+
+    def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
+        """``steps`` Adam steps with cross-entropy on ``(x, y)`` batches; activation ranges stay frozen.
+
+        Weight ranges follow the weights, BatchNorm statistics are frozen, and the
+        next :meth:`set_policy` restores the weights of :meth:`prepare`.
+        """
+        if steps <= 0:
+            return
+        model, _ = self._require_prepared()
+        if not self._calibrated:
+            self.calibrate()
+        batches = list(train_data)
+        if not batches:
+            raise HaqError("torch.ao backend: finetune needs (inputs, targets) batches; train_data is empty.")
+        model.train()
+        model.apply(nniqat.freeze_bn_stats)
+        for fq in self._weight_fqs.values():
+            fq.enable_observer()
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        self._weights_changed = True
+        for batch in itertools.islice(itertools.cycle(batches), steps):
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise HaqError("torch.ao backend: finetune batches must be (inputs, targets) pairs.")
+            optimizer.zero_grad()
+            loss_fn(model(batch[0]), batch[1]).backward()
+            optimizer.step()
+        for fq in self._weight_fqs.values():
+            fq.disable_observer()
+        model.apply(nniqat.update_bn_stats)
+        model.eval()
+
+    @property
+    def model(self) -> nn.Module:
+        return self._require_prepared()[0]
+
+    # -- export ---------------------------------------------------------------------
+    def export(self, policy: Any, path: str | Path) -> Path:
+        bits = dict(getattr(policy, "bits", policy))
+        shapes = dict(getattr(policy, "layers", []) or [])
+        if self._plan is not None:
+            plan, graph = self._plan, ("eager" if self._plan.mode == "eager" else "traced")
+        else:
+            names = list(bits)
+            plan, graph = chain_plan(names, self.config["act_observer"], self.config["other_act_bits"]), \
+                "assumed-chain"
+            log.warning("torch.ao: exporting without the model, so each layer is assumed to read the previous "
+                        "layer's output; pass the model to load_qconfig_mapping(path, model, example_input) to "
+                        "rebuild the mapping exactly.")
+        checked = checked_bits(bits, plan.layers)
+        data = export_document(plan, checked, shapes, graph)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+
+def export_document(plan: FxPlan, bits: BitMap, shapes: Mapping[str, str], graph: str) -> dict[str, Any]:
+    """The JSON document of the module docstring for ``plan`` and ``bits``."""
+    mapping = eager_mapping(plan, bits) if plan.mode == "eager" else plan.mapping(bits)
+    effective = plan.effective_act_bits(bits)
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "mode": plan.mode,
+        "graph": graph,
+        "activation_observer": plan.observer,
+        "other_activation_bits": plan.other_act_bits,
+        "layers": [{"name": name, "shape": shapes.get(name, ""), "weight_bits": bits[name][0],
+                    "activation_bits": bits[name][1], "effective_activation_bits": effective[name]}
+                   for name in plan.layers],
+        "shared_activation_observers": plan.shared(),
+        "qconfig_mapping": mapping_to_json(mapping),
+    }
+
+
+@hookimpl
+def haq_quant_backends() -> list[type[QuantBackend]]:
+    return [TorchAoBackend]

@@ -1,0 +1,249 @@
+"""Files a search leaves in its output directory, each written atomically.
+
+==================  ===============================================================
+``policy.json``     the best policy with its provenance (:meth:`Policy.save`)
+backend export      what the backend needs to apply it (``backend.export_filename``)
+``episodes.csv``    one row per episode: bits, cost, accuracy, reward, noise
+``summary.md``      per-layer table and totals against budget, float and uniform
+``policy.png``      per-layer bits with each layer's latency share (needs matplotlib)
+``checkpoint.pt``   everything needed to resume, rewritten after every episode
+==================  ===============================================================
+
+Atomic means: written to a temporary file in the same directory, then renamed
+over the target, so an interrupted search never leaves a half-written file (in
+particular never a broken checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from haq_plugin.errors import HaqError
+from haq_plugin.policy import write_text_atomic
+
+if TYPE_CHECKING:
+    from haq_plugin.backend import QuantBackend
+    from haq_plugin.search import EpisodeRecord, SearchResult
+
+CHECKPOINT = "checkpoint.pt"
+POLICY = "policy.json"
+EPISODES = "episodes.csv"
+SUMMARY = "summary.md"
+FIGURE = "policy.png"
+CSV_COLUMNS = ("episode", "strategy", "bits", "cost", "cost_fraction", "accuracy", "reward", "sigma",
+               "is_best", "seconds", "eval_seconds")
+
+
+# -- directory and atomic writes --------------------------------------------------------
+def prepare_output_dir(path: str | Path, resume: bool, force: bool) -> Path:
+    """Check the output directory for a new or resumed search and create it.
+
+    A new search refuses a non-empty directory (it would mix two searches'
+    files) unless ``force``; a resumed one needs the checkpoint there.
+    """
+    path = Path(path)
+    if resume:
+        if not (path / CHECKPOINT).is_file():
+            raise HaqError(f"Cannot resume: {path / CHECKPOINT} does not exist. Start a new search "
+                           "without resume (--resume) or point to the directory of an earlier search.")
+        return path
+    if path.exists() and not path.is_dir():
+        raise HaqError(f"Output path {path} exists and is not a directory.")
+    if path.exists() and any(path.iterdir()):
+        if not force:
+            listed = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+            raise HaqError(f"Output directory {path} is not empty ({listed}). Use a new directory, "
+                           "overwrite with force=True (--force), or continue its search with resume=True "
+                           "(--resume).")
+        (path / CHECKPOINT).unlink(missing_ok=True)  # a stale checkpoint must never be resumed by mistake
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_via_temp(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- checkpoint -------------------------------------------------------------------------
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write the checkpoint (tensors and plain Python values only, so it loads with weights_only)."""
+    return write_via_temp(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise HaqError(f"Cannot read checkpoint {path}: {type(exc).__name__}: {exc}. Start a new search "
+                       "in a fresh directory.") from exc
+
+
+# -- episodes.csv -----------------------------------------------------------------------
+def format_bits(bits: Sequence[Sequence[int]]) -> str:
+    """Per-layer bits as ``w/a`` pairs joined by spaces, e.g. ``8/8 4/6 3/5``."""
+    return " ".join(f"{w}/{a}" for w, a in bits)
+
+
+def episodes_csv(history: Sequence["EpisodeRecord"]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in history:
+        sigma = "" if r.sigma is None or r.sigma != r.sigma else f"{r.sigma:.6g}"
+        writer.writerow([r.episode, r.strategy, format_bits(r.bits), f"{r.cost:.6g}", f"{r.cost_fraction:.6f}",
+                         f"{r.accuracy:.4f}", f"{r.reward:.6f}", sigma, int(r.is_best),
+                         f"{r.seconds:.4f}", f"{r.eval_seconds:.4f}"])
+    return out.getvalue()
+
+
+def write_episodes_csv(directory: Path, history: Sequence["EpisodeRecord"]) -> Path:
+    return write_text_atomic(directory / EPISODES, episodes_csv(history))
+
+
+# -- summary.md -------------------------------------------------------------------------
+def layer_shares(result: "SearchResult", metric: str) -> np.ndarray | None:
+    """Each layer's share of the policy's total ``metric`` (latency or energy), or None if unavailable."""
+    table = result.cost_table
+    values = table.latency if metric == "latency" else table.energy
+    if values is None:
+        return None
+    bits = result.policy.as_list()
+    per_layer = np.array([values[i, table.index(w), table.index(a)] for i, (w, a) in enumerate(bits)])
+    total = per_layer.sum()
+    return per_layer / total if total > 0 else np.zeros_like(per_layer)
+
+
+def summary_markdown(result: "SearchResult") -> str:
+    """The human-readable report: settings, per-layer table, totals and comparisons."""
+    prov = result.policy.provenance
+    budget = result.budget
+    latency, energy = layer_shares(result, "latency"), layer_shares(result, "energy")
+    lines = [
+        "# HAQ mixed-precision search", "",
+        result.summary, "",
+        "## Per-layer policy", "",
+        "| # | layer | shape | W bits | A bits | latency share | energy share |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for i, (layer, (w, a)) in enumerate(zip(result.layers, result.policy.as_list())):
+        lat = f"{latency[i] * 100:.1f}%" if latency is not None else "n/a"
+        ene = f"{energy[i] * 100:.1f}%" if energy is not None else "n/a"
+        lines.append(f"| {i} | `{layer.name}` | {layer.describe()} | {w} | {a} | {lat} | {ene} |")
+    achieved = prov["achieved"]
+    uniform = result.uniform
+    unit = prov["budget"]["unit"]
+    lines += [
+        "", "## Totals", "",
+        f"| | {budget.constraint} ({unit}) | x 8-bit | accuracy (%) |",
+        "|---|---:|---:|---:|",
+        f"| budget | {budget.absolute:.6g} | {budget.fraction:.4f} | |",
+        f"| searched policy | {achieved['cost']:.6g} | {achieved['cost_fraction']:.4f} | {achieved['accuracy']:.2f} |",
+        f"| uniform {uniform.bits}-bit (best uniform within budget) | {uniform.cost:.6g} | "
+        f"{uniform.cost_fraction:.4f} | {uniform.accuracy:.2f} |",
+        f"| 8-bit (w8/a8) | {budget.reference:.6g} | 1.0000 | |",
+        f"| float | | | {result.float_accuracy:.2f} |",
+        "",
+        f"Accuracy against float: {achieved['accuracy'] - result.float_accuracy:+.2f} points; against the "
+        f"best uniform policy within the same budget: {achieved['accuracy'] - uniform.accuracy:+.2f} points.",
+        "",
+        "## Settings", "",
+        f"- hardware: `{prov['hardware']['name']}` ({_config_text(prov['hardware']['config'])})",
+        f"- backend: `{prov['backend']['name']}` ({_config_text(prov['backend']['config'])})",
+    ]
+    lines += [f"- {key}: {value}" for key, value in prov["search"].items() if key != "ddpg"]
+    if "ddpg" in prov["search"] and prov["search"]["strategy"] == "ddpg":
+        lines.append(f"- ddpg: {_config_text(prov['search']['ddpg'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(config.items())) or "defaults"
+
+
+# -- policy.png -------------------------------------------------------------------------
+def write_policy_figure(path: Path, result: "SearchResult") -> Path | None:
+    """Bars of weight bits (up) and activation bits (down) per layer, with latency share.
+
+    The layout follows HAQ's policy figures.  Uses matplotlib's object API with
+    the Agg canvas so that it never touches pyplot's global state or a display.
+    Returns None (after a one-line notice) when matplotlib is not installed.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("haq-plugin: matplotlib is not installed; skipping policy.png "
+              "(pip install 'haq-plugin[plot]').", file=sys.stderr)
+        return None
+    bits = np.array(result.policy.as_list())
+    x = np.arange(len(bits))
+    depthwise = np.array([layer.is_depthwise for layer in result.layers])
+    fig = Figure(figsize=(max(6.0, 0.28 * len(bits) + 2.0), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors_w = np.where(depthwise, "#1f77b4", "#aec7e8")
+    colors_a = np.where(depthwise, "#ff7f0e", "#ffbb78")
+    ax.bar(x, bits[:, 0], color=colors_w, label="weight bits (dark: depthwise)")
+    ax.bar(x, -bits[:, 1], color=colors_a, label="activation bits (dark: depthwise)")
+    top = int(bits.max())
+    ax.set_ylim(-top - 1, top + 1)
+    ax.set_yticks(range(-top, top + 1, 2 if top > 4 else 1))
+    ax.set_yticklabels([str(abs(t)) for t in range(-top, top + 1, 2 if top > 4 else 1)])
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("bits (weights up, activations down)")
+    ax.set_xticks(x)
+    ax.tick_params(axis="x", labelsize=7)
+    shares = layer_shares(result, "latency")
+    if shares is not None:
+        ax2 = ax.twinx()
+        ax2.plot(x, shares * 100, color="#2ca02c", marker="o", markersize=3, linewidth=1,
+                 label="latency share (%)")
+        ax2.set_ylabel("latency share (%)")
+        ax2.set_ylim(0, max(1.0, float(shares.max() * 100) * 1.15))
+        ax2.legend(loc="upper right", fontsize=7)
+    prov = result.policy.provenance
+    ax.set_title(f"{prov['hardware']['name']}, {result.budget.constraint} budget {result.budget.fraction:g} "
+                 f"x 8-bit: accuracy {prov['achieved']['accuracy']:.2f}%", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return write_via_temp(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+# -- everything at once -----------------------------------------------------------------
+def write_search_outputs(result: "SearchResult", backend: "QuantBackend") -> dict[str, Path]:
+    """Write the final files of a finished search into ``result.output_dir``; return them by kind."""
+    directory = result.output_dir
+    if directory is None:
+        raise ValueError("the search has no output directory")
+    files = {"policy": result.policy.save(directory / POLICY)}
+    files["export"] = write_via_temp(directory / backend.export_filename,
+                                     lambda tmp: backend.export(result.policy, tmp))
+    files["episodes"] = write_episodes_csv(directory, result.history)
+    files["summary"] = write_text_atomic(directory / SUMMARY, summary_markdown(result))
+    figure = write_policy_figure(directory / FIGURE, result)
+    if figure is not None:
+        files["figure"] = figure
+    if (directory / CHECKPOINT).exists():
+        files["checkpoint"] = directory / CHECKPOINT
+    return files

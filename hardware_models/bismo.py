@@ -1,0 +1,507 @@
+"""BISMO, the bit-serial matrix-multiplication overlay, as a hardware model.
+
+BISMO (Umuroglu, Rasnayake, Sjalander, FPL 2018; extended in TRETS 2019) is an
+FPGA overlay with a ``Dm x Dn`` array of dot-product units (DPUs).  Each cycle
+every DPU ANDs two ``Dk``-bit words and popcounts the result, so one cycle is
+``Dm * Dn * Dk`` binary multiply-accumulates (peak ``2 * Dm * Dn * Dk * f``
+binary operations per second).  Operands live in DRAM as bit planes; a product of
+``w``-bit and ``a``-bit matrices is ``w * a`` binary products, each weighted by a
+shift and accumulated in 32-bit accumulators.  Three stages run concurrently and
+synchronise with tokens: *fetch* (DRAM to the on-chip operand buffers),
+*execute* (the DPU array) and *result* (accumulators to DRAM).  Latency is
+therefore the slowest of the three, not their sum.
+
+Lowering a layer onto the overlay
+---------------------------------
+* **Convolution** is lowered with im2col: ``M = batch * out_h * out_w`` rows
+  (pixels), ``K = in_channels / groups * kh * kw``, ``N = out_channels / groups``.
+  Activations are the ``Dm`` side, weights the ``Dn`` side.  The lowered matrix is
+  what the fetch stage reads, so a 3x3 convolution reads each input value about
+  nine times (im2col duplication is DRAM traffic, as in BISMO's runtime, which
+  lowers on the host and lets the overlay fetch the lowered matrix).
+* **Linear** is one product with ``M = batch``.
+* **Storage is bit-serial and padded**: each row of each bit plane is padded to a
+  multiple of ``Dk`` bits (the width of one buffer entry), and whole
+  ``Dm x Dn`` result tiles are written.  A row of 9 useful bits still costs a
+  ``Dk``-bit word.
+* **Grouped and depthwise convolutions** are ``groups`` independent products,
+  which a matrix overlay runs badly: a depthwise channel is an ``M x 9 x 1``
+  product that uses one DPU column and 9 of ``Dk`` bits per word.  The model
+  also considers packing ``p`` groups into one block-diagonal product
+  (``M x p*K x p*N``, zero weights off the diagonal, stored and fetched as dense
+  data because BISMO has no sparsity support): one ``Dk``-bit word then holds
+  ``p`` channels' windows and ``p`` DPU columns work at once.  It takes the
+  packing (``p = 1`` included) with the lowest latency; a last, partly empty
+  pack costs a full product.  For MobileNet-V2 on the 16x16 array this packs 16
+  to 28 channels per product, and depthwise layers stay limited by activation
+  traffic (one padded ``Dk``-bit row per pixel and bit plane), so their cost
+  scales with activation bits, hardly with weight bits.
+* ``batch_lowering='per-sample'`` lowers each image separately, as BISMO's own
+  inference runtime does (one image per call, ``bismo_inference_conv.cpp``):
+  weights are fetched again for every image.  The default ``'batched'`` stacks
+  the batch into ``M`` and keeps weights on chip across the batch when they fit.
+
+Tiling (what the buffers allow)
+-------------------------------
+The activation and weight buffers each get half of ``buffer_bram_fraction`` of
+the block RAM.  A *stripe* is one tile row of an operand with all its ``K`` and
+all its bit planes (``Dm * Kp * a`` or ``Dn * Kp * w`` bits); a streamed operand
+is double-buffered (two stripes must fit) so fetch overlaps execution.  Two
+schedules are compared and the faster kept:
+
+* *weights outer*: as many weight stripes as fit stay resident (all of them when
+  the whole weight matrix fits: weights are then read once); the activation
+  matrix is streamed once per resident weight block;
+* *activations outer*: the mirror image, weights streamed once per resident
+  activation block.
+
+If not even two stripes fit, ``K`` is split into chunks whose 32-bit partial
+sums are written out and reduced by the host (never needed for the networks of
+the zoo on either configuration).
+
+Latency
+-------
+``cycles = max(compute, time of each AXI port) + fill + drain`` per run, where
+``compute = products * ceil(M/Dm) * ceil(K/Dk) * ceil(N/Dn) * w * a``; port time
+is the bits it moves divided by ``axi_width_bits`` (one port width per clock
+cycle); fill is the first activation and weight stripe, drain the last result
+tile.  Activation fetch, weight fetch and result write each get their own AXI
+port when ``axi_ports >= 3`` (two ports: the fetches share one; one port: all
+share it, as in the single-port PYNQ instance).  Results are written with
+``output_bits`` bits per element: BISMO's result stage writes raw 32-bit
+accumulators, but a quantized network re-quantizes them before the next layer
+reads them; the default ``0`` writes them at the layer's activation width (the
+next layer's input width under a uniform policy).  ``latency_s`` is the time of
+one batch of ``batch`` images.
+
+There is no energy model: the BISMO publications and repository give no energy
+per operation or per memory access (only whole-board power figures), so
+``has_energy`` is False.
+
+Bit widths are 1 to 8.  BISMO's precision is a runtime parameter, but its
+accumulators are 32-bit signed: ``w + a + log2(K)`` must not exceed 31 bits, which
+8x8-bit operands satisfy for any ``K`` up to 2**15, and wider operands would not
+for the deeper layers of the zoo.
+
+Assumptions beyond the publications (each is an option)
+-------------------------------------------------------
+* ``dk = 256``: HAQ's Table 2 gives only the ``Dm x Dn`` array; BISMO's published
+  instances all use ``Dk = 256`` (PYNQ-Z1 8x256x8, Ultra96 10x256x10).
+* Cloud clock 250 MHz: the default main clock of the AWS F1 shell around the
+  VU9P; the edge clock is the PYNQ-Z1 instance's 200 MHz.
+* One AXI port moves ``axi_width_bits`` per accelerator clock cycle (64 bits at
+  200 MHz = 1.6 GB/s on a Zynq-7020 HP port; 256 bits at 250 MHz = 8 GB/s).
+* ``buffer_bram_fraction = 0.9``: the PYNQ-Z1 instance gives 2 x 64 of its 140
+  BRAM36 blocks to the operand buffers (1024 entries x 256 bits x 8 memories
+  per side); the rest holds result buffers, queues and instruction generators.
+  Each 36 Kb block stores 32 Kb of data (BISMO uses it as 1024 x 32 bits).
+
+Validation
+----------
+:func:`compare_to_reference` compares the model with HAQ's published
+MobileNet-V2 cloud latency table (batch 16, units undocumented; the tests load it
+from ``tests/data/haq``).  With the defaults, uniform 4/5/6-bit networks cost
+0.381/0.514/0.661 of 8/8 bits against the table's 0.397/0.528/0.673, and the
+bits that drive each layer's cost (:func:`classify_scaling`) agree on all 53
+layers when halving 8-bit operands and on 45 of 53 when halving 2-bit ones.  The
+8 others are the 1x1 convolutions on 7x7 maps, which the table makes weight
+bound at low activation bits because it fetches weights once per image:
+``batch_lowering='per-sample'`` agrees on all 53 at both points.  Writing raw
+32-bit accumulators (``output_bits=32``) would make the 4-bit network cost 0.485
+of 8/8, far from the table: its authors evidently re-quantized results on chip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from haq_plugin.errors import HaqError
+from haq_plugin.hardware import HardwareModel, LayerCost
+from haq_plugin.hookspecs import hookimpl
+from haq_plugin.layers import LayerSpec
+from haq_plugin.options import Option
+
+CITATION = (
+    "Y. Umuroglu, L. Rasnayake, M. Sjalander, \"BISMO: A Scalable Bit-Serial Matrix Multiplication Overlay for "
+    "Reconfigurable Computing\", FPL 2018; Y. Umuroglu, D. Conficconi, L. Rasnayake, T. B. Preusser, "
+    "M. Sjalander, \"Optimizing Bit-Serial Matrix Multiplication for Reconfigurable Computing\", ACM TRETS 12(3), "
+    "2019; github.com/EECS-NTNU/bismo. Edge/cloud configurations: K. Wang, Z. Liu, Y. Lin, J. Lin, S. Han, "
+    "\"HAQ: Hardware-Aware Automated Quantization with Mixed Precision\", CVPR 2019, Table 2."
+)
+
+MAX_BITS = 8
+"""Widest operand: keeps ``w + a + log2(K)`` inside BISMO's 32-bit signed accumulators."""
+
+ACC_BITS = 32
+"""BISMO's accumulator width (``accWidth = 32`` in BitSerialMatMulParams)."""
+
+BRAM_DATA_FRACTION = 32 / 36
+"""Data bits per BRAM36 bit: BISMO configures each block as 1024 x 32 (parity bits unused)."""
+
+STAGES = ("compute", "weights", "activations", "outputs")
+SCHEDULES = ("weights-outer", "activations-outer")
+BATCH_LOWERINGS = ("batched", "per-sample")
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"must be positive, got {value}"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
+def _output_bits(value: int) -> str | None:
+    return None if 0 <= value <= ACC_BITS else f"must be 0 (activation width) to {ACC_BITS}, got {value}"
+
+
+def ceil_div(a: Any, b: Any) -> Any:
+    """Ceiling division for ints and integer numpy arrays."""
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """A layer as ``runs * products`` independent products of ``m x k x n`` (bit-serial) matrices.
+
+    ``packed_groups`` groups share one block-diagonal product (1 for dense layers).
+    """
+
+    runs: int
+    products: int
+    m: int
+    k: int
+    n: int
+    packed_groups: int
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The derived machine constants a cost evaluation needs."""
+
+    dm: int
+    dn: int
+    dk: int
+    port_bits: int
+    ports: int
+    buffer_bits: int
+    output_bits: int
+
+    def stream_ports(self) -> tuple[int, int, int]:
+        """AXI port of the activation, weight and output streams."""
+        if self.ports >= 3:
+            return (0, 1, 2)
+        if self.ports == 2:
+            return (0, 0, 1)
+        return (0, 0, 0)
+
+
+def lowerings(layer: LayerSpec, batch: int, per_sample: bool, dk: int, dn: int) -> list[Lowering]:
+    """Every lowering of ``layer`` worth costing: per-group products and block-diagonal packings."""
+    groups = layer.groups
+    kh, kw = layer.kernel_size
+    k_group = layer.in_channels // groups * kh * kw
+    n_group = layer.out_channels // groups
+    if layer.kind == "linear":
+        runs, m = 1, batch
+    else:
+        oh, ow = layer.out_size  # type: ignore[misc]
+        runs, m = (batch, oh * ow) if per_sample else (1, batch * oh * ow)
+    packings = {1, groups}
+    for j in range(1, 5):
+        packings.add(j * dk // k_group)
+        packings.add(j * dn // n_group)
+    packings = sorted(p for p in packings if 1 <= p <= groups)
+    return [Lowering(runs, ceil_div(groups, p), m, p * k_group, p * n_group, p) for p in packings]
+
+
+def _port_cycles(bits: Sequence[np.ndarray], ov: Overlay) -> np.ndarray:
+    """Cycles of the busiest AXI port, given the bits of the activation, weight and output streams."""
+    ports = ov.stream_ports()
+    busy = [sum(b for b, port in zip(bits, ports) if port == p) for p in sorted(set(ports))]
+    return np.max(np.stack([np.broadcast_to(b, bits[0].shape) for b in busy]), axis=0) / ov.port_bits
+
+
+def evaluate(ov: Overlay, low: Lowering, w: np.ndarray, a: np.ndarray) -> dict[str, np.ndarray]:
+    """Counters of both schedules for one lowering and many bit pairs: arrays of shape (2, pairs)."""
+    mt, kt, nt = ceil_div(low.m, ov.dm), ceil_div(low.k, ov.dk), ceil_div(low.n, ov.dn)
+    cap = ov.buffer_bits
+    k_fit = cap // (2 * ov.dk * np.maximum(ov.dm * a, ov.dn * w))  # >= 1: checked by Bismo.setup
+    chunks = ceil_div(kt, np.minimum(k_fit, kt))
+    kt_chunk = ceil_div(kt, chunks)
+    act_stripe = ov.dm * kt_chunk * ov.dk * a
+    wgt_stripe = ov.dn * kt_chunk * ov.dk * w
+    weight_blocks = np.where(nt * wgt_stripe <= cap, 1, ceil_div(nt, np.maximum(cap // (2 * wgt_stripe), 1)))
+    act_blocks = np.where(mt * act_stripe <= cap, 1, ceil_div(mt, np.maximum(cap // (2 * act_stripe), 1)))
+    per_product = low.products * low.runs * chunks
+    act_bits = np.stack([mt * act_stripe * weight_blocks, mt * act_stripe]) * per_product
+    wgt_bits = np.stack([nt * wgt_stripe, nt * wgt_stripe * act_blocks]) * per_product
+    out_elem_bits = np.where(chunks > 1, chunks * ACC_BITS, ov.output_bits or a)
+    out_bits = np.broadcast_to(low.products * low.runs * mt * ov.dm * nt * ov.dn * out_elem_bits, act_bits.shape)
+    compute = np.broadcast_to(low.products * low.runs * mt * kt * nt * w * a, act_bits.shape)
+    first = [act_stripe, wgt_stripe, np.zeros_like(a)]
+    last = [np.zeros_like(a), np.zeros_like(a), ov.dm * ov.dn * (ov.output_bits or a)]
+    edges = low.runs * (_port_cycles(first, ov) + _port_cycles(last, ov))
+    steady = np.maximum(compute, _port_cycles([act_bits, wgt_bits, out_bits], ov))
+    return {
+        "cycles": steady + edges, "compute_cycles": compute.astype(float),
+        "activation_bits_read": act_bits, "weight_bits_read": wgt_bits, "dram_bits_written": out_bits,
+        "weight_fetches": np.stack([np.ones_like(a), act_blocks]) * low.runs,
+        "activation_fetches": np.stack([weight_blocks, np.ones_like(a)]),
+        "k_chunks": np.broadcast_to(chunks, act_bits.shape),
+    }
+
+
+class Bismo(HardwareModel):
+    """Common model of both HAQ configurations; subclasses only change the defaults."""
+
+    citation: ClassVar[str] = CITATION
+    has_energy: ClassVar[bool] = False
+
+    def setup(self) -> None:
+        c = self.config
+        block_bits = c["bram_block_kbits"] * 1024 * BRAM_DATA_FRACTION
+        per_operand_blocks = math.floor(c["bram_blocks"] * c["buffer_bram_fraction"] / 2)
+        self.overlay = Overlay(c["dm"], c["dn"], c["dk"], c["axi_width_bits"], c["axi_ports"],
+                               int(per_operand_blocks * block_bits), c["output_bits"])
+        self._hz = c["frequency_mhz"] * 1e6
+        needed = 2 * c["dk"] * max(c["dm"], c["dn"]) * MAX_BITS
+        if self.overlay.buffer_bits < needed:
+            raise HaqError(
+                f"hardware model '{self.name}': {per_operand_blocks} block RAMs per operand buffer hold "
+                f"{self.overlay.buffer_bits} bits, but double-buffering one {c['dk']}-bit word per row at "
+                f"{MAX_BITS} bits needs {needed}; raise bram_blocks or buffer_bram_fraction, or lower dm/dn/dk."
+            )
+
+    @property
+    def supported_bits(self) -> tuple[int, ...]:
+        return tuple(range(1, MAX_BITS + 1))
+
+    @property
+    def peak_binary_ops_per_s(self) -> float:
+        """Peak binary operations per second: an AND and an add per DPU bit per cycle."""
+        ov = self.overlay
+        return 2.0 * ov.dm * ov.dn * ov.dk * self._hz
+
+    def layer_cost(self, layer: LayerSpec, weight_bits: int, act_bits: int) -> LayerCost:
+        return self.layer_costs(layer, [(weight_bits, act_bits)])[0]
+
+    def layer_costs(self, layer: LayerSpec, bit_pairs: Sequence[tuple[int, int]]) -> list[LayerCost]:
+        """All bit pairs of one layer at once: every lowering and schedule, vectorised over pairs."""
+        for wb, ab in bit_pairs:
+            self.check_bits(wb, ab)
+        w = np.array([p[0] for p in bit_pairs], dtype=np.int64)
+        a = np.array([p[1] for p in bit_pairs], dtype=np.int64)
+        per_sample = self.config["batch_lowering"] == "per-sample"
+        options = lowerings(layer, self.config["batch"], per_sample, self.overlay.dk, self.overlay.dn)
+        results = [evaluate(self.overlay, low, w, a) for low in options]
+        stacked = {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+        traffic = stacked["activation_bits_read"] + stacked["weight_bits_read"] + stacked["dram_bits_written"]
+        best = np.lexsort((traffic, stacked["cycles"]), axis=0)[0]
+        useful = layer.macs * self.config["batch"] * w * a
+        return [self._cost(stacked, options, int(best[i]), i, float(useful[i])) for i in range(len(bit_pairs))]
+
+    def _cost(self, counters: dict[str, np.ndarray], options: list[Lowering], row: int, col: int,
+              useful_binary_macs: float) -> LayerCost:
+        ov = self.overlay
+        low = options[row // len(SCHEDULES)]
+        value = {key: float(arr[row, col]) for key, arr in counters.items()}
+        stage_cycles = {
+            "compute": value["compute_cycles"],
+            "weights": value["weight_bits_read"] / ov.port_bits,
+            "activations": value["activation_bits_read"] / ov.port_bits,
+            "outputs": value["dram_bits_written"] / ov.port_bits,
+        }
+        details = {
+            "cycles": value["cycles"],
+            "compute_cycles": value["compute_cycles"],
+            "activation_cycles": stage_cycles["activations"],
+            "weight_cycles": stage_cycles["weights"],
+            "output_cycles": stage_cycles["outputs"],
+            "dram_bits_read": value["activation_bits_read"] + value["weight_bits_read"],
+            "dram_bits_written": value["dram_bits_written"],
+            "activation_bits_read": value["activation_bits_read"],
+            "weight_bits_read": value["weight_bits_read"],
+            "bound": _bound(stage_cycles, ov),
+            "schedule": SCHEDULES[row % len(SCHEDULES)],
+            "packed_groups": low.packed_groups,
+            "products": low.products * low.runs,
+            "matrix_mkn": (low.m, low.k, low.n),
+            "weight_fetches": int(value["weight_fetches"]),
+            "activation_fetches": int(value["activation_fetches"]),
+            "k_chunks": int(value["k_chunks"]),
+            "array_utilization": useful_binary_macs / (value["compute_cycles"] * ov.dm * ov.dn * ov.dk),
+        }
+        return LayerCost(latency_s=value["cycles"] / self._hz, energy_j=None, details=details)
+
+
+def _bound(stage_cycles: dict[str, float], ov: Overlay) -> str:
+    """The stage that sets the pace; a shared port is charged to its largest stream."""
+    ports = dict(zip(("activations", "weights", "outputs"), ov.stream_ports()))
+    port_busy = {p: sum(stage_cycles[s] for s, q in ports.items() if q == p) for p in set(ports.values())}
+    best_port = max(port_busy, key=lambda p: port_busy[p])
+    if stage_cycles["compute"] >= port_busy[best_port]:
+        return "compute"
+    return max((s for s, p in ports.items() if p == best_port), key=lambda s: stage_cycles[s])
+
+
+def _options(d: dict[str, Any]) -> tuple[Option, ...]:
+    """Options of one configuration; ``d`` holds its defaults and their sources."""
+    return (
+        Option("dm", int, d["dm"], "DPU array rows (activation rows per tile)", minimum=1, source=d["array_src"]),
+        Option("dn", int, d["dn"], "DPU array columns (weight rows, i.e. output channels, per tile)", minimum=1,
+               source=d["array_src"]),
+        Option("dk", int, 256, "bits each DPU ANDs and popcounts per cycle (buffer entry width)", minimum=1,
+               source="BISMO instances 8x256x8 (PYNQ-Z1, FPL 2018) and 10x256x10 (Ultra96, TRETS 2019)"),
+        Option("frequency_mhz", float, d["mhz"], "overlay clock in MHz", check=_positive, source=d["mhz_src"]),
+        Option("axi_ports", int, 4, "AXI memory ports: activation fetch, weight fetch, result write (+ spare)",
+               minimum=1, source="HAQ Table 2 (4 AXI ports on both devices)"),
+        Option("axi_width_bits", int, d["axi"], "data width of one AXI port; bits moved per port per cycle",
+               minimum=1, source=f"HAQ Table 2 (AXI port 4 x {d['axi']} bit)"),
+        Option("bram_blocks", int, d["bram"], "36 Kb block RAMs of the device", minimum=1,
+               source=f"HAQ Table 2 ({d['bram']} x 36 Kb block RAM, {d['device']})"),
+        Option("bram_block_kbits", int, 36, "size of one block RAM in Kb", minimum=1, source="HAQ Table 2"),
+        Option("buffer_bram_fraction", float, 0.9, "share of block RAM for the activation + weight buffers "
+               "(split equally)", check=_fraction,
+               source="BISMO PYNQ-Z1 instance: 2 x 64 of 140 BRAM36 for LHS/RHS buffers (lhs/rhsEntriesPerMem=1024)"),
+        Option("output_bits", int, 0, "bits per result element written to DRAM (0: the layer's activation width)",
+               check=_output_bits, source="results re-quantized for the next layer; 32 = raw BISMO accumulators"),
+        Option("batch", int, d["batch"], "images per batch; latency_s is for one batch", minimum=1,
+               source="HAQ Table 2"),
+        Option("batch_lowering", str, "batched", "'batched': the batch is one im2col matrix (weights stay on chip "
+               "when they fit); 'per-sample': one product per image (weights re-fetched per image)",
+               choices=BATCH_LOWERINGS, source="per-sample: BISMO runtime bismo_inference_conv.cpp lowers one image"),
+    )
+
+
+class BismoEdge(Bismo):
+    """BISMO on a Xilinx Zynq-7020 (HAQ's edge accelerator): 8x256x8 DPUs at 200 MHz, batch 1."""
+
+    name: ClassVar[str] = "bismo-edge"
+    description: ClassVar[str] = "BISMO bit-serial overlay, Zynq-7020 edge config (HAQ Table 2), latency only"
+    options: ClassVar[tuple[Option, ...]] = _options({
+        "dm": 8, "dn": 8, "array_src": "HAQ Table 2 (PE array 8 x 8); BISMO PYNQ-Z1 instance 8x256x8",
+        "mhz": 200.0, "mhz_src": "BISMO PYNQ-Z1 instance 8x256x8 at 200 MHz (6.5 binary TOPS)",
+        "axi": 64, "bram": 140, "device": "Zynq-7020", "batch": 1,
+    })
+
+
+class BismoCloud(Bismo):
+    """BISMO on a Xilinx VU9P (HAQ's cloud accelerator): 16x256x16 DPUs at 250 MHz, batch 16."""
+
+    name: ClassVar[str] = "bismo-cloud"
+    description: ClassVar[str] = "BISMO bit-serial overlay, VU9P cloud config (HAQ Table 2), latency only"
+    options: ClassVar[tuple[Option, ...]] = _options({
+        "dm": 16, "dn": 16, "array_src": "HAQ Table 2 (PE array 16 x 16)",
+        "mhz": 250.0, "mhz_src": "assumption: AWS F1 (VU9P) shell default clock clk_main_a0 = 250 MHz",
+        "axi": 256, "bram": 2160, "device": "VU9P", "batch": 16,
+    })
+
+
+REFERENCE_BITS = tuple(range(1, MAX_BITS + 1))
+PROBES = {"high": 8, "low": 2}
+"""Bit widths at which :func:`classify_scaling` halves each operand: 8 -> 4 and 2 -> 1."""
+
+SCALING_THRESHOLD = 0.5
+"""A layer scales with an operand when halving its bits cuts the cost by at least 2**-0.5 (about 29%)."""
+
+
+def cost_surfaces(model: HardwareModel, layers: Sequence[LayerSpec]) -> np.ndarray:
+    """Latency of every layer at weight and activation bits 1..8: ``[layer, w - 1, a - 1]``."""
+    pairs = [(w, a) for w in REFERENCE_BITS for a in REFERENCE_BITS]
+    n = len(REFERENCE_BITS)
+    return np.array([[c.latency_s for c in model.layer_costs(layer, pairs)] for layer in layers]).reshape(-1, n, n)
+
+
+def classify_scaling(surfaces: np.ndarray, probe: int) -> list[str]:
+    """Which bits drive each layer's cost near ``probe`` bits: compute, weights, activations or neither.
+
+    ``surfaces`` is ``[layer, w - 1, a - 1]``.  The exponent of each operand is
+    ``log2(cost(p, p) / cost(p/2, p))`` (weights) and ``log2(cost(p, p) / cost(p, p/2))``
+    (activations): about 1 for an operand the cost is proportional to, 0 for one it
+    ignores.  Both large means ``w * a`` (compute bound).
+    """
+    p, h = probe - 1, probe // 2 - 1
+    by_w = np.log2(surfaces[:, p, p] / surfaces[:, h, p]) >= SCALING_THRESHOLD
+    by_a = np.log2(surfaces[:, p, p] / surfaces[:, p, h]) >= SCALING_THRESHOLD
+    names = {(True, True): "compute", (True, False): "weights", (False, True): "activations",
+             (False, False): "neither"}
+    return [names[(bool(w), bool(a))] for w, a in zip(by_w, by_a)]
+
+
+def uniform_ratios(surfaces: np.ndarray) -> list[float]:
+    """Network cost of uniform b-bit policies (b = 1..8) relative to 8/8 bits."""
+    totals = [float(surfaces[:, b - 1, b - 1].sum()) for b in REFERENCE_BITS]
+    return [t / totals[-1] for t in totals]
+
+
+def compare_to_reference(table: np.ndarray, model: HardwareModel,
+                         layers: Sequence[LayerSpec] | None = None) -> dict[str, Any]:
+    """Compare ``model`` with a published ``[layer, w - 1, a - 1]`` latency table (bits 1..8).
+
+    Made for HAQ's MobileNet-V2 cloud table, whose units are undocumented, so only
+    unit-free quantities are compared: uniform-policy ratios to 8/8 bits, each
+    layer's scaling class at high (8 -> 4) and low (2 -> 1) bits, each layer's
+    share of the 8/8 network cost, and the per-layer cost surfaces normalised to
+    their 8/8 cell.  ``layers`` defaults to the zoo's MobileNet-V2 at 224x224, the
+    network of HAQ's table.
+    """
+    if layers is None:
+        layers = _mobilenet_v2_layers()
+    table = np.asarray(table, dtype=np.float64)
+    n = len(REFERENCE_BITS)
+    if table.shape != (len(layers), n, n):
+        raise HaqError(f"reference table has shape {table.shape}; expected ({len(layers)}, {n}, {n}) for "
+                       f"{len(layers)} layers at bits 1..{n}.")
+    model_s = cost_surfaces(model, layers)
+    ref_ratios, model_ratios = uniform_ratios(table), uniform_ratios(model_s)
+    patterns = {}
+    for label, probe in PROBES.items():
+        ref_cls, model_cls = classify_scaling(table, probe), classify_scaling(model_s, probe)
+        agree = [r == m for r, m in zip(ref_cls, model_cls)]
+        patterns[label] = {"probe_bits": probe, "reference": ref_cls, "model": model_cls,
+                           "agreement": sum(agree) / len(agree)}
+    ref_share = table[:, -1, -1] / table[:, -1, -1].sum()
+    model_share = model_s[:, -1, -1] / model_s[:, -1, -1].sum()
+    return {
+        "hardware": model.name,
+        "layers": [layer.name for layer in layers],
+        "bits": list(REFERENCE_BITS),
+        "uniform_ratio_model": model_ratios,
+        "uniform_ratio_reference": ref_ratios,
+        "uniform_ratio_error": [abs(m - r) for m, r in zip(model_ratios, ref_ratios)],
+        "patterns": patterns,
+        "share_correlation": float(np.corrcoef(ref_share, model_share)[0, 1]),
+        "surface_error": float(np.mean(np.abs(model_s / model_s[:, -1:, -1:] - table / table[:, -1:, -1:]))),
+    }
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """A few lines summarising :func:`compare_to_reference` for reports."""
+    lines = [f"{result['hardware']} vs reference ({len(result['layers'])} layers)",
+             "uniform b/b cost relative to 8/8:"]
+    for b, m, r in zip(result["bits"], result["uniform_ratio_model"], result["uniform_ratio_reference"]):
+        lines.append(f"  {b} bit: model {m:.3f}  reference {r:.3f}  diff {m - r:+.3f}")
+    for label, p in result["patterns"].items():
+        lines.append(f"scaling class agreement at {p['probe_bits']} bits ({label}): {p['agreement']:.0%}")
+    lines.append(f"per-layer share of 8/8 cost, correlation: {result['share_correlation']:.3f}")
+    lines.append(f"mean |normalised surface difference|: {result['surface_error']:.3f}")
+    return "\n".join(lines)
+
+
+def _mobilenet_v2_layers() -> list[LayerSpec]:
+    import torch
+
+    from haq_plugin import zoo
+    from haq_plugin.layers import extract_layers
+
+    return extract_layers(zoo.MobileNetV2(), torch.zeros(1, 3, 224, 224))
+
+
+@hookimpl
+def haq_hardware_models() -> list[type[HardwareModel]]:
+    return [BismoEdge, BismoCloud]

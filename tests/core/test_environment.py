@@ -1,0 +1,243 @@
+"""The quantization environment: states, action-to-bits mapping, budget enforcement."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from haq_plugin.costs import CostTable, build_cost_table
+from haq_plugin.environment import (
+    STATE_DIM, QuantizationEnv, action_to_bits, fixed_bits_for, layer_features, min_max_normalise)
+from haq_plugin.errors import HaqError
+from haq_plugin.layers import LayerSpec, extract_layers
+from haq_plugin.plugins import get_plugin_manager, load_hardware
+from haq_plugin.zoo import MobileNetV2, resnet18
+
+BITS = tuple(range(1, 9))
+
+
+def roofline_table(layers: list[LayerSpec], with_energy: bool = False) -> CostTable:
+    """Latency of a bit-serial array: compute-bound (MACs x w x a) or memory-bound (bits moved)."""
+    b = np.array(BITS, dtype=np.float64)
+    macs = np.array([l.macs for l in layers], dtype=np.float64)[:, None, None]
+    params = np.array([l.params for l in layers], dtype=np.float64)[:, None, None]
+    acts = np.array([l.in_activations for l in layers], dtype=np.float64)[:, None, None]
+    compute = macs * b[None, :, None] * b[None, None, :] / (256 * 64)
+    memory = (params * b[None, :, None] + acts * b[None, None, :]) / 128
+    latency = np.maximum(compute, memory) * 1e-9
+    energy = (compute + 4 * memory) * 1e-12 if with_energy else None
+    return CostTable(layers, BITS, latency, energy, hardware_name="roofline-test")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_layers() -> list[LayerSpec]:
+    return extract_layers(MobileNetV2(), torch.zeros(1, 3, 224, 224))
+
+
+@pytest.fixture(scope="module", params=["roofline", "bitfusion"])
+def table(request, mobilenet_layers) -> CostTable:
+    """A cost table of MobileNet-V2's 53 layers: analytic, and from the BitFusion simulator when installed."""
+    if request.param == "roofline":
+        return roofline_table(mobilenet_layers)
+    if "bitfusion" not in get_plugin_manager().hardware.names():
+        pytest.skip("the bitfusion hardware model is not registered in this installation")
+    return build_cost_table(load_hardware("bitfusion"), mobilenet_layers)
+
+
+# -- action -> bits ------------------------------------------------------------------------
+@pytest.mark.parametrize("allowed", [tuple(range(2, 9)), (3, 4, 5), (2, 4, 8), (8,)])
+def test_action_to_bits_covers_every_allowed_width_and_only_those(allowed):
+    actions = np.linspace(0.0, 1.0, 20001)
+    bits = [action_to_bits(a, allowed) for a in actions]
+    assert set(bits) == set(allowed)
+    assert bits == sorted(bits), "the mapping is monotone"
+    assert bits[0] == allowed[0] and bits[-1] == allowed[-1]
+    counts = np.array([bits.count(b) for b in allowed])
+    assert counts.max() - counts.min() <= 2, "equal-width bins"
+
+
+def test_action_to_bits_is_haq_formula_for_contiguous_range():
+    rng = np.random.default_rng(0)
+    b_min, b_max = 2, 8
+    for a in rng.uniform(0, 1, 5000):
+        haq = int(np.clip(round(b_min - 0.5 + a * (b_max - b_min + 1)), b_min, b_max))
+        assert action_to_bits(a, range(b_min, b_max + 1)) == haq
+    assert action_to_bits(-0.3, (2, 3)) == 2 and action_to_bits(1.7, (2, 3)) == 3
+
+
+# -- states --------------------------------------------------------------------------------
+def test_layer_features_follow_the_haq_definition(mobilenet_layers):
+    raw = layer_features(mobilenet_layers)
+    first, dw, fc = mobilenet_layers[0], mobilenet_layers[1], mobilenet_layers[-1]
+    assert raw[0].tolist() == [0, 3, 32, 3, 2, 224 * 224, first.params, 0]
+    assert raw[1].tolist() == [1, 32, 32, 3, 1, 112 * 112, dw.params, 1]
+    assert fc.kind == "linear"
+    assert raw[-1].tolist() == [52, 1280, 1000, 1, 0, 1280, 1280 * 1000, 0]
+    normalised = min_max_normalise(raw)
+    assert normalised.min() == 0.0 and normalised.max() == 1.0
+    assert np.allclose(normalised[:, 0], np.arange(53) / 52)
+
+
+def test_constant_feature_normalises_to_zero():
+    layers = [LayerSpec(f"l{i}", "conv", 8, 8, 3, 1, in_size=8, out_size=8) for i in range(3)]
+    normalised = min_max_normalise(layer_features(layers))
+    assert np.all(normalised[:, 1:] == 0.0)
+    assert normalised[:, 0].tolist() == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("model", [MobileNetV2, resnet18])
+def test_states_are_normalised_and_track_the_previous_step(model):
+    layers = extract_layers(model(), torch.zeros(1, 3, 224, 224))
+    env = QuantizationEnv(layers, roofline_table(layers), "latency", 0.6, range(2, 9),
+                          fixed_bits_for(layers))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        state = env.reset()
+        steps = 0
+        while state is not None:
+            assert state.shape == (STATE_DIM,)
+            assert np.all(state >= 0.0) and np.all(state <= 1.0)
+            assert state[8] == (1.0 if steps % 2 == 0 else 0.0), "weight step flag alternates"
+            if steps:
+                assert state[9] == env._chosen[-1] / 8.0
+            else:
+                assert state[9] == 0.0
+            state = env.step(rng.uniform())
+            steps += 1
+        assert steps == 2 * len(layers) == env.n_steps
+
+
+def test_fixed_bits_ignore_the_action(mobilenet_layers):
+    layers = mobilenet_layers
+    fixed = fixed_bits_for(layers, pins={layers[5].name: (3, 7)})
+    env = QuantizationEnv(layers, roofline_table(layers), "latency", 1.0, range(2, 9), fixed)
+    env.reset()
+    for _ in range(env.n_steps):
+        env.step(0.0)
+    chosen = env.chosen_bits()
+    assert chosen[0] == (8, 8) and chosen[-1] == (8, 8) and chosen[5] == (3, 7)
+    assert all(pair == (2, 2) for i, pair in enumerate(chosen) if i not in (0, 5, len(layers) - 1))
+
+
+# -- budget enforcement -------------------------------------------------------------------
+def test_enforcement_always_returns_a_policy_within_budget(table, mobilenet_layers):
+    layers = mobilenet_layers
+    rng = np.random.default_rng(2)
+    fixed_variants = [fixed_bits_for(layers), fixed_bits_for(layers, False, False),
+                      fixed_bits_for(layers, pins={layers[10].name: (6, 5), layers[20].name: (2, 8)})]
+    checked = 0
+    for fixed in fixed_variants:
+        for allowed in (range(2, 9), (2, 4, 8), range(3, 7)):
+            probe = QuantizationEnv(layers, table, "latency", 1.0, allowed, fixed)
+            floor = probe.fraction(probe.minimum_bits())
+            for budget in rng.uniform(floor, 1.0, 8):
+                env = QuantizationEnv(layers, table, "latency", float(budget), allowed, fixed)
+                for _ in range(5):
+                    proposed = [(env.fixed[i][0] or int(rng.choice(env.allowed)),
+                                 env.fixed[i][1] or int(rng.choice(env.allowed))) for i in range(len(layers))]
+                    enforced = env.enforce_budget(proposed)
+                    assert env.fits(enforced)
+                    assert env.cost(enforced) <= budget * env.budget.reference * (1 + 1e-9)
+                    for i, ((pw, pa), (ew, ea)) in enumerate(zip(proposed, enforced)):
+                        assert ew <= pw and ea <= pa, "bits only go down"
+                        assert ew in env.allowed or env.fixed[i][0] == ew
+                        assert ea in env.allowed or env.fixed[i][1] == ea
+                        if env.fixed[i][0] is not None:
+                            assert ew == env.fixed[i][0]
+                        if env.fixed[i][1] is not None:
+                            assert ea == env.fixed[i][1]
+                    checked += 1
+    assert checked == 3 * 3 * 8 * 5
+
+
+def test_enforcement_keeps_a_fitting_policy_and_sweeps_from_the_last_layer(mobilenet_layers):
+    layers = mobilenet_layers
+    table = roofline_table(layers)
+    env = QuantizationEnv(layers, table, "size", 0.999, range(2, 9), {})
+    eight = [(8, 8)] * len(layers)
+    # size depends on weight bits only: the first change that fits is the last layer's weights
+    enforced = env.enforce_budget(eight)
+    assert enforced[:-1] == eight[:-1]
+    assert enforced[-1] == (7, 7), "activation lowered first, then weight, of the last layer"
+    fitting = [(4, 4)] * len(layers)
+    assert env.enforce_budget(fitting) == fitting
+
+
+def test_enforcement_repeats_sweeps_until_the_budget_holds(mobilenet_layers):
+    layers = mobilenet_layers
+    env = QuantizationEnv(layers, roofline_table(layers), "size", 0.3, range(2, 9), {})
+    enforced = env.enforce_budget([(8, 8)] * len(layers))
+    assert env.fits(enforced)
+    weights = [w for w, _ in enforced]
+    # size 0.3 of 8-bit is below 3/8: every layer goes down by at least 5 steps of full sweeps
+    assert max(weights) - min(weights) <= 1, "sweeps lower all layers evenly, one step per sweep"
+    assert min(a for _, a in enforced) == 2
+
+
+def test_infeasible_budget_states_the_smallest_feasible_fraction(mobilenet_layers):
+    layers = mobilenet_layers
+    table = roofline_table(layers)
+    fixed = fixed_bits_for(layers)
+    with pytest.raises(HaqError, match="smallest feasible budget is") as info:
+        QuantizationEnv(layers, table, "latency", 0.01, range(2, 9), fixed)
+    stated = float(re.search(r"smallest feasible budget is ([0-9.]+)", str(info.value)).group(1))
+    exact = math.fsum(table.latency[i, table.index(w), table.index(a)]
+                      for i, (w, a) in enumerate([(8, 8)] + [(2, 2)] * 51 + [(8, 8)])) / \
+        table.latency[:, 7, 7].sum()
+    assert exact <= stated < exact + 1e-4
+    QuantizationEnv(layers, table, "latency", stated, range(2, 9), fixed)  # the stated budget works
+    with pytest.raises(HaqError, match="cannot be met"):
+        QuantizationEnv(layers, table, "latency", exact * 0.999, range(2, 9), fixed)
+
+
+@pytest.mark.parametrize("budget", [0.0, -0.2, 1.01, 3])
+def test_budget_outside_unit_interval_is_refused(mobilenet_layers, budget):
+    with pytest.raises(HaqError, match=r"budget must be a fraction of the 8-bit cost in \(0, 1\]"):
+        QuantizationEnv(mobilenet_layers, roofline_table(mobilenet_layers), "latency", budget, range(2, 9))
+
+
+def test_energy_constraint_needs_an_energy_table(mobilenet_layers):
+    with pytest.raises(HaqError, match="has no energy model"):
+        QuantizationEnv(mobilenet_layers, roofline_table(mobilenet_layers), "energy", 0.5, range(2, 9))
+    env = QuantizationEnv(mobilenet_layers, roofline_table(mobilenet_layers, with_energy=True), "energy", 0.5,
+                          range(2, 9))
+    assert env.fits(env.enforce_budget([(8, 8)] * len(mobilenet_layers)))
+
+
+def test_bits_missing_from_the_table_are_refused(mobilenet_layers):
+    layers = mobilenet_layers
+    small = roofline_table(layers)
+    cut = CostTable(layers, BITS[:4], small.latency[:, :4, :4], hardware_name="four-bit-chip")
+    with pytest.raises(HaqError, match="8-bit costs are not in the cost table of hardware 'four-bit-chip'"):
+        QuantizationEnv(layers, cut, "latency", 0.5, range(2, 5))
+
+
+def test_pins_are_checked(mobilenet_layers):
+    with pytest.raises(HaqError, match="no quantizable layer named 'nope'"):
+        fixed_bits_for(mobilenet_layers, pins={"nope": (4, 4)})
+    with pytest.raises(HaqError, match="pair of integers"):
+        fixed_bits_for(mobilenet_layers, pins={mobilenet_layers[3].name: (4.0, 4)})
+    fixed = fixed_bits_for(mobilenet_layers, keep_last_layer_8bit=True,
+                           pins={mobilenet_layers[-1].name: (6, 4)})
+    assert fixed[mobilenet_layers[-1].name] == (6, 4), "a pin wins over keep_last_layer_8bit"
+
+
+def test_best_uniform_is_the_highest_width_that_fits(table, mobilenet_layers):
+    for budget in (0.3, 0.5, 0.8, 1.0):
+        try:
+            env = QuantizationEnv(mobilenet_layers, table, "latency", budget, range(2, 9),
+                                  fixed_bits_for(mobilenet_layers))
+        except HaqError:
+            continue  # below what this hardware can reach at 2 bits
+        bits, policy = env.best_uniform()
+        assert env.fits(policy)
+        assert policy[0] == (8, 8) and policy[-1] == (8, 8)
+        assert all(pair == (bits, bits) for pair in policy[1:-1])
+        if bits < 8:
+            assert not env.fits(env.uniform_bits(bits + 1))
+        if budget == 1.0:
+            assert bits == 8
