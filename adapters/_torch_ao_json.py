@@ -9,7 +9,8 @@ and keyword arguments.  They are written as::
                 "dtype": "torch.quint8", "qscheme": "torch.per_tensor_affine"}}
 
 A string keyword value is a torch dtype, a torch qscheme, or a class of
-``torch.ao.quantization.fake_quantize`` / ``torch.ao.quantization.observer``;
+``torch.ao.quantization.fake_quantize`` / ``torch.ao.quantization.observer`` /
+``haq_plugin.adapters._torch_ao_qconfig`` (the weight observer);
 nothing else is imported when reading, so a policy file cannot run code.
 Functions in ``module_name_object_type_order`` entries are named the same way
 (``_operator.add``) and must come from ``operator``, ``torch`` or
@@ -27,7 +28,8 @@ from torch.ao.quantization import QConfig, QConfigMapping
 
 from haq_plugin.errors import HaqError
 
-_CLASS_MODULES = ("torch.ao.quantization.fake_quantize", "torch.ao.quantization.observer")
+_CLASS_MODULES = ("torch.ao.quantization.fake_quantize", "torch.ao.quantization.observer",
+                  "haq_plugin.adapters._torch_ao_qconfig")
 _FUNCTION_MODULES = ("_operator", "operator", "torch", "torch.nn.functional")
 _DTYPES = {f"torch.{name}": getattr(torch, name) for name in ("quint8", "qint8", "qint32", "float32", "float16")}
 _QSCHEMES = {f"torch.{name}": getattr(torch, name) for name in (

@@ -170,8 +170,9 @@ def prepare_probed(model: nn.Module, example_input: Any, layers: list[str], obse
                    other_act_bits: int = 8) -> tuple[fx.GraphModule, FxPlan, FxHandles]:
     """``prepare_qat_fx`` with the probe mapping, and the plan read from the result.
 
-    ``model`` itself is not modified, but the prepared model shares its
-    parameters: pass a copy when the result will be trained.
+    Pass a copy: the prepared model shares the parameters of ``model``, and
+    ``prepare_qat_fx`` leaves ``.qconfig`` attributes on its modules, which a
+    later ``prepare_qat_fx`` of the same modules would pick up.
     """
     example = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     was_training = model.training

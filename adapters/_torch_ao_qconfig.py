@@ -12,6 +12,15 @@ A signed activation type would not do: torch.ao's default backend config only
 accepts ``quint8`` activations and silently leaves a layer with a ``qint8``
 activation QConfig in floating point.
 
+The weight observer is :class:`FullRangeSymmetricObserver`, a
+``PerChannelMinMaxObserver`` with one change: torch's symmetric formula
+``scale = max|w| / ((quant_max - quant_min) / 2)`` maps the largest positive
+weight to ``quant_max + 1/2``.  Fake quantization clamps that to ``quant_max``,
+but ``convert_fx`` quantizes the weights again with the plain qint8 limits and
+stores ``2^(w-1)``, a value ``w`` bits cannot hold.  Choosing the scale so that
+the positive side ends at ``quant_max`` and the negative side at
+``quant_min`` keeps every weight of the converted model inside the range.
+
 Only 2 to 8 bits are offered.  ``quint8``/``qint8`` hold at most 8 bits, and
 1 bit has no symmetric signed range: ``[-1, 0]`` cannot represent a single
 positive weight.
@@ -28,7 +37,8 @@ from typing import Any
 
 import torch
 from torch.ao.quantization import FakeQuantize, QConfig
-from torch.ao.quantization.observer import MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
+from torch.ao.quantization.observer import (
+    MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver, check_min_max_valid)
 
 from haq_plugin.errors import HaqError
 
@@ -43,6 +53,23 @@ ACT_OBSERVERS: dict[str, type] = {
     "minmax": MinMaxObserver,
     "moving_average": MovingAverageMinMaxObserver,
 }
+
+
+class FullRangeSymmetricObserver(PerChannelMinMaxObserver):
+    """Per-channel symmetric weights whose integers stay in ``[quant_min, quant_max]`` (see module docstring).
+
+    The zero point is 0; the scale is the smallest that fits the channel's
+    largest positive weight at ``quant_max`` and its most negative weight at
+    ``quant_min``.
+    """
+
+    def _calculate_qparams(self, min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not check_min_max_valid(min_val, max_val):
+            return super()._calculate_qparams(min_val, max_val)
+        positive = torch.clamp(max_val, min=0) / float(self.quant_max)
+        negative = torch.clamp(min_val, max=0) / float(self.quant_min)
+        scale = torch.max(torch.max(positive, negative), self.eps.to(min_val.device))
+        return scale, torch.zeros(scale.shape, dtype=torch.int64, device=scale.device)
 
 
 def weight_range(bits: int) -> tuple[int, int]:
@@ -65,7 +92,7 @@ def check_bits(bits: int, what: str) -> int:
 def weight_fake_quant(bits: int) -> Any:
     """Constructor of a per-output-channel symmetric weight fake-quantizer."""
     lo, hi = weight_range(check_bits(bits, "a weight bit width"))
-    return FakeQuantize.with_args(observer=PerChannelMinMaxObserver, quant_min=lo, quant_max=hi,
+    return FakeQuantize.with_args(observer=FullRangeSymmetricObserver, quant_min=lo, quant_max=hi,
                                   dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
 
 

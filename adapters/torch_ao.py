@@ -2,8 +2,10 @@
 
 A policy becomes one ``QConfig`` per layer, set by module name:
 
-* weights: ``FakeQuantize`` with ``PerChannelMinMaxObserver``, ``torch.qint8``,
-  ``per_channel_symmetric``, range ``[-2^(w-1), 2^(w-1) - 1]``;
+* weights: ``FakeQuantize`` with a ``PerChannelMinMaxObserver`` (subclass
+  ``FullRangeSymmetricObserver``, whose scale keeps converted integer weights in
+  range), ``torch.qint8``, ``per_channel_symmetric``, range
+  ``[-2^(w-1), 2^(w-1) - 1]``;
 * activations: ``FakeQuantize`` with ``MinMaxObserver`` (or
   ``MovingAverageMinMaxObserver``, option ``act_observer``), ``torch.quint8``,
   ``per_tensor_affine``, range ``[0, 2^a - 1]``.  Affine unsigned ranges also
@@ -173,7 +175,8 @@ def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, a
     except Exception as exc:
         raise HaqError(f"torch.fx cannot trace {type(model).__name__} ({_one_line(exc)}), so no FX "
                        "QConfigMapping applies; use the torch.ao backend's eager mode and prepare_qat_eager.") from None
-    _, plan, _ = prepare_probed(model, example_input, layers, act_observer, other_act_bits)
+    # prepare_qat_fx writes .qconfig attributes into the modules it is given: trace a copy.
+    _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, layers, act_observer, other_act_bits)
     return plan.mapping(checked)
 
 

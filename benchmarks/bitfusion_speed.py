@@ -18,9 +18,8 @@ from typing import Callable
 import torch
 
 from haq_plugin import extract_layers, load_hardware
-from haq_plugin.hardware_models.bitfusion import loop_nest
-from haq_plugin.hardware_models.bitfusion_exhaustive import exhaustive_search
-from haq_plugin.hardware_models.bitfusion_search import fast_search
+from haq_plugin.costs import build_cost_table
+from haq_plugin.hardware_models.bitfusion_exhaustive import exhaustive_layer_counters
 from haq_plugin.zoo import MobileNetV2
 
 SAMPLE = ("features.0.0", "features.2.conv.1.0", "features.4.conv.0.0", "features.14.conv.2.0", "classifier")
@@ -54,19 +53,17 @@ def main() -> None:
         ratios = []
         for name in SAMPLE:
             layer = by_name[name]
-            nest, _ = loop_nest(layer, hw.config["batch"])
-            slow = median_seconds(lambda: exhaustive_search(nest, hw.array, hw.energy, w, a), args.repeats)
-            fast = median_seconds(lambda: fast_search(nest, hw.array, hw.energy, [(w, a)]), args.repeats)
-            table = median_seconds(lambda: fast_search(nest, hw.array, hw.energy, ALL_PAIRS), args.repeats)
+            slow = median_seconds(lambda: exhaustive_layer_counters(layer, hw.array, hw.energy, hw.config["batch"],
+                                                                    w, a), args.repeats)
+            # a fresh instance per run: nothing cached from the previous run
+            fast = median_seconds(lambda: load_hardware(hw_name).layer_cost(layer, w, a), args.repeats)
+            table = median_seconds(lambda: load_hardware(hw_name).layer_costs(layer, ALL_PAIRS), args.repeats)
             ratios.append(slow / fast)
             print(f"{name:24s} {layer.describe():34s} {slow * 1e3:9.1f}ms {fast * 1e3:10.2f}ms {table * 1e3:12.1f}ms")
         print(f"median speed-up for one {w}/{a}-bit pair: {statistics.median(ratios):.0f}x")
-        start = time.perf_counter()
-        fresh = load_hardware(hw_name)
-        for layer in layers:
-            fresh.layer_costs(layer, ALL_PAIRS)
-        total = time.perf_counter() - start
-        print(f"MobileNet-V2 full table ({len(layers)} layers x {len(ALL_PAIRS)} pairs): {total:.2f} s")
+        table = build_cost_table(load_hardware(hw_name), layers, cache=False)
+        print(f"MobileNet-V2 full cost table ({len(layers)} layers x {len(table.bits) ** 2} pairs): "
+              f"{table.build_seconds:.2f} s")
 
 
 if __name__ == "__main__":

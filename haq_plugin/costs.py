@@ -19,7 +19,10 @@ The last two are hardware independent and computed here.
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -119,7 +122,8 @@ def build_cost_table(hardware: HardwareModel, layers: Sequence[LayerSpec], bits:
     """Simulate every layer at every bit pair once (or load the cached result)."""
     bit_axis = table_bits(hardware, bits)
     key = stable_hash({"format": CACHE_FORMAT, "hw": hardware.name, "cls": type(hardware).__qualname__,
-                       "config": hardware.config, "layers": [l.shape_key() for l in layers], "bits": bit_axis})
+                       "code": model_code_hash(type(hardware)), "config": hardware.config,
+                       "layers": [l.shape_key() for l in layers], "bits": bit_axis})
     path = cache_dir("cost-tables") / f"{hardware.name}-{key}.npz"
     if cache and path.exists():
         start = time.perf_counter()
@@ -134,6 +138,24 @@ def build_cost_table(hardware: HardwareModel, layers: Sequence[LayerSpec], bits:
     if cache:
         _save(path, table)
     return table
+
+
+def model_code_hash(cls: type) -> str:
+    """Hash of the source files of the package that defines ``cls``.
+
+    Part of the cache key, so that editing or upgrading a simulator never serves
+    a table computed by its previous version.
+    """
+    package = cls.__module__.rpartition(".")[0] or cls.__module__
+    files = sorted({getattr(mod, "__file__", None) or "" for name, mod in list(sys.modules.items())
+                    if name == cls.__module__ or name.startswith(package + ".")} - {""})
+    digest = hashlib.sha256()
+    for file in files:
+        try:
+            digest.update(Path(file).read_bytes())
+        except OSError:
+            digest.update(file.encode())
+    return digest.hexdigest()[:16]
 
 
 def _simulate(hardware: HardwareModel, layers: Sequence[LayerSpec], bit_axis: tuple[int, ...]) -> CostTable:

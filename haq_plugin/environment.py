@@ -173,16 +173,34 @@ class QuantizationEnv:
         states[0::2, 8] = 1.0
         return states
 
+    def _cheapest_pairs(self) -> list[BitPair]:
+        """Per layer, the cheapest (weight, activation) bits its free slots allow.
+
+        Usually the minimum bits, but not always: on some accelerators a width
+        below the native one costs as much or more (e.g. BitFusion pads odd
+        widths), so the true floor of the budget is found by looking.  Ties go
+        to more bits, which cost nothing and can only help accuracy.
+        """
+        pairs = []
+        for i, (fw, fa) in enumerate(self.fixed):
+            ws = (fw,) if fw is not None else self.allowed
+            acts = (fa,) if fa is not None else self.allowed
+            pairs.append(min(((w, a) for w in ws for a in acts),
+                             key=lambda p: (self.layer_cost(i, *p), -(p[0] + p[1]), -p[0])))
+        return pairs
+
     def _check_feasible(self) -> None:
-        cheapest = self.minimum_bits()
-        if not self.budget.fits(self.cost(cheapest)):
-            smallest = self.cost(cheapest) / self.budget.reference
+        self.cheapest = self._cheapest_pairs()
+        floor = self.cost(self.cheapest)
+        if not self.budget.fits(floor):
+            smallest = floor / self.budget.reference
             stated = math.ceil(smallest * 1e4) / 1e4
             raise HaqError(
                 f"The {self.budget.constraint} budget of {self.budget.fraction:g} x the 8-bit cost cannot be met: "
-                f"even with every free layer at {self.allowed[0]} bits (kept and pinned layers unchanged) the "
-                f"policy costs {smallest:.6f} x the 8-bit cost. The smallest feasible budget is {stated:.4f}; "
-                "raise the budget, lower min_bits, or unpin/unkeep layers."
+                f"even the cheapest policy (every free layer at its cheapest allowed bits, {self.allowed[0]} "
+                f"bits on most hardware; kept and pinned layers unchanged) costs {smallest:.6f} x the 8-bit "
+                f"cost. The smallest feasible budget is {stated:.4f}; raise the budget, lower min_bits, or "
+                "unpin/unkeep layers."
             )
 
     # -- episode ----------------------------------------------------------------------
@@ -233,15 +251,20 @@ class QuantizationEnv:
         Sweeps layers from last to first; per layer, activation bits go one
         allowed width down, then the budget is checked, then weight bits, then the
         check again.  Sweeps repeat until the budget holds.  Fixed bits and bits
-        already at the minimum are never touched.  Terminates because each sweep
-        lowers something until every free bit is minimal, which fits (checked
-        when the environment was built).
+        already at the minimum are never touched.
+
+        On hardware where cost falls with bits everywhere (the usual case) the
+        sweeps always succeed, because the all-minimum policy is the cheapest
+        and was checked to fit.  Where some width below another costs more, the
+        sweeps can end at minimum bits still over budget; then layers, last to
+        first, switch to their cheapest bits until the policy fits.
         """
         current = [list(pair) for pair in bits]
         per_layer = [self.layer_cost(i, w, a) for i, (w, a) in enumerate(current)]
         if self.budget.fits(math.fsum(per_layer)):
             return [tuple(pair) for pair in current]  # type: ignore[misc]
-        while True:
+        lowered = True
+        while lowered:
             lowered = False
             for i in reversed(range(len(current))):
                 for slot in (1, 0):  # activation first, then weight
@@ -253,8 +276,14 @@ class QuantizationEnv:
                     lowered = True
                     if self.budget.fits(math.fsum(per_layer)):
                         return [tuple(pair) for pair in current]  # type: ignore[misc]
-            if not lowered:
-                raise RuntimeError("budget enforcement reached minimum bits without fitting")
+        for i in reversed(range(len(current))):
+            cheapest = self.cheapest[i]
+            if self.layer_cost(i, *cheapest) < per_layer[i]:
+                current[i] = list(cheapest)
+                per_layer[i] = self.layer_cost(i, *cheapest)
+                if self.budget.fits(math.fsum(per_layer)):
+                    return [tuple(pair) for pair in current]  # type: ignore[misc]
+        raise RuntimeError("budget enforcement reached the cheapest policy without fitting")
 
     def _lower(self, layer: int, slot: int, bits: int) -> int | None:
         """The next allowed width below ``bits`` for a free slot, or None (fixed or minimal)."""
@@ -269,13 +298,17 @@ class QuantizationEnv:
         return [(w if w is not None else bits, a if a is not None else bits) for w, a in self.fixed]
 
     def minimum_bits(self) -> list[BitPair]:
-        """The cheapest policy budget enforcement can reach: every free bit at the minimum."""
+        """Every free bit at the minimum allowed width (the cheapest policy on most hardware)."""
         return self.uniform_bits(self.allowed[0])
 
-    def best_uniform(self) -> tuple[int, list[BitPair]]:
-        """The highest uniform width (w = a) whose policy fits the budget."""
+    def best_uniform(self) -> tuple[int, list[BitPair]] | None:
+        """The highest uniform width (w = a) whose policy fits the budget, or None if none fits.
+
+        None is only possible on hardware where low widths are not the cheapest
+        (a mixed policy fits, no uniform one does).
+        """
         for bits in reversed(self.allowed):
             policy = self.uniform_bits(bits)
             if self.fits(policy):
                 return bits, policy
-        raise RuntimeError("no uniform policy fits, although the minimum one was checked")
+        return None

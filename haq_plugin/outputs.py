@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from haq_plugin.errors import HaqError
-from haq_plugin.policy import write_text_atomic
 
 if TYPE_CHECKING:
     from haq_plugin.backend import QuantBackend
@@ -69,6 +68,13 @@ def prepare_output_dir(path: str | Path, resume: bool, force: bool) -> Path:
     return path
 
 
+def _default_mode() -> int:
+    """Permissions of a newly created file under the current umask (mkstemp would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_via_temp(path: Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +83,7 @@ def write_via_temp(path: Path, write: Callable[[Path], Any]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -116,8 +123,12 @@ def episodes_csv(history: Sequence["EpisodeRecord"]) -> str:
     return out.getvalue()
 
 
+def write_text(path: Path, text: str) -> Path:
+    return write_via_temp(path, lambda tmp: tmp.write_text(text))
+
+
 def write_episodes_csv(directory: Path, history: Sequence["EpisodeRecord"]) -> Path:
-    return write_text_atomic(directory / EPISODES, episodes_csv(history))
+    return write_text(directory / EPISODES, episodes_csv(history))
 
 
 # -- summary.md -------------------------------------------------------------------------
@@ -159,12 +170,14 @@ def summary_markdown(result: "SearchResult") -> str:
         f"| budget | {budget.absolute:.6g} | {budget.fraction:.4f} | |",
         f"| searched policy | {achieved['cost']:.6g} | {achieved['cost_fraction']:.4f} | {achieved['accuracy']:.2f} |",
         f"| uniform {uniform.bits}-bit (best uniform within budget) | {uniform.cost:.6g} | "
-        f"{uniform.cost_fraction:.4f} | {uniform.accuracy:.2f} |",
+        f"{uniform.cost_fraction:.4f} | {uniform.accuracy:.2f} |" if uniform else
+        "| uniform (none fits the budget) | | | |",
         f"| 8-bit (w8/a8) | {budget.reference:.6g} | 1.0000 | |",
         f"| float | | | {result.float_accuracy:.2f} |",
         "",
         f"Accuracy against float: {achieved['accuracy'] - result.float_accuracy:+.2f} points; against the "
-        f"best uniform policy within the same budget: {achieved['accuracy'] - uniform.accuracy:+.2f} points.",
+        + (f"best uniform policy within the same budget: {achieved['accuracy'] - uniform.accuracy:+.2f} points."
+           if uniform else "no uniform policy fits the same budget."),
         "",
         "## Settings", "",
         f"- hardware: `{prov['hardware']['name']}` ({_config_text(prov['hardware']['config'])})",
@@ -206,7 +219,7 @@ def write_policy_figure(path: Path, result: "SearchResult") -> Path | None:
     ax.bar(x, bits[:, 0], color=colors_w, label="weight bits (dark: depthwise)")
     ax.bar(x, -bits[:, 1], color=colors_a, label="activation bits (dark: depthwise)")
     top = int(bits.max())
-    ax.set_ylim(-top - 1, top + 1)
+    ax.set_ylim(-top - 1, top + 3)  # headroom for the legends
     ax.set_yticks(range(-top, top + 1, 2 if top > 4 else 1))
     ax.set_yticklabels([str(abs(t)) for t in range(-top, top + 1, 2 if top > 4 else 1)])
     ax.axhline(0, color="black", linewidth=0.6)
@@ -220,7 +233,7 @@ def write_policy_figure(path: Path, result: "SearchResult") -> Path | None:
         ax2.plot(x, shares * 100, color="#2ca02c", marker="o", markersize=3, linewidth=1,
                  label="latency share (%)")
         ax2.set_ylabel("latency share (%)")
-        ax2.set_ylim(0, max(1.0, float(shares.max() * 100) * 1.15))
+        ax2.set_ylim(0, max(1.0, float(shares.max() * 100) * 1.4))
         ax2.legend(loc="upper right", fontsize=7)
     prov = result.policy.provenance
     ax.set_title(f"{prov['hardware']['name']}, {result.budget.constraint} budget {result.budget.fraction:g} "
@@ -240,7 +253,7 @@ def write_search_outputs(result: "SearchResult", backend: "QuantBackend") -> dic
     files["export"] = write_via_temp(directory / backend.export_filename,
                                      lambda tmp: backend.export(result.policy, tmp))
     files["episodes"] = write_episodes_csv(directory, result.history)
-    files["summary"] = write_text_atomic(directory / SUMMARY, summary_markdown(result))
+    files["summary"] = write_text(directory / SUMMARY, summary_markdown(result))
     figure = write_policy_figure(directory / FIGURE, result)
     if figure is not None:
         files["figure"] = figure

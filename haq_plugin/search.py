@@ -111,14 +111,15 @@ class SearchResult:
 
     ``policy`` is the most accurate policy evaluated (earliest on ties), with
     provenance; ``history`` has one record per episode; ``uniform`` is the best
-    uniform policy within the same budget; ``timings`` (seconds) splits the
+    uniform policy within the same budget (None on hardware where no uniform
+    policy fits but a mixed one does); ``timings`` (seconds) splits the
     search loop into evaluation and everything else.
     """
 
     policy: Policy
     history: list[EpisodeRecord]
     float_accuracy: float
-    uniform: UniformBaseline
+    uniform: UniformBaseline | None
     best_episode: int
     budget: Budget
     layers: list[LayerSpec]
@@ -406,8 +407,16 @@ class _SearchRun:
         accuracy = float(self.backend.evaluate(self.eval_fn))
         return accuracy, time.perf_counter() - start
 
-    def _evaluate_uniform(self) -> dict[str, Any]:
-        bits, policy = self.env.best_uniform()
+    def _evaluate_uniform(self) -> dict[str, Any] | None:
+        found = self.env.best_uniform()
+        if found is None:
+            if self.strategy == "uniform":
+                raise HaqError(
+                    f"No uniform policy fits the {self.constraint} budget of {self.env.budget.fraction:g} on "
+                    f"hardware '{self.hardware.name}' (its cheapest policy mixes widths); use strategy 'ddpg' "
+                    "or 'random', or raise the budget.")
+            return None
+        bits, policy = found
         accuracy, _ = self._evaluate(policy)
         cost = self.env.cost(policy)
         return {"bits": bits, "accuracy": accuracy, "cost": cost, "cost_fraction": cost / self.env.budget.reference,
@@ -418,7 +427,7 @@ class _SearchRun:
         """The 'uniform' strategy: its one policy is the baseline already evaluated."""
         if self.history:
             return
-        assert self.uniform is not None
+        assert self.uniform is not None  # checked in _evaluate_uniform
         bits = [tuple(p) for p in self.uniform["policy"]]
         self._record(0, bits, self.uniform["accuracy"], None, 0.0, 0.0)
         self._save_checkpoint()
@@ -530,25 +539,26 @@ class _SearchRun:
 
     def _restore(self, checkpoint: Mapping[str, Any]) -> None:
         self.float_accuracy = float(checkpoint["float_accuracy"])
-        self.uniform = dict(checkpoint["uniform"])
+        self.uniform = checkpoint["uniform"]
         self.history = [EpisodeRecord.from_dict(r) for r in checkpoint["history"]]
         self.best = checkpoint["best"]
         if self.agent is not None:
             self.agent.load_state_dict(checkpoint["agent"])
         self.action_rng.bit_generator.state = checkpoint["action_rng"]
-        pass
+        restore_rng_state(checkpoint["rng"])
 
     # -- results --------------------------------------------------------------------------
     def _result(self, interrupted: bool) -> SearchResult:
-        assert self.best is not None and self.uniform is not None and self.float_accuracy is not None
+        assert self.best is not None and self.float_accuracy is not None
         best = self.history[self.best]
         policy = Policy.from_bits(self.layers, best.bits, **self._provenance(best))
-        u = self.uniform
-        uniform = UniformBaseline(
-            bits=int(u["bits"]), accuracy=float(u["accuracy"]), cost=float(u["cost"]),
-            cost_fraction=float(u["cost_fraction"]),
-            policy=Policy.from_bits(self.layers, [tuple(p) for p in u["policy"]], source="uniform baseline"),
-        )
+        u, uniform = self.uniform, None
+        if u is not None:
+            uniform = UniformBaseline(
+                bits=int(u["bits"]), accuracy=float(u["accuracy"]), cost=float(u["cost"]),
+                cost_fraction=float(u["cost_fraction"]),
+                policy=Policy.from_bits(self.layers, [tuple(p) for p in u["policy"]], source="uniform baseline"),
+            )
         result = SearchResult(
             policy=policy, history=list(self.history), float_accuracy=self.float_accuracy, uniform=uniform,
             best_episode=self.best, budget=self.env.budget, layers=self.layers, cost_table=self.table,
@@ -573,7 +583,8 @@ class _SearchRun:
                        "reference_8bit": budget.reference, "unit": UNITS[self.constraint]},
             "achieved": {"cost": best.cost, "cost_fraction": best.cost_fraction, "accuracy": best.accuracy,
                          "float_accuracy": self.float_accuracy, "episode": best.episode},
-            "uniform_baseline": {k: self.uniform[k] for k in ("bits", "accuracy", "cost", "cost_fraction")},
+            "uniform_baseline": None if self.uniform is None else
+            {k: self.uniform[k] for k in ("bits", "accuracy", "cost", "cost_fraction")},
             "search": search_settings,
         })
 
@@ -610,6 +621,7 @@ def summary_text(result: SearchResult) -> str:
         f"Best policy (episode {best.episode}): accuracy {best.accuracy:.2f}% (float {result.float_accuracy:.2f}%, "
         f"{best.accuracy - result.float_accuracy:+.2f}), {b.constraint} {best.cost_fraction:.4f} x 8-bit "
         f"({best.cost:.6g} {unit}).",
+        "No uniform policy fits the budget." if u is None else
         f"Best uniform policy within budget: w{u.bits}/a{u.bits}, accuracy {u.accuracy:.2f}%, "
         f"{b.constraint} {u.cost_fraction:.4f} x 8-bit; mixed precision {best.accuracy - u.accuracy:+.2f} points.",
     ])

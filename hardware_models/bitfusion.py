@@ -112,7 +112,7 @@ def _positive(value: float) -> str | None:
 
 def _options(array: dict[str, Any], source: str) -> tuple[Option, ...]:
     """Options of one variant; ``array`` holds its defaults, ``source`` names the config file."""
-    derived = "default: derived for this configuration as the simulator does (see bitfusion_energy)"
+    banks = {"wbuf": "N*M", "ibuf": "N", "obuf": "M"}
     return (
         Option("rows", int, array["rows"], "N: Fusion Units per column (inputs reduced per column)",
                minimum=1, source=f"{source} [accelerator] a"),
@@ -130,11 +130,13 @@ def _options(array: dict[str, Any], source: str) -> tuple[Option, ...]:
                minimum=1, source=f"{source} [accelerator] Out_SRAM"),
         Option("batch", int, array["batch"], "images per batch; latency and energy are per batch",
                minimum=1, source=array["batch_source"]),
-        Option("core_pj_per_cycle", float, None, f"core energy per busy cycle, pJ; {derived}",
-               minimum=0, source="results/systolic_array_synth.csv 4x4 row x N*M/16 / clock"),
-        *(Option(f"{buf}_{op}_pj_per_bit", float, None, f"{buf.upper()} {op} energy per bit, pJ; {derived}",
-                 minimum=0, source="sram/cacti_sweep.csv (45 nm) bank energy / 32")
-          for buf in ("wbuf", "ibuf", "obuf") for op in ("read", "write")),
+        Option("core_pj_per_cycle", float, None,
+               "core energy per busy cycle, pJ (None: 4x4 synthesis power x N*M/16 / clock)",
+               minimum=0, source="results/systolic_array_synth.csv 4x4 row, scaled as src/simulator/simulator.py"),
+        *(Option(f"{buf}_{op}_pj_per_bit", float, None,
+                 f"{buf.upper()} {op} energy per bit, pJ (None: CACTI energy of one of its {count} banks / 32)",
+                 minimum=0, source="sram/cacti_sweep.csv (45 nm), banking as src/simulator/simulator.py")
+          for buf, count in banks.items() for op in ("read", "write")),
         Option("dram_pj_per_bit", float, DRAM_PJ_PER_BIT, "DRAM energy per bit read or written, pJ",
                minimum=0, source="src/simulator/stats.py Stats.get_energy dram_cost = 15e-3 nJ"),
     )
@@ -201,18 +203,28 @@ class BitFusionEdge(HardwareModel):
         """Cheapest plan by rule 8 (cycles, then energy, then counters) among those that fit."""
         best: tuple[tuple, LayerCost] | None = None
         for plan in plans:
-            parts = [(self._cache.get((nest, *pair)), count) for nest, count in plan.parts]
-            if any(mapping is None for mapping, _ in parts):
+            parts = self._searched_parts(plan, pair)
+            if parts is None:
                 continue
-            counters = {name: sum(m.counters[name] * n for m, n in parts) for name in COUNTERS}  # type: ignore
+            counters = {name: sum(m.counters[name] * n for m, n in parts) for name in COUNTERS}
             energy_pj = self.energy.of_counters(counters)
             key = (counters["cycles"], energy_pj, *counters.values())
             if best is None or key < best[0]:
-                best = (key, self._layer_cost(counters, energy_pj, layer.groups, plan.groups_per_pack,
-                                              parts[0][0]))  # type: ignore[arg-type]
+                cost = self._layer_cost(counters, energy_pj, layer.groups, plan.groups_per_pack, parts[0][0])
+                best = (key, cost)
         if best is None:
             raise HaqError(self._misfit(plans[0].parts[0][0], *pair, layer=layer) or "no schedule fits")
         return best[1]
+
+    def _searched_parts(self, plan: PackPlan, pair: tuple[int, int]) -> list[tuple[Mapping, int]] | None:
+        """The plan's nests with their best schedules, or None when one of them does not fit."""
+        parts = []
+        for nest, count in plan.parts:
+            mapping = self._cache.get((nest, *pair))
+            if mapping is None:
+                return None
+            parts.append((mapping, count))
+        return parts
 
     def _layer_cost(self, counters: dict[str, int], energy_pj: float, groups: int, groups_per_pack: int,
                     mapping: Mapping) -> LayerCost:

@@ -3,7 +3,7 @@
 The authors' simulator tries 120 loop orders times every power-of-two tiling, one
 candidate at a time (about half a second per layer and bit pair in Python).  This
 search returns the same optimum (same selection key, rule 8) for many bit pairs at
-once, using four facts about the rules of ``tests/data/bitfusion/REFERENCE.md``:
+once, using five facts about the rules of ``tests/data/bitfusion/REFERENCE.md``:
 
 1. *Only the promotion rule (4) depends on the loop order.*  Footprints,
    compute cycles and on-chip accesses (rules 3, 5, 6) are per tiling; they are

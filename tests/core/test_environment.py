@@ -133,7 +133,7 @@ def test_enforcement_always_returns_a_policy_within_budget(table, mobilenet_laye
     for fixed in fixed_variants:
         for allowed in (range(2, 9), (2, 4, 8), range(3, 7)):
             probe = QuantizationEnv(layers, table, "latency", 1.0, allowed, fixed)
-            floor = probe.fraction(probe.minimum_bits())
+            floor = probe.fraction(probe.cheapest)
             for budget in rng.uniform(floor, 1.0, 8):
                 env = QuantizationEnv(layers, table, "latency", float(budget), allowed, fixed)
                 for _ in range(5):
@@ -143,7 +143,9 @@ def test_enforcement_always_returns_a_policy_within_budget(table, mobilenet_laye
                     assert env.fits(enforced)
                     assert env.cost(enforced) <= budget * env.budget.reference * (1 + 1e-9)
                     for i, ((pw, pa), (ew, ea)) in enumerate(zip(proposed, enforced)):
-                        assert ew <= pw and ea <= pa, "bits only go down"
+                        # bits only go down, except on hardware where fewer bits can cost more, where a
+                        # layer may jump to its cheapest pair once the sweeps reached minimum bits
+                        assert (ew <= pw and ea <= pa) or (ew, ea) == env.cheapest[i]
                         assert ew in env.allowed or env.fixed[i][0] == ew
                         assert ea in env.allowed or env.fixed[i][1] == ea
                         if env.fixed[i][0] is not None:
@@ -194,6 +196,28 @@ def test_infeasible_budget_states_the_smallest_feasible_fraction(mobilenet_layer
         QuantizationEnv(layers, table, "latency", exact * 0.999, range(2, 9), fixed)
 
 
+def test_enforcement_handles_widths_that_cost_more_than_wider_ones(mobilenet_layers):
+    """Hardware without native 2-bit support: 2-bit weights cost more than 3-bit ones."""
+    layers = mobilenet_layers
+    table = roofline_table(layers)
+    latency = table.latency.copy()
+    latency[:, table.index(2), :] = latency[:, table.index(5), :] * 1.1
+    odd = CostTable(layers, BITS, latency, hardware_name="no-2bit-weights")
+    fixed = fixed_bits_for(layers)
+    probe = QuantizationEnv(layers, odd, "latency", 1.0, range(2, 9), fixed)
+    assert all(w == 3 for w, _ in probe.cheapest[1:-1]) and all(a == 2 for _, a in probe.cheapest[1:-1])
+    floor, all_min = probe.fraction(probe.cheapest), probe.fraction(probe.minimum_bits())
+    assert floor < all_min
+    rng = np.random.default_rng(4)
+    for budget in np.linspace(floor, all_min, 6):
+        env = QuantizationEnv(layers, odd, "latency", float(budget), range(2, 9), fixed)
+        for _ in range(10):
+            proposed = [(8, 8)] + [tuple(int(b) for b in rng.integers(2, 9, 2)) for _ in layers[1:-1]] + [(8, 8)]
+            assert env.fits(env.enforce_budget(proposed))
+    with pytest.raises(HaqError, match=f"smallest feasible budget is {math.ceil(floor * 1e4) / 1e4:.4f}"):
+        QuantizationEnv(layers, odd, "latency", floor * 0.99, range(2, 9), fixed)
+
+
 @pytest.mark.parametrize("budget", [0.0, -0.2, 1.01, 3])
 def test_budget_outside_unit_interval_is_refused(mobilenet_layers, budget):
     with pytest.raises(HaqError, match=r"budget must be a fraction of the 8-bit cost in \(0, 1\]"):
@@ -233,7 +257,11 @@ def test_best_uniform_is_the_highest_width_that_fits(table, mobilenet_layers):
                                   fixed_bits_for(mobilenet_layers))
         except HaqError:
             continue  # below what this hardware can reach at 2 bits
-        bits, policy = env.best_uniform()
+        found = env.best_uniform()
+        if found is None:
+            assert not env.fits(env.minimum_bits()), "the all-minimum policy is uniform"
+            continue
+        bits, policy = found
         assert env.fits(policy)
         assert policy[0] == (8, 8) and policy[-1] == (8, 8)
         assert all(pair == (bits, bits) for pair in policy[1:-1])

@@ -24,6 +24,8 @@ from haq_plugin.plugins import get_plugin_manager, load_hardware, reset_plugin_m
 from haq_plugin.policy import Policy
 from haq_plugin.search import SearchInterrupted, search
 
+pytestmark = pytest.mark.slow
+
 EPISODES = 6
 QUICK = DDPGConfig(warmup_episodes=3, hidden=64, batch_size=16)
 HARDWARE = "bitfusion"
@@ -204,6 +206,34 @@ def test_shorter_run_extended_on_resume_equals_uninterrupted(reference, task, ba
     assert history_key(resumed) == history_key(reference)
 
 
+def test_resume_restores_the_global_random_state(task, backend_name, tmp_path):
+    """An eval_fn that samples a random validation subset draws from the global generator."""
+    x, y = digits_splits()["val"]
+
+    def sampled_eval(model):
+        idx = torch.randperm(len(y))[:150]
+        return accuracy_fn(x[idx], y[idx])(model)
+
+    straight = run(task, backend_name, eval_fn=sampled_eval, episodes=4)
+    run(task, backend_name, eval_fn=sampled_eval, episodes=2, output_dir=tmp_path)
+    resumed = run(task, backend_name, eval_fn=sampled_eval, episodes=4, output_dir=tmp_path, resume=True)
+    assert history_key(resumed) == history_key(straight)
+
+
+@pytest.mark.parametrize("backend", ["torch.ao", "brevitas"])
+def test_resume_with_finetuning_equals_uninterrupted(task, backend, tmp_path):
+    """Finetuning changes weights every episode: the backend must start each one afresh."""
+    if not registered("backend", backend):
+        pytest.skip(f"the {backend} backend is not registered in this installation")
+    x, y = digits_splits()["train"]
+    train = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    options = dict(train_data=train, finetune_steps=3, episodes=4)
+    straight = run(task, backend, **options)
+    run(task, backend, output_dir=tmp_path, **{**options, "episodes": 2})
+    resumed = run(task, backend, output_dir=tmp_path, resume=True, **options)
+    assert history_key(resumed) == history_key(straight)
+
+
 def test_resume_refuses_changed_settings_and_missing_checkpoint(reference, task, backend_name, tmp_path):
     with pytest.raises(HaqError, match="budget: checkpoint 0.35, now 0.3"):
         run(task, backend_name, output_dir=reference.output_dir, resume=True, budget=0.3)
@@ -315,4 +345,4 @@ def test_policy_json_provenance_is_json_and_complete(reference):
     assert prov["hardware"]["name"] == HARDWARE and prov["hardware"]["config"]
     assert prov["budget"]["absolute"] == pytest.approx(0.35 * prov["budget"]["reference_8bit"])
     assert [entry["name"] for entry in data["layers"]] == [layer.name for layer in reference.layers]
-    assert isinstance(Path(reference.files["policy"]), Path)
+    assert reference.files["policy"] == Path(reference.output_dir) / "policy.json"

@@ -177,6 +177,7 @@ def test_short_search_on_roofline(roofline_site, tmp_path):
     assert achieved["cost"] == pytest.approx(latency, rel=1e-9)
     assert policy.provenance["budget"]["reference_8bit"] == pytest.approx(eight_bit, rel=1e-9)
     assert len((out / "episodes.csv").read_text().strip().splitlines()) == 1 + 3
+    assert (out / "qconfig_mapping.json").is_file()
 
 
 # -- a misbehaving plugin beside the others ---------------------------------------------
