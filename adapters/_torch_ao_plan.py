@@ -28,7 +28,7 @@ One QConfig serves several inputs in two cases, and FX cannot separate them:
 Such an entry gets the *smallest* activation width of the layers it feeds.  The
 model that is evaluated is then exactly the one the exported mapping builds,
 and no layer runs with more bits than the policy pays for in the cost model.
-:meth:`FxPlan.shared` lists these groups and :meth:`FxPlan.effective_act_bits`
+:meth:`ActivationPlan.shared` lists these groups and :meth:`ActivationPlan.effective_act_bits`
 the bits each layer's input really gets.
 """
 
@@ -72,21 +72,13 @@ class OwnerKey:
     object_type: Callable | None = None
     index: int = 0
 
-    def describe(self) -> str:
-        if self.kind == "global":
-            return "the global QConfig"
-        if self.kind == "module_name":
-            return f"module '{self.module_name}'"
-        name = getattr(self.object_type, "__name__", str(self.object_type))
-        return f"call {self.index} of {name} in '{self.module_name or '(top level)'}'"
-
 
 GLOBAL = OwnerKey("global")
 
 
 @dataclass
-class FxPlan:
-    """The observer layout of one traced model, independent of the bit widths.
+class ActivationPlan:
+    """Which QConfigMapping entry quantizes each layer's input, independent of the bit widths.
 
     ``input_key[layer]`` is the entry whose QConfig builds the observer in front
     of ``layer``; ``owners`` lists every entry that builds an activation
@@ -116,7 +108,17 @@ class FxPlan:
         return [list(layers) for layers in self.feeds.values() if len(layers) > 1]
 
     def mapping(self, bits: BitMap) -> QConfigMapping:
-        """The QConfigMapping that ``prepare_qat_fx`` turns into this plan with ``bits``."""
+        """The QConfigMapping that builds this plan with ``bits``.
+
+        FX mode: ``prepare_qat_fx`` turns it into this plan.  Eager mode: one
+        QConfig per layer whose activation is the layer's input (applied by
+        :func:`~haq_plugin.adapters._torch_ao_eager.prepare_qat_eager`).
+        """
+        if self.mode == "eager":
+            mapping = QConfigMapping()
+            for layer in self.layers:
+                mapping.set_module_name(layer, make_qconfig(bits[layer][0], bits[layer][1], self.observer))
+            return mapping
         by_key = self.act_bits_by_key(bits)
         act_of = lambda key: by_key.get(key, self.other_act_bits)  # noqa: E731
         mapping = QConfigMapping().set_global(make_qconfig(PROBE_BITS, act_of(GLOBAL), self.observer))
@@ -131,6 +133,32 @@ class FxPlan:
                 mapping.set_module_name_object_type_order(key.module_name, key.object_type, key.index, qconfig)
         return mapping
 
+    @classmethod
+    def chain(cls, layers: list[str], observer: str = "minmax", other_act_bits: int = 8) -> "ActivationPlan":
+        """FX mode for a plain chain: each layer reads the previous layer's output.
+
+        Only for exporting a policy without its model; a traced plan replaces it
+        whenever the model is at hand.
+        """
+        keys = [OwnerKey("module_name", name) for name in layers]
+        input_key = {layers[0]: keys[0], **{layer: keys[i] for i, layer in enumerate(layers[1:])}}
+        return cls._from_inputs(layers, input_key, keys + [GLOBAL], observer, other_act_bits, "fx")
+
+    @classmethod
+    def eager(cls, layers: list[str], observer: str = "minmax", other_act_bits: int = 8) -> "ActivationPlan":
+        """Eager mode: every layer quantizes its own input."""
+        input_key = {name: OwnerKey("module_name", name) for name in layers}
+        return cls._from_inputs(layers, input_key, list(input_key.values()), observer, other_act_bits, "eager")
+
+    @classmethod
+    def _from_inputs(cls, layers: list[str], input_key: dict[str, OwnerKey], owners: list[OwnerKey],
+                     observer: str, other_act_bits: int, mode: str) -> "ActivationPlan":
+        feeds: dict[OwnerKey, list[str]] = {}
+        for layer in layers:
+            feeds.setdefault(input_key[layer], []).append(layer)
+        return cls(layers=list(layers), input_key=input_key, owners=owners, feeds=feeds,
+                   other_act_bits=other_act_bits, observer=observer, mode=mode)
+
 
 @dataclass
 class FxHandles:
@@ -138,9 +166,6 @@ class FxHandles:
 
     weights: dict[str, FakeQuantize]
     activations: list[tuple[FakeQuantize, OwnerKey]]
-
-    def all(self) -> list[FakeQuantize]:
-        return list(self.weights.values()) + [fq for fq, _ in self.activations]
 
 
 def _owned_act(owner: str, observer: str) -> Any:
@@ -167,7 +192,7 @@ def check_traceable(model: nn.Module) -> None:
 
 
 def prepare_probed(model: nn.Module, example_input: Any, layers: list[str], observer: str = "minmax",
-                   other_act_bits: int = 8) -> tuple[fx.GraphModule, FxPlan, FxHandles]:
+                   other_act_bits: int = 8) -> tuple[fx.GraphModule, ActivationPlan, FxHandles]:
     """``prepare_qat_fx`` with the probe mapping, and the plan read from the result.
 
     Pass a copy: the prepared model shares the parameters of ``model``, and
@@ -208,7 +233,7 @@ def _owner_key(fq: OwnedFakeQuantize, producer: Any, scopes: Mapping[str, tuple[
 
 
 def _read_plan(prepared: fx.GraphModule, layers: list[str], observer: str,
-               other_act_bits: int) -> tuple[FxPlan, FxHandles]:
+               other_act_bits: int) -> tuple[ActivationPlan, FxHandles]:
     modules = dict(prepared.named_modules(remove_duplicate=False))
     scopes = prepared.meta["_observed_graph_module_attrs"].node_name_to_scope
     indices = _call_indices(prepared.graph, scopes)
@@ -220,12 +245,8 @@ def _read_plan(prepared: fx.GraphModule, layers: list[str], observer: str,
             keys[id(module)] = _owner_key(module, node.args[0], scopes, indices)
             instances[id(module)] = module
     input_key, weights = _layer_inputs(prepared, modules, layers, keys)
-    owners = list(dict.fromkeys(keys.values()))
-    feeds: dict[OwnerKey, list[str]] = {}
-    for layer in layers:
-        feeds.setdefault(input_key[layer], []).append(layer)
-    plan = FxPlan(layers=list(layers), input_key=input_key, owners=owners, feeds=feeds,
-                  other_act_bits=other_act_bits, observer=observer)
+    plan = ActivationPlan._from_inputs(layers, input_key, list(dict.fromkeys(keys.values())), observer,
+                                       other_act_bits, "fx")
     handles = FxHandles(weights=weights, activations=[(instances[i], key) for i, key in keys.items()])
     return plan, handles
 

@@ -88,10 +88,9 @@ from haq_plugin.options import Option
 
 from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json
-from haq_plugin.adapters._torch_ao_plan import GLOBAL, FxPlan, OwnerKey, check_traceable, prepare_probed
+from haq_plugin.adapters._torch_ao_plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
 from haq_plugin.adapters._torch_ao_qconfig import (
-    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, check_bits, make_qconfig, set_fake_quant_range,
-    weight_range)
+    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, check_bits, set_fake_quant_range, weight_range)
 
 __all__ = ["TorchAoBackend", "load_qconfig_mapping", "prepare_qat_eager", "qconfig_mapping_for",
            "SUPPORTED_BITS", "BITS_HELP"]
@@ -125,37 +124,6 @@ def checked_bits(bits: BitMap, layers: list[str]) -> dict[str, tuple[int, int]]:
     return result
 
 
-def chain_plan(layers: list[str], observer: str = "minmax", other_act_bits: int = 8) -> FxPlan:
-    """The FX plan of a plain chain: each layer reads the previous layer's output.
-
-    Used only to export a policy without its model; a traced plan replaces it
-    whenever the model is at hand.
-    """
-    keys = [OwnerKey("module_name", name) for name in layers]
-    input_key = {layers[0]: keys[0], **{layer: keys[i] for i, layer in enumerate(layers[1:])}}
-    feeds: dict[OwnerKey, list[str]] = {}
-    for layer in layers:
-        feeds.setdefault(input_key[layer], []).append(layer)
-    return FxPlan(layers=list(layers), input_key=input_key, owners=keys + [GLOBAL], feeds=feeds,
-                  other_act_bits=other_act_bits, observer=observer)
-
-
-def eager_plan(layers: list[str], observer: str = "minmax", other_act_bits: int = 8) -> FxPlan:
-    """Eager mode: every layer owns the quantizer of its own input."""
-    keys = {name: OwnerKey("module_name", name) for name in layers}
-    return FxPlan(layers=list(layers), input_key=keys, owners=list(keys.values()),
-                  feeds={key: [name] for name, key in keys.items()}, other_act_bits=other_act_bits,
-                  observer=observer, mode="eager")
-
-
-def eager_mapping(plan: FxPlan, bits: BitMap) -> QConfigMapping:
-    """Per-layer QConfigs whose activation is the layer's input (see :func:`prepare_qat_eager`)."""
-    mapping = QConfigMapping()
-    for name in plan.layers:
-        mapping.set_module_name(name, make_qconfig(bits[name][0], bits[name][1], plan.observer))
-    return mapping
-
-
 def _layer_names(model: nn.Module, example_input: Any) -> list[str]:
     return [spec.name for spec in extract_layers(model, example_input)]
 
@@ -165,8 +133,8 @@ def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, a
     """The QConfigMapping that makes ``prepare_qat_fx(model, mapping, ...)`` apply ``bits``.
 
     ``bits`` maps layer name -> (weight_bits, activation_bits of the layer's
-    input).  The model is traced once (it is not modified) to find which
-    QConfig builds the observer in front of each layer.
+    input).  A copy of the model is traced once to find which QConfig builds
+    the observer in front of each layer; ``model`` itself is left as it was.
     """
     layers = _layer_names(model, example_input)
     checked = checked_bits(bits, layers)
@@ -249,7 +217,7 @@ class TorchAoBackend(QuantBackend):
         super().__init__(**options)
         self._model: nn.Module | None = None
         self._layers: list[tuple[str, str]] = []
-        self._plan: FxPlan | None = None
+        self._plan: ActivationPlan | None = None
         self._weight_fqs: dict[str, FakeQuantize] = {}
         self._act_fqs: list[tuple[FakeQuantize, OwnerKey]] = []
         self._calibration: list[Any] = []
@@ -272,9 +240,9 @@ class TorchAoBackend(QuantBackend):
                 log.info("torch.ao: the inputs of layers %s are quantized by observers of one QConfig; they "
                          "share the smallest of their activation bit widths.", ", ".join(group))
         else:
-            self._plan = eager_plan(names, self.config["act_observer"], self.config["other_act_bits"])
+            self._plan = ActivationPlan.eager(names, self.config["act_observer"], self.config["other_act_bits"])
             uniform = {name: (8, 8) for name in names}
-            self._model = prepare_qat_eager(work, eager_mapping(self._plan, uniform), inplace=True)
+            self._model = prepare_qat_eager(work, self._plan.mapping(uniform), inplace=True)
             self._weight_fqs, inputs = eager_handles(self._model, names)
             self._act_fqs = [(inputs[name], self._plan.input_key[name]) for name in names]
         self._calibration = list(calibration_data)
@@ -297,7 +265,7 @@ class TorchAoBackend(QuantBackend):
             return False
         return True
 
-    def _require_prepared(self) -> tuple[nn.Module, FxPlan]:
+    def _require_prepared(self) -> tuple[nn.Module, ActivationPlan]:
         if self._model is None or self._plan is None:
             raise HaqError("torch.ao backend: call prepare(model, example_input, calibration_data) first.")
         return self._model, self._plan
@@ -309,12 +277,12 @@ class TorchAoBackend(QuantBackend):
         return self._require_prepared()[1].mode
 
     @property
-    def plan(self) -> FxPlan:
+    def plan(self) -> ActivationPlan:
         """Which QConfig builds the observer in front of each layer."""
         return self._require_prepared()[1]
 
     def effective_act_bits(self, bits: BitMap | None = None) -> dict[str, int]:
-        """Activation bits each layer's input really gets (see :meth:`FxPlan.shared`)."""
+        """Activation bits each layer's input really gets (see :meth:`ActivationPlan.shared`)."""
         plan = self._require_prepared()[1]
         return plan.effective_act_bits(checked_bits(bits, plan.layers) if bits is not None else self._bits)
 
@@ -398,9 +366,8 @@ class TorchAoBackend(QuantBackend):
         if self._plan is not None:
             plan, graph = self._plan, ("eager" if self._plan.mode == "eager" else "traced")
         else:
-            names = list(bits)
-            plan, graph = chain_plan(names, self.config["act_observer"], self.config["other_act_bits"]), \
-                "assumed-chain"
+            plan = ActivationPlan.chain(list(bits), self.config["act_observer"], self.config["other_act_bits"])
+            graph = "assumed-chain"
             log.warning("torch.ao: exporting without the model, so each layer is assumed to read the previous "
                         "layer's output; pass the model to load_qconfig_mapping(path, model, example_input) to "
                         "rebuild the mapping exactly.")
@@ -412,9 +379,9 @@ class TorchAoBackend(QuantBackend):
         return path
 
 
-def export_document(plan: FxPlan, bits: BitMap, shapes: Mapping[str, str], graph: str) -> dict[str, Any]:
+def export_document(plan: ActivationPlan, bits: BitMap, shapes: Mapping[str, str], graph: str) -> dict[str, Any]:
     """The JSON document of the module docstring for ``plan`` and ``bits``."""
-    mapping = eager_mapping(plan, bits) if plan.mode == "eager" else plan.mapping(bits)
+    mapping = plan.mapping(bits)
     effective = plan.effective_act_bits(bits)
     return {
         "format": FORMAT,

@@ -31,8 +31,8 @@ from haq_plugin.zoo import MobileNetV2
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-# (expansion t, out channels, repeats, first stride) on 8x8 inputs: 8x8 -> 4x4 -> 2x2
-DEMO_BLOCKS = [(1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 1, 2)]
+# (expansion t, out channels, repeats, first stride) on 8x8 inputs: 8x8 -> 4x4 -> 2x2 -> 2x2
+DEMO_BLOCKS = [(1, 16, 1, 2), (6, 64, 1, 2), (6, 128, 2, 1)]
 INPUT_SHAPE = (1, 1, 8, 8)
 
 
@@ -67,7 +67,7 @@ class DemoTask:
 def build_demo_model() -> nn.Module:
     """The demo network: 14 quantizable layers (stem, 4 inverted residual blocks, head, classifier)."""
     return MobileNetV2(num_classes=10, in_channels=1, config=DEMO_BLOCKS, stem_stride=1,
-                       stem_channels=16, last_channels=64, dropout=0.0)
+                       stem_channels=16, last_channels=256, dropout=0.0)
 
 
 def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -32,6 +32,7 @@ final files (``policy.json``, ``summary.md``, ...) only by a finished search.
 from __future__ import annotations
 
 import json
+import numbers
 import random
 import sys
 import time
@@ -197,24 +198,28 @@ def _check_options(*, constraint: str, budget: float, strategy: str, min_bits: i
         raise HaqError(f"Unknown constraint '{constraint}'. Choose one of: {', '.join(CONSTRAINTS)}.")
     if strategy not in STRATEGIES:
         raise HaqError(f"Unknown search strategy '{strategy}'. Choose one of: {', '.join(STRATEGIES)}.")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < float(budget) <= 1.0:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0.0 < float(budget) <= 1.0:
         raise HaqError(f"budget must be a fraction of the 8-bit cost in (0, 1], got {budget!r} "
                        "(e.g. 0.5 for half the 8-bit cost).")
     for name, value in (("min_bits", min_bits), ("max_bits", max_bits)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+        if not _is_int(value) or not 1 <= value <= 16:
             raise HaqError(f"{name} must be an integer from 1 to 16, got {value!r}.")
     if min_bits > max_bits:
         raise HaqError(f"min_bits ({min_bits}) is larger than max_bits ({max_bits}); min_bits must be <= max_bits.")
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+    if not _is_int(episodes) or episodes < 1:
         raise HaqError(f"episodes must be a positive integer, got {episodes!r}.")
-    if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
+    if not _is_int(finetune_steps) or finetune_steps < 0:
         raise HaqError(f"finetune_steps must be an integer >= 0, got {finetune_steps!r}.")
     if finetune_steps and train_data is None:
         raise HaqError(f"finetune_steps={finetune_steps} needs train_data (batches of (inputs, targets)).")
     if resume and output_dir is None:
         raise HaqError("resume=True needs the output_dir of the search to continue.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not _is_int(seed) or seed < 0:
         raise HaqError(f"seed must be a non-negative integer, got {seed!r}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _resolve_hardware(hardware: HardwareModel | str) -> HardwareModel:

@@ -25,6 +25,7 @@ from haq_plugin.adapters.torch_ao import (
     TorchAoBackend, load_qconfig_mapping, prepare_qat_eager, qconfig_mapping_for)
 from haq_plugin.plugins import load_backend
 from haq_plugin.policy import Policy
+from haq_plugin.zoo import BasicBlock, ResNet
 
 # User-side calls below (prepare_qat_fx, convert_fx in a user's own script) print torch's notices.
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
@@ -134,12 +135,12 @@ def backend(task):
 # -- helpers that read a prepared model --------------------------------------------------------------
 
 
-def _input_fake_quants(prepared: torch.fx.GraphModule) -> dict[str, FakeQuantize]:
+def _input_fake_quants(prepared: torch.fx.GraphModule, layers=LAYERS) -> dict[str, FakeQuantize]:
     """The fake-quantizer whose output is each layer's input, read from the FX graph."""
     modules = dict(prepared.named_modules(remove_duplicate=False))
     found = {}
     for node in prepared.graph.nodes:
-        if node.op == "call_module" and node.target in LAYERS:
+        if node.op == "call_module" and node.target in layers:
             found[node.target] = modules[node.args[0].target]
     return found
 
@@ -233,14 +234,36 @@ def test_exported_mapping_builds_the_same_observers_as_the_backend(backend, task
         assert _ranges(theirs[name]) == _ranges(ours[name]), name
         assert _ranges(fresh.get_submodule(name).weight_fake_quant) == \
             _ranges(backend.model.get_submodule(name).weight_fake_quant), name
-    all_ours = sorted(_ranges(fq) for fq, _ in backend._act_fqs)
-    all_theirs = sorted(_ranges(m) for n, m in fresh.named_modules()
-                        if isinstance(m, FakeQuantize) and not n.endswith("weight_fake_quant"))
-    assert all_ours == all_theirs
+    def activation_ranges(model):
+        return sorted(_ranges(m) for n, m in model.named_modules()
+                      if isinstance(m, FakeQuantize) and not n.endswith("weight_fake_quant"))
+    assert activation_ranges(backend.model) == activation_ranges(fresh)  # every observer, not only layer inputs
+
+
+def test_resnet_blocks_exported_mapping_matches_and_branch_inputs_share_one_observer(tmp_path):
+    """A block input read by conv1 and by the downsample conv has one observer: both get the smaller bits."""
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+    x = torch.rand(1, 3, 32, 32)
+    backend = TorchAoBackend()
+    backend.prepare(model, x, [x])
+    layers = backend.plan.layers
+    bits = {name: (2 + i % 7, 2 + (i * 3) % 7) for i, name in enumerate(layers)}
+    backend.set_policy(bits)
+    assert ["layer2.0.downsample.0", "layer2.0.conv1.0"] in backend.plan.shared()
+    effective = backend.effective_act_bits()
+    assert effective["layer2.0.conv1.0"] == effective["layer2.0.downsample.0"] == \
+        min(bits["layer2.0.conv1.0"][1], bits["layer2.0.downsample.0"][1])
+    path = backend.export(bits, tmp_path / "q.json")
+    fresh = prepare_qat_fx(copy.deepcopy(model).train(), load_qconfig_mapping(path), (x,))
+    ours, theirs = _input_fake_quants(backend.model, layers), _input_fake_quants(fresh, layers)
+    for name in layers:
+        assert _ranges(theirs[name]) == _ranges(ours[name]) == _arange(effective[name]), name
+        assert _ranges(fresh.get_submodule(name).weight_fake_quant) == _wrange(bits[name][0]), name
 
 
 def test_conv_bn_relu_fusion_takes_the_qconfig_of_the_conv_name(task, tmp_path):
     mapping = qconfig_mapping_for(MIXED, task["model"], EXAMPLE)
+    assert not any(hasattr(m, "qconfig") for m in task["model"].modules())  # traced a copy
     names = list(mapping.module_name_qconfigs)
     assert "stem.0" in names and not {"stem.1", "stem.2", "proj.1"} & set(names)
     prepared = prepare_qat_fx(copy.deepcopy(task["model"]).train(), mapping, (EXAMPLE,))
