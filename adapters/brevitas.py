@@ -39,15 +39,16 @@ from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
 from haq_plugin.adapters._brevitas_quantizers import (
-    ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles, quantize_layers,
-    reset_input_scaling, set_bit_widths)
+    ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles,
+    quantize_layers, reset_input_scaling, set_bit_widths)
 
 SUPPORTED_BITS = tuple(range(2, 9))
 BITS_HELP = (
     "The brevitas backend quantizes with 2 to 8 bits. 1 bit is refused: a narrow-range signed 1-bit integer "
-    "has no level besides zero, so Brevitas' integer weight quantizer would divide by a zero range (binary "
-    "networks need Brevitas' separate binary quantizers, a different scheme from HAQ's linear one). More than "
-    "8 bits is refused because 2..8 is the space the search explores and the hardware models cost."
+    "has no level besides zero, so Brevitas' integer weight quantizer gets an infinite scale and NaN weights "
+    "(binary networks need Brevitas' separate binary quantizers, another scheme than HAQ's linear one). More "
+    "than 8 bits is refused: 2..8 is the space the search explores and the hardware models cost, and 8 bits "
+    "already keeps float accuracy."
 )
 
 
@@ -99,6 +100,9 @@ class BrevitasBackend(QuantBackend):
     def prepare(self, model: nn.Module, example_input: torch.Tensor,
                 calibration_data: Iterable[Any]) -> None:
         """Copy ``model`` once, convert it to Brevitas quant layers (8 bits) and calibrate it."""
+        if not isinstance(example_input, torch.Tensor):
+            raise HaqError("backend 'brevitas': example_input must be a single tensor (its shape is recorded "
+                           f"in the exported policy), got {type(example_input).__name__}.")
         batches = [batch_inputs(batch) for batch in calibration_data]
         if not batches:
             raise HaqError("backend 'brevitas': calibration_data is empty; give at least one input batch so "
@@ -137,7 +141,8 @@ class BrevitasBackend(QuantBackend):
     def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
         """Train the quantized model for ``steps`` batches (cycling over ``train_data``); 0 does nothing."""
         if steps < 0 or lr <= 0:
-            raise HaqError(f"backend 'brevitas': finetune needs steps >= 0 and lr > 0, got steps={steps}, lr={lr}.")
+            raise HaqError(f"backend 'brevitas': finetune needs steps >= 0 and lr > 0, got steps={steps}, "
+                           f"lr={lr}.")
         if steps == 0:
             return
         model = self._require_prepared()
@@ -166,7 +171,8 @@ class BrevitasBackend(QuantBackend):
         """Write ``brevitas_policy.json`` (into ``path`` if it is a directory); see the file format module."""
         model = self._require_prepared()
         if not isinstance(policy, Policy):
-            raise HaqError(f"backend 'brevitas': export needs a haq_plugin.policy.Policy, got {type(policy).__name__}.")
+            raise HaqError("backend 'brevitas': export needs a haq_plugin.policy.Policy, got "
+                           f"{type(policy).__name__}.")
         policy.check_layers(self._layers)
         check_bits(policy.bits, [layer.name for layer in self._layers])
         plan = {name: LayerQuant(w, a, self._signs[name]) for name, (w, a) in policy.bits.items()}

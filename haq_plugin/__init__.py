@@ -19,6 +19,9 @@ from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec, extract_layers
 from haq_plugin.options import Option
 from haq_plugin.plugins import get_plugin_manager, load_backend, load_hardware
+from haq_plugin.policy import Policy
+from haq_plugin.search import SearchInterrupted, SearchResult, search
+from haq_plugin.agent import DDPGConfig
 
 try:
     __version__ = version("haq-plugin")
@@ -26,6 +29,7 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "HaqError", "HardwareModel", "LayerCost", "LayerSpec", "Option", "PluginError", "QuantBackend",
+    "DDPGConfig", "HaqError", "HardwareModel", "LayerCost", "LayerSpec", "Option", "PluginError", "Policy",
+    "QuantBackend", "SearchInterrupted", "SearchResult", "search",
     "__version__", "extract_layers", "get_plugin_manager", "hookimpl", "load_backend", "load_hardware",
 ]

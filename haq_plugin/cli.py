@@ -94,6 +94,7 @@ def backends_list(fmt: str) -> None:
 
 
 def _print_registry(registry, fmt: str, extra) -> None:
+    flag = registry.flag + "-option"
     entries = [(name, reg) for name in registry.names() for reg in registry.entries[name]]
     if fmt == "json":
         data = [{"name": name, "description": reg.cls.description, "plugin": reg.plugin,
@@ -110,7 +111,7 @@ def _print_registry(registry, fmt: str, extra) -> None:
             for key, value in extra(reg.cls).items():
                 click.echo(f"    {key}: {value}")
             for opt in reg.cls.options:
-                click.echo(f"    --option {opt.name}={opt.default!r} ({opt.type.__name__})  {opt.help}")
+                click.echo(f"    {flag} {opt.name}={opt.default!r} ({opt.type.__name__})  {opt.help}")
             click.echo("")
     for problem in get_plugin_manager().problems:
         click.echo(f"warning: {problem}", err=True)
@@ -212,10 +213,27 @@ def _table_bits(hardware, pairs: Sequence[tuple[int, int]]) -> list[int]:
 @click.option("--backend", "backend_name", required=True, metavar="NAME", help="torch.ao or brevitas (or a plugin).")
 @click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: the backend's file name in the current directory).")
-def export_cmd(policy_path: str, backend_name: str, output: str | None) -> None:
-    """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file)."""
+@model_options
+@click.option("--data", "data_spec", default=None, metavar="package.module:callable",
+              help="Calibration data for the model (default: the demo's, or the example input).")
+def export_cmd(policy_path: str, backend_name: str, output: str | None, model_spec: str,
+               input_shape: str | None, data_spec: str | None) -> None:
+    """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file).
+
+    The backend is prepared on the model the policy was searched on (--model, default the demo), so the
+    export reflects the real graph (residual adds, shared inputs); the policy's layer fingerprint must match.
+    """
+    from haq_plugin.models import load_task_data
+
     policy = Policy.load(policy_path)
     backend = load_backend(backend_name)
+    source = load_model(model_spec, input_shape)
+    policy.check_layers(extract_layers(source.model, source.example_input))
+    if data_spec is not None or model_spec == "demo":
+        calibration = load_task_data(data_spec, model_spec).calibration_data
+    else:
+        calibration = [source.example_input]
+    backend.prepare(source.model, source.example_input, calibration)
     path = backend.export(policy, Path(output or backend.export_filename))
     click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")
 
@@ -236,6 +254,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except HaqError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        checkpoint = getattr(exc, "checkpoint", None)
+        where = f" Progress is saved in {checkpoint.parent}; continue with: haq-plugin search --resume " \
+                f"{checkpoint.parent}" if checkpoint else ""
+        click.echo(f"Interrupted.{where}", err=True)
+        sys.exit(130)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

@@ -148,7 +148,7 @@ def model_code_hash(cls: type) -> str:
     """
     package = cls.__module__.rpartition(".")[0] or cls.__module__
     files = sorted({getattr(mod, "__file__", None) or "" for name, mod in list(sys.modules.items())
-                    if name == cls.__module__ or name.startswith(package + ".")} - {""})
+                    if name in (cls.__module__, package) or name.startswith(package + ".")} - {""})
     digest = hashlib.sha256()
     for file in files:
         try:

@@ -100,12 +100,18 @@ class PluginManager:
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = _distribution_label(ep)
-            if self.pm.get_plugin(ep.name) is not None:
+            if self.pm.has_plugin(ep.name):
+                other = self._distributions.get(ep.name, "another distribution")
+                self.problems.append(PluginProblem(ep.name, dist, f"entry point name '{ep.name}' is already "
+                                                   f"used by {other}; this one was not loaded"))
                 continue
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
+                self.pm.check_pending()
             except Exception as exc:  # a broken plugin must not break the others
+                if self.pm.has_plugin(ep.name):
+                    self.pm.unregister(name=ep.name)
                 self.problems.append(PluginProblem(ep.name, dist, f"failed to load ({type(exc).__name__}: {exc})"))
                 continue
             self._distributions[ep.name] = dist

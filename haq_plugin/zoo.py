@@ -54,13 +54,13 @@ class MobileNetV1(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNet-V2 block: 1x1 expand (skipped when t=1), 3x3 depthwise, 1x1 linear project."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, relu6: bool = True) -> None:
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = []
         if expand != 1:
-            layers.append(conv_bn_relu(cin, hidden, 1, relu6=True))
-        layers += [conv_bn_relu(hidden, hidden, 3, stride, groups=hidden, relu6=True),
+            layers.append(conv_bn_relu(cin, hidden, 1, relu6=relu6))
+        layers += [conv_bn_relu(hidden, hidden, 3, stride, groups=hidden, relu6=relu6),
                    conv_bn_relu(hidden, cout, 1, relu=False)]
         self.conv = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == cout
@@ -79,16 +79,18 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, num_classes: int = 1000, width: float = 1.0, in_channels: int = 3,
                  config: list[tuple[int, int, int, int]] | None = None, stem_stride: int = 2,
-                 stem_channels: int = 32, last_channels: int = 1280, dropout: float = 0.2) -> None:
+                 stem_channels: int = 32, last_channels: int = 1280, dropout: float = 0.2,
+                 relu6: bool = True) -> None:
+        """``relu6=False`` uses plain ReLU, which torch.ao can fuse into conv+bn+relu."""
         super().__init__()
         c = lambda n: max(8, int(round(n * width)))  # noqa: E731
         cin = c(stem_channels)
-        blocks: list[nn.Module] = [conv_bn_relu(in_channels, cin, 3, stem_stride, relu6=True)]
+        blocks: list[nn.Module] = [conv_bn_relu(in_channels, cin, 3, stem_stride, relu6=relu6)]
         for t, cout, n, s in (config or self.CONFIG):
             for i in range(n):
-                blocks.append(InvertedResidual(cin, c(cout), s if i == 0 else 1, t))
+                blocks.append(InvertedResidual(cin, c(cout), s if i == 0 else 1, t, relu6))
                 cin = c(cout)
-        blocks.append(conv_bn_relu(cin, last_channels, 1, relu6=True))
+        blocks.append(conv_bn_relu(cin, last_channels, 1, relu6=relu6))
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

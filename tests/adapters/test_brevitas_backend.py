@@ -151,6 +151,23 @@ def test_conv1d_models_get_quant_conv1d_layers():
     assert (fc.quant_weight().bit_width, fc.input_quant.bit_width()) == (6, 2)
 
 
+def test_layers_that_never_run_stay_in_floating_point():
+    class WithSpareHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+            self.spare = nn.Sequential(nn.Linear(5, 5))  # defined but not called in forward
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    x = torch.randn(8, 1, 8, 8)
+    backend = load_backend("brevitas")
+    backend.prepare(WithSpareHead().eval(), x[:1], [x])
+    assert set(quant_layers(backend.model)) == {"body.0", "body.3"}
+    assert type(backend.model.spare[0]) is nn.Linear
+
+
 def test_prepare_needs_calibration_data(task):
     with pytest.raises(HaqError, match="calibration_data is empty"):
         load_backend("brevitas").prepare(task["model"], task["example"], [])
@@ -368,7 +385,8 @@ def test_user_applies_a_policy_trains_and_keeps_the_bits(task, backend, tmp_path
     exported = onnx.load(str(onnx_path))
     nodes = list(exported.graph.node) + [n for f in exported.functions for n in f.node]
     constants = {init.name: numpy_helper.to_array(init) for init in exported.graph.initializer}
-    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in nodes if n.op_type == "Constant"})
+    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+                      for n in nodes if n.op_type == "Constant"})
     widths = sorted(int(constants[n.input[3]]) for n in nodes if n.op_type == "Quant")
     assert widths == sorted(b for pair in MIXED.values() for b in pair)
 
@@ -391,7 +409,7 @@ def test_demo_uniform_8_bit_matches_float_and_2_bit_collapses(demo):
         results[bits] = backend.evaluate(demo.eval_fn)
     float_accuracy = demo.eval_fn(demo.model)
     assert abs(results[8] - float_accuracy) <= 0.5
-    assert results[2] < float_accuracy - 40
+    assert results[2] < float_accuracy - 20
     # non-negative pixels, ReLU6 outputs unsigned; linear bottleneck outputs signed
     signs = backend.input_signs
     assert signs["features.0.0"] is False and signs["features.1.conv.0.0"] is False
