@@ -8,18 +8,21 @@ hyperparameter is an option with the reference default.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from haq_plugin.agent import DDPGConfig
 from haq_plugin.costs import CONSTRAINTS
-from haq_plugin.errors import HaqError
+from haq_plugin.errors import HaqError, InfeasibleBudget
 from haq_plugin.formatting import si
 from haq_plugin.options import parse_key_values
 
 DEFAULT_EPISODES = 300
+DEFAULT_BUDGET = 0.5
 DEFAULT_OUTPUT = "haq-output"
 
 
@@ -56,8 +59,10 @@ def ddpg_options(func):
               help="Hardware model (see 'haq-plugin hw list').")
 @click.option("--hw-option", "hw_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--constraint", type=click.Choice(CONSTRAINTS), default="latency", show_default=True)
-@click.option("--budget", type=float, default=0.5, show_default=True,
-              help="Budget as a fraction of the uniform 8-bit policy's cost, in (0, 1].")
+@click.option("--budget", type=float, default=None,
+              help=f"Budget as a fraction of the uniform 8-bit policy's cost, in (0, 1]. Default {DEFAULT_BUDGET}, "
+                   "or, where the hardware cannot reach that for this model, halfway between the cheapest "
+                   "reachable fraction and 1 (the search says so).")
 @click.option("--strategy", type=click.Choice(["ddpg", "random", "uniform"]), default="ddpg", show_default=True)
 @click.option("--episodes", type=int, default=DEFAULT_EPISODES, show_default=True,
               help="Evaluated episodes (HAQ's reference uses 600 on ImageNet).")
@@ -107,16 +112,33 @@ def search_cmd(model_spec: str, input_shape: str | None, data_spec: str | None, 
     data = load_task_data(data_spec, model_spec)
     if finetune_steps and data.train_data is None:
         raise HaqError("--finetune-steps needs training data: return 'train_data' from your --data callable.")
-    result = search(
-        source.model, source.example_input, hardware=hardware, backend=backend, constraint=constraint,
-        budget=budget, eval_fn=data.eval_fn, calibration_data=data.calibration_data, train_data=data.train_data,
+    run = functools.partial(
+        search, source.model, source.example_input, hardware=hardware, backend=backend, constraint=constraint,
+        eval_fn=data.eval_fn, calibration_data=data.calibration_data, train_data=data.train_data,
         finetune_steps=finetune_steps, episodes=episodes, strategy=strategy, min_bits=min_bits,
         max_bits=max_bits, keep_first_layer_8bit=keep_first_layer_8bit,
         keep_last_layer_8bit=keep_last_layer_8bit, pins=pinned, seed=seed, output_dir=Path(output),
         force=force, resume=resume, progress=not quiet, ddpg=ddpg, use_cache=not no_cache,
     )
+    if budget is not None or resume:
+        result = run(budget=DEFAULT_BUDGET if budget is None else budget)
+    else:
+        result = run_with_default_budget(run, hardware.name, constraint, quiet)
     if not quiet:
         print_outcome(result, Path(output), backend)
+
+
+def run_with_default_budget(run: Callable[..., Any], hw_name: str, constraint: str, quiet: bool) -> Any:
+    """Search at the default budget, or, where it is out of reach, halfway to the 8-bit cost."""
+    try:
+        return run(budget=DEFAULT_BUDGET)
+    except InfeasibleBudget as exc:
+        budget = math.ceil((exc.smallest + 1.0) / 2.0 * 100) / 100
+        if not quiet:
+            click.echo(f"note: on '{hw_name}' this model's cheapest policy costs {exc.smallest:.3f} of the 8-bit "
+                       f"{constraint}, so the default budget {DEFAULT_BUDGET} is out of reach; using --budget "
+                       f"{budget} (halfway to 1). Give --budget to choose.", err=True)
+        return run(budget=budget)
 
 
 def print_outcome(result: Any, output: Path, backend: Any) -> None:

@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from haq_plugin.costs import CostTable
-from haq_plugin.errors import HaqError
+from haq_plugin.errors import HaqError, InfeasibleBudget
 from haq_plugin.layers import LayerSpec
 
 STATE_FEATURES = (
@@ -195,12 +195,13 @@ class QuantizationEnv:
         if not self.budget.fits(floor):
             smallest = floor / self.budget.reference
             stated = math.ceil(smallest * 1e4) / 1e4
-            raise HaqError(
+            raise InfeasibleBudget(
                 f"The {self.budget.constraint} budget of {self.budget.fraction:g} x the 8-bit cost cannot be met: "
                 f"even the cheapest policy (every free layer at its cheapest allowed bits, {self.allowed[0]} "
                 f"bits on most hardware; kept and pinned layers unchanged) costs {smallest:.6f} x the 8-bit "
                 f"cost. The smallest feasible budget is {stated:.4f}; raise the budget, lower min_bits, or "
-                "unpin/unkeep layers."
+                "unpin/unkeep layers.",
+                smallest=stated,
             )
 
     # -- episode ----------------------------------------------------------------------

@@ -15,3 +15,11 @@ class HaqError(Exception):
 
 class PluginError(HaqError):
     """A plugin failed to load, raised in a hook, or registered something malformed."""
+
+
+class InfeasibleBudget(HaqError):
+    """No policy meets the budget; ``smallest`` is the smallest feasible fraction of the 8-bit cost."""
+
+    def __init__(self, message: str, smallest: float) -> None:
+        super().__init__(message)
+        self.smallest = smallest

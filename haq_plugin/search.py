@@ -610,6 +610,19 @@ class _SearchRun:
         return result
 
 
+def _hardware_line(result: SearchResult, bits: list[BitPair]) -> str:
+    """Latency and energy of a policy against the uniform 8-bit policy, whatever the constraint was."""
+    table = result.cost_table
+    parts = []
+    for metric, unit in (("latency", "s"), ("energy", "J")):
+        if metric == "energy" and table.energy is None:
+            parts.append("energy: no energy model")
+            continue
+        cost, eight = table.policy_cost(metric, bits), table.uniform_cost(metric, 8)
+        parts.append(f"{metric} {cost:.4g} {unit} = {cost / eight:.3f} x 8-bit ({eight / cost:.2f}x lower)")
+    return "Against uniform 8-bit: " + "; ".join(parts) + "."
+
+
 def summary_text(result: SearchResult) -> str:
     """A few lines: what was searched, what was found, and how it compares."""
     prov = result.policy.provenance
@@ -626,6 +639,7 @@ def summary_text(result: SearchResult) -> str:
         f"Best policy (episode {best.episode}): accuracy {best.accuracy:.2f}% (float {result.float_accuracy:.2f}%, "
         f"{best.accuracy - result.float_accuracy:+.2f}), {b.constraint} {best.cost_fraction:.4f} x 8-bit "
         f"({best.cost:.6g} {unit}).",
+        _hardware_line(result, best.bits),
         "No uniform policy fits the budget." if u is None else
         f"Best uniform policy within budget: w{u.bits}/a{u.bits}, accuracy {u.accuracy:.2f}%, "
         f"{b.constraint} {u.cost_fraction:.4f} x 8-bit; mixed precision {best.accuracy - u.accuracy:+.2f} points.",
