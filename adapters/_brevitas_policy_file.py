@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 import brevitas
 
 from haq_plugin.errors import HaqError
-from haq_plugin.policy import Policy, write_text_atomic
+from haq_plugin.policy import Policy, write_text_atomic, read_json
 
 from haq_plugin.adapters._brevitas_quantizers import (
     QUANT_LAYER_CLASSES, WEIGHT_QUANT, LayerQuant, QuantSettings)
@@ -89,12 +89,7 @@ def write_policy_file(path: Path, data: dict[str, Any]) -> Path:
 def read_policy_file(path: str | Path) -> BrevitasPolicyFile:
     """Parse and cross-check a ``brevitas_policy.json``; every problem is a :class:`HaqError`."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HaqError(f"Brevitas policy file {path} does not exist.") from None
-    except json.JSONDecodeError as exc:
-        raise HaqError(f"Brevitas policy file {path} is not valid JSON: {exc}.") from None
+    data = read_json(path, "Brevitas policy file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise HaqError(f"{path} is not a Brevitas policy file (field 'format' must be {FORMAT!r}); "
                        "write one with the brevitas backend's export().")

@@ -85,6 +85,7 @@ from haq_plugin.errors import HaqError
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import extract_layers
 from haq_plugin.options import Option
+from haq_plugin.policy import read_json, write_text_atomic
 
 from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json
@@ -173,12 +174,7 @@ def _stored_observer(data: Mapping[str, Any]) -> str:
 
 
 def _read_export(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HaqError(f"QConfigMapping file {path} does not exist.") from None
-    except json.JSONDecodeError as exc:
-        raise HaqError(f"QConfigMapping file {path} is not valid JSON ({exc}).") from None
+    data = read_json(path, "QConfigMapping file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise HaqError(f"{path} is not a torch.ao QConfigMapping file written by haq-plugin "
                        f"(expected \"format\": \"{FORMAT}\").")
@@ -373,10 +369,7 @@ class TorchAoBackend(QuantBackend):
                         "rebuild the mapping exactly.")
         checked = checked_bits(bits, plan.layers)
         data = export_document(plan, checked, shapes, graph)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n")
-        return path
+        return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def export_document(plan: ActivationPlan, bits: BitMap, shapes: Mapping[str, str], graph: str) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import click
 from haq_plugin.agent import DDPGConfig
 from haq_plugin.costs import CONSTRAINTS
 from haq_plugin.errors import HaqError, InfeasibleBudget
-from haq_plugin.formatting import si
 from haq_plugin.options import parse_key_values
 
 DEFAULT_EPISODES = 300

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pluggy
 
@@ -98,7 +98,10 @@ class PluginManager:
         self._collect(self.pm.hook.haq_quant_backends, QuantBackend, self.backends)
 
     def _load_entry_points(self) -> None:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        # built-in plugins first, so that an entry-point name clash never displaces them
+        entry_points.sort(key=lambda ep: _distribution_label(ep).split(" ")[0] != "haq-plugin")
+        for ep in entry_points:
             dist = _distribution_label(ep)
             if self.pm.has_plugin(ep.name):
                 other = self._distributions.get(ep.name, "another distribution")

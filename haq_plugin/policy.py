@@ -143,19 +143,23 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise HaqError(f"Policy file {path} does not exist.") from None
-        except json.JSONDecodeError as exc:
-            raise HaqError(f"Policy file {path} is not valid JSON: {exc}.") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "Policy file"), source=str(path))
 
 
 def fingerprint(layers: Iterable[LayerSpec]) -> list[tuple[str, str]]:
     """The (name, shape) list that identifies a model's quantizable layers."""
     return [(spec.name, spec.shape_key()) for spec in layers]
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed file is a :class:`HaqError` naming ``what`` it should be."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HaqError(f"{what} {path} does not exist.") from None
+    except json.JSONDecodeError as exc:
+        raise HaqError(f"{what} {path} is not valid JSON: {exc}.") from None
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

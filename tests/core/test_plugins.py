@@ -64,6 +64,8 @@ def test_duplicate_names_name_both_distributions(plugin_site):
      "hook haq_hardware_models raised RuntimeError: boom"),
     ("from haq_plugin import hookimpl\n@hookimpl\ndef haq_hardware_models():\n    return [42]",
      "not a subclass of HardwareModel"),
+    ("from haq_plugin import hookimpl\n@hookimpl\ndef haq_hardware_model():\n    return []",
+     "unknown hook 'haq_hardware_model'"),
 ])
 def test_broken_plugins_are_reported_by_name_and_others_still_load(plugin_site, source, expected):
     write_plugin_distribution(plugin_site, "haqtest-broken", "haqtest_broken", source, {"broken": "haqtest_broken"})
@@ -81,3 +83,12 @@ def test_option_validation_names_the_plugin(plugin_site):
         load_hardware("toy", mhz=3)
     with pytest.raises(HaqError, match="must be >= 0.001"):
         load_hardware("toy", ghz=0)
+
+
+def test_entry_point_name_used_twice_is_reported(plugin_site):
+    write_plugin_distribution(plugin_site, "haqtest-clash", "haqtest_clash", GOOD_PLUGIN,
+                              {"bitfusion": "haqtest_clash"})
+    manager = get_plugin_manager()
+    messages = [str(p) for p in manager.problems]
+    assert any("entry point name 'bitfusion' is already used" in m for m in messages), messages
+    assert "bitfusion" in manager.hardware.names()
