@@ -109,6 +109,8 @@ def search_cmd(model_spec: str, input_shape: str | None, data_spec: str | None, 
         resume = False
     source = load_model(model_spec, input_shape)
     data = load_task_data(data_spec, model_spec)
+    if data.description and not quiet:
+        click.echo(data.description, err=True)
     if finetune_steps and data.train_data is None:
         raise HaqError("--finetune-steps needs training data: return 'train_data' from your --data callable.")
     run = functools.partial(
@@ -124,7 +126,7 @@ def search_cmd(model_spec: str, input_shape: str | None, data_spec: str | None, 
     else:
         result = run_with_default_budget(run, hardware.name, constraint, quiet)
     if not quiet:
-        print_outcome(result, Path(output), backend)
+        print_outcome(result, Path(output), backend, model_spec, data.test_eval_fn, source.model)
 
 
 def run_with_default_budget(run: Callable[..., Any], hw_name: str, constraint: str, quiet: bool) -> Any:
@@ -140,14 +142,21 @@ def run_with_default_budget(run: Callable[..., Any], hw_name: str, constraint: s
         return run(budget=budget)
 
 
-def print_outcome(result: Any, output: Path, backend: Any) -> None:
+def print_outcome(result: Any, output: Path, backend: Any, model_spec: str,
+                  test_eval_fn: Callable[..., float] | None, float_model: Any) -> None:
     """What a user wants to read when the search ends: accuracy, cost, where the files went, what next."""
     click.echo("")
     click.echo(result.summary_text())
+    if test_eval_fn is not None:
+        backend.set_policy(result.policy.bits)
+        backend.calibrate()
+        click.echo(f"Held-out test accuracy of the best policy: {backend.evaluate(test_eval_fn):.2f}% "
+                   f"(float {test_eval_fn(float_model.eval()):.2f}%).")
     click.echo("")
     click.echo(f"Outputs in {output}/: policy.json, {backend.export_filename}, episodes.csv, summary.md, policy.png")
+    model = "" if model_spec == "demo" else f" --model {model_spec}"
+    policy = output / "policy.json"
     click.echo("Next:")
-    click.echo(f"  haq-plugin cost --hw {result.policy.provenance.get('hardware', {}).get('name', 'HW')} "
-               f"--policy {output / 'policy.json'}")
-    click.echo(f"  haq-plugin export --policy {output / 'policy.json'} --backend torch.ao -o qconfig_mapping.json")
+    click.echo(f"  haq-plugin cost{model} --hw {result.policy.provenance['hardware']['name']} --policy {policy}")
+    click.echo(f"  haq-plugin export{model} --policy {policy} --backend torch.ao -o qconfig_mapping.json")
     click.echo("  then apply it in your training code (README: 'Apply a searched policy').")

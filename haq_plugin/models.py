@@ -48,6 +48,8 @@ class TaskData:
     calibration_data: list[Any]
     eval_fn: Callable[[nn.Module], float]
     train_data: list[Any] | None = None
+    test_eval_fn: Callable[[nn.Module], float] | None = None
+    description: str = ""
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
@@ -146,7 +148,10 @@ def load_task_data(spec: str | None, model_spec: str) -> TaskData:
         from haq_plugin.demo import load_demo
 
         task = load_demo()
-        return TaskData(task.calibration_data, task.eval_fn, task.train_data)
+        origin = f"trained in {task.train_seconds:.0f} s" if task.trained_now else "loaded from the cache"
+        description = (f"demo float model ({origin}, {task.info['cache_file']}): test accuracy "
+                       f"{task.float_test_accuracy:.2f}%, validation accuracy {task.float_val_accuracy:.2f}%")
+        return TaskData(task.calibration_data, task.eval_fn, task.train_data, task.test_eval_fn, description)
     made = import_callable(spec, "--data")()
     get = (lambda k: made.get(k)) if isinstance(made, dict) else (lambda k: getattr(made, k, None))
     calibration = get("calibration_data")
