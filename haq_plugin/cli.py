@@ -254,12 +254,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except HaqError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt as exc:
-        checkpoint = getattr(exc, "checkpoint", None)
-        where = f" Progress is saved in {checkpoint.parent}; continue with: haq-plugin search --resume " \
-                f"{checkpoint.parent}" if checkpoint else ""
-        click.echo(f"Interrupted.{where}", err=True)
-        sys.exit(130)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

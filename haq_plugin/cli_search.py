@@ -81,12 +81,7 @@ def ddpg_options(func):
 @click.option("--quiet", is_flag=True, help="No progress bar or summary (for scripts).")
 @click.option("--no-cache", is_flag=True, help="Re-simulate the cost table instead of using the cache.")
 @ddpg_options
-def search_cmd(model_spec: str, input_shape: str | None, data_spec: str | None, backend_name: str,
-               backend_options: tuple[str, ...], hw_name: str, hw_options: tuple[str, ...], constraint: str,
-               budget: float, strategy: str, episodes: int, min_bits: int, max_bits: int,
-               keep_first_layer_8bit: bool, keep_last_layer_8bit: bool, pins: tuple[str, ...],
-               finetune_steps: int, seed: int, output: str, force: bool, resume_dir: str | None, quiet: bool,
-               no_cache: bool, **ddpg_values: Any) -> None:
+def search_cmd(**params: Any) -> None:
     """Search per-layer weight/activation bits that maximise accuracy within a hardware budget.
 
     \b
@@ -99,34 +94,80 @@ def search_cmd(model_spec: str, input_shape: str | None, data_spec: str | None, 
     from haq_plugin.plugins import load_backend, load_hardware
     from haq_plugin.search import search
 
-    ddpg = DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in ddpg_values.items()})
-    pinned = parse_pins(pins)
-    hardware = load_hardware(hw_name, **parse_key_values(hw_options, "--hw-option"))
-    backend = load_backend(backend_name, **parse_key_values(backend_options, "--backend-option"))
-    if resume_dir is not None:
-        output, resume = resume_dir, True
-    else:
-        resume = False
-    source = load_model(model_spec, input_shape)
-    data = load_task_data(data_spec, model_spec)
+    resume_dir, quiet = params["resume_dir"], params["quiet"]
+    p = resumed_parameters(click.get_current_context(), resume_dir) if resume_dir else params
+    ddpg = DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in p.items() if k.startswith("ddpg_")})
+    pinned = p["pins"] if isinstance(p["pins"], dict) else parse_pins(p["pins"])
+    hardware = load_hardware(p["hw_name"], **_plugin_options(p["hw_options"], "--hw-option"))
+    backend = load_backend(p["backend_name"], **_plugin_options(p["backend_options"], "--backend-option"))
+    output = resume_dir or p["output"]
+    source = load_model(p["model_spec"], p["input_shape"])
+    data = load_task_data(p["data_spec"], p["model_spec"])
     if data.description and not quiet:
         click.echo(data.description, err=True)
-    if finetune_steps and data.train_data is None:
+    if p["finetune_steps"] and data.train_data is None:
         raise HaqError("--finetune-steps needs training data: return 'train_data' from your --data callable.")
+    task = {"model": p["model_spec"], "input_shape": p["input_shape"], "data": p["data_spec"]}
     run = functools.partial(
-        search, source.model, source.example_input, hardware=hardware, backend=backend, constraint=constraint,
-        eval_fn=data.eval_fn, calibration_data=data.calibration_data, train_data=data.train_data,
-        finetune_steps=finetune_steps, episodes=episodes, strategy=strategy, min_bits=min_bits,
-        max_bits=max_bits, keep_first_layer_8bit=keep_first_layer_8bit,
-        keep_last_layer_8bit=keep_last_layer_8bit, pins=pinned, seed=seed, output_dir=Path(output),
-        force=force, resume=resume, progress=not quiet, ddpg=ddpg, use_cache=not no_cache,
+        search, source.model, source.example_input, hardware=hardware, backend=backend,
+        constraint=p["constraint"], eval_fn=data.eval_fn, calibration_data=data.calibration_data,
+        train_data=data.train_data, finetune_steps=p["finetune_steps"], episodes=p["episodes"],
+        strategy=p["strategy"], min_bits=p["min_bits"], max_bits=p["max_bits"],
+        keep_first_layer_8bit=p["keep_first_layer_8bit"], keep_last_layer_8bit=p["keep_last_layer_8bit"],
+        pins=pinned, seed=p["seed"], output_dir=Path(output), force=p["force"], resume=bool(resume_dir),
+        progress=not quiet, ddpg=ddpg, use_cache=not p["no_cache"], task=task,
     )
-    if budget is not None or resume:
-        result = run(budget=DEFAULT_BUDGET if budget is None else budget)
-    else:
-        result = run_with_default_budget(run, hardware.name, constraint, quiet)
+    try:
+        if p["budget"] is not None:
+            result = run(budget=p["budget"])
+        else:
+            result = run_with_default_budget(run, hardware.name, p["constraint"], quiet)
+    except KeyboardInterrupt as exc:  # click would turn it into a bare "Aborted."
+        saved = getattr(exc, "checkpoint", None)
+        hint = f" Progress is saved; continue with: haq-plugin search --resume {output}" if saved else ""
+        click.echo(f"\nInterrupted.{hint}", err=True)
+        raise SystemExit(130) from None
     if not quiet:
-        print_outcome(result, Path(output), backend, model_spec, data.test_eval_fn, source.model)
+        print_outcome(result, Path(output), backend, p["model_spec"], data.test_eval_fn, source.model)
+
+
+RESUME_MAY_CHANGE = {"episodes", "quiet", "no_cache", "resume_dir", "output", "force"}
+
+
+def resumed_parameters(ctx: click.Context, resume_dir: str) -> dict[str, Any]:
+    """The command's parameters as the interrupted search had them; only --episodes may be raised."""
+    from click.core import ParameterSource
+
+    from haq_plugin.search import checkpoint_settings
+
+    given = [name for name in ctx.params if name not in RESUME_MAY_CHANGE
+             and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        opts = {param.name: param.opts[0] for param in ctx.command.params}
+        flags = ", ".join(opts[name] for name in given)
+        raise HaqError(f"--resume continues with the settings stored in {resume_dir}; only --episodes, --quiet and "
+                       f"--no-cache may be given (got {flags}).")
+    saved = checkpoint_settings(resume_dir)
+    task = saved.get("task") or {}
+    params = dict(ctx.params)
+    params.update(
+        model_spec=task.get("model", "demo"), input_shape=task.get("input_shape"), data_spec=task.get("data"),
+        hw_name=saved["hardware"]["name"], hw_options=saved["hardware"]["config"],
+        backend_name=saved["backend"]["name"], backend_options=saved["backend"]["config"],
+        constraint=saved["constraint"], budget=saved["budget"], strategy=saved["strategy"], seed=saved["seed"],
+        min_bits=saved["min_bits"], max_bits=saved["max_bits"], finetune_steps=saved["finetune_steps"],
+        keep_first_layer_8bit=saved["keep_first_layer_8bit"], keep_last_layer_8bit=saved["keep_last_layer_8bit"],
+        pins={name: tuple(bits) for name, bits in saved["pins"].items()},
+        **{f"ddpg_{k}": v for k, v in saved["ddpg"].items()},
+    )
+    if ctx.get_parameter_source("episodes") != ParameterSource.COMMANDLINE:
+        params["episodes"] = saved["episodes"]
+    return params
+
+
+def _plugin_options(values: Any, flag: str) -> dict[str, Any]:
+    """--hw-option/--backend-option strings, or a stored config dict when resuming."""
+    return dict(values) if isinstance(values, dict) else parse_key_values(values, flag)
 
 
 def run_with_default_budget(run: Callable[..., Any], hw_name: str, constraint: str, quiet: bool) -> Any:

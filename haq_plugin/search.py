@@ -164,7 +164,8 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
            keep_last_layer_8bit: bool = True, pins: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
            output_dir: str | Path | None = None, resume: bool = False, force: bool = False,
            progress: bool = True, ddpg: DDPGConfig = DDPGConfig(),
-           float_accuracy: float | None = None, use_cache: bool = True) -> SearchResult:
+           float_accuracy: float | None = None, use_cache: bool = True,
+           task: Mapping[str, Any] | None = None) -> SearchResult:
     """Search per-layer (weight, activation) bits for ``model`` under a hardware budget.
 
     ``budget`` is a fraction of the uniform 8-bit (w8/a8) cost of ``constraint``
@@ -174,7 +175,10 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
     names.  ``force`` lets a new search write into a non-empty ``output_dir``;
     ``use_cache=False`` re-simulates the cost table instead of reading the disk
     cache.  See the module docstring for strategies, determinism, outputs and
-    interruption.
+    interruption.  ``task`` is a free-form, JSON-serialisable description of the
+    model and data (the CLI stores its ``--model``/``--data`` there); it is kept in
+    the checkpoint and the policy's provenance so that a run can be resumed or
+    reproduced.
     """
     _check_options(constraint=constraint, budget=budget, strategy=strategy, min_bits=min_bits,
                    max_bits=max_bits, episodes=episodes, finetune_steps=finetune_steps, train_data=train_data,
@@ -186,8 +190,18 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
         episodes=int(episodes), strategy=strategy, min_bits=int(min_bits), max_bits=int(max_bits),
         keep_first=bool(keep_first_layer_8bit), keep_last=bool(keep_last_layer_8bit), pins=dict(pins or {}),
         seed=int(seed), progress=progress, ddpg=ddpg, float_accuracy=float_accuracy, use_cache=use_cache,
+        task=dict(task or {}),
     )
     return run.execute(output_dir=output_dir, resume=resume, force=force)
+
+
+def checkpoint_settings(output_dir: str | Path) -> dict[str, Any]:
+    """The settings an interrupted search in ``output_dir`` was started with (to resume it)."""
+    path = Path(output_dir) / outputs.CHECKPOINT
+    if not path.is_file():
+        raise HaqError(f"Nothing to resume in {output_dir}: it has no {outputs.CHECKPOINT}.")
+    checkpoint = outputs.load_checkpoint(path)
+    return {**checkpoint["settings"], "episodes": checkpoint["episodes"]}
 
 
 def _check_options(*, constraint: str, budget: float, strategy: str, min_bits: int, max_bits: int,
@@ -287,7 +301,8 @@ class _SearchRun:
                  calibration_data: Iterable[Any], train_data: Iterable[Any] | None, finetune_steps: int,
                  episodes: int, strategy: str, min_bits: int, max_bits: int, keep_first: bool,
                  keep_last: bool, pins: dict[str, tuple[int, int]], seed: int, progress: bool,
-                 ddpg: DDPGConfig, float_accuracy: float | None, use_cache: bool) -> None:
+                 ddpg: DDPGConfig, float_accuracy: float | None, use_cache: bool,
+                 task: dict[str, Any]) -> None:
         self.model, self.example_input = model, example_input
         self.hardware, self.backend = hardware, backend
         self.constraint, self.strategy, self.episodes, self.seed = constraint, strategy, episodes, seed
@@ -313,6 +328,7 @@ class _SearchRun:
             "hardware": {"name": hardware.name, "config": hardware.config},
             "backend": {"name": backend.name, "config": backend.config},
             "layers": [[layer.name, layer.shape_key()] for layer in self.layers],
+            "task": task,
         })
         self.agent: DDPGAgent | None = None
         self.action_rng = np.random.default_rng(seed)

@@ -76,3 +76,34 @@ def test_infeasible_budget_and_bad_options_exit_2(tmp_path):
                    "--output", str(tmp_path / "y"), "--quiet", cwd=HERE)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_gives_the_uninterrupted_policy(tmp_path):
+    import signal
+    import time
+
+    args = ["search", "--model", "user_task:model", "--data", "user_task:data", "--backend", "torch.ao",
+            "--hw", "bismo-edge", "--budget", "0.6", "--no-keep-last-layer-8bit", "--episodes", "400",
+            "--warmup-episodes", "5", "--quiet"]
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "haq_plugin.cli", *args, "--output", str(out)], cwd=HERE,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert f"haq-plugin search --resume {out}" in stderr
+    resumed = haq("search", "--resume", str(out), "--quiet", cwd=HERE)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = haq(*args, "--output", str(tmp_path / "straight"), cwd=HERE)
+    assert straight.returncode == 0, straight.stderr
+    assert Policy.load(out / "policy.json").bits == Policy.load(tmp_path / "straight" / "policy.json").bits
+    with open(out / "episodes.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 400
+    refused = haq("search", "--resume", str(out), "--hw", "bitfusion", cwd=HERE)
+    assert refused.returncode == 2 and "only --episodes" in refused.stderr
