@@ -38,9 +38,9 @@ def measure(networks: list[str], repeats: int = 3) -> list[dict]:
     for net in networks:
         layers = extract_layers(ZOO[net]().eval(), torch.zeros(IMAGENET_INPUT_SHAPE))
         for hw_name in HARDWARE:
-            hardware = load_hardware(hw_name)
             cold, cached = [], []
             for _ in range(repeats):
+                hardware = load_hardware(hw_name)  # a fresh instance: no in-memory memo from the last repeat
                 with tempfile.TemporaryDirectory() as cache:
                     os.environ["HAQ_PLUGIN_CACHE"] = cache
                     table = build_cost_table(hardware, layers)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch
 
 from haq_plugin.agent import DDPGConfig
 from haq_plugin.demo import load_demo
-from haq_plugin.errors import HaqError
+from haq_plugin.errors import InfeasibleBudget
 from haq_plugin.formatting import markdown_table
 from haq_plugin.search import search
 
@@ -70,7 +70,7 @@ def run_all(settings: QualitySettings) -> list[Run]:
                 seeds = settings.seeds[:1] if strategy == "uniform" else settings.seeds
                 for seed in seeds:
                     runs.append(_one(demo, settings, constraint, budget, strategy, seed))
-                    print(_progress_line(runs[-1]), flush=True)
+                    print(_progress_line(runs[-1]), file=sys.stderr, flush=True)
     return runs
 
 
@@ -83,9 +83,8 @@ def _one(demo, settings: QualitySettings, constraint: str, budget: float, strate
                         calibration_data=demo.calibration_data, episodes=settings.episodes, strategy=strategy,
                         seed=seed, ddpg=DDPGConfig(warmup_episodes=settings.warmup), progress=False,
                         float_accuracy=demo.float_val_accuracy)
-    except HaqError as exc:
-        found = re.search(r"(\d\.\d+)", str(exc))
-        run.infeasible = found.group(1) if found else str(exc)
+    except InfeasibleBudget as exc:
+        run.infeasible = f"{exc.smallest:.3f}"
         return run
     run.seconds = time.perf_counter() - start
     run.accuracy, run.cost_fraction = result.accuracy, result.cost_fraction
