@@ -51,3 +51,34 @@ def test_user_mistakes_exit_2_with_one_message_and_no_traceback(args, message):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cost_json_matches_the_hardware_model_layer_by_layer():
+    import torch
+
+    from haq_plugin import extract_layers, load_hardware
+    from haq_plugin.zoo import mobilenet_v1
+
+    proc = _invoke(["cost", "--model", "zoo:mobilenet_v1", "--hw", "bitfusion", "--bits", "4/4", "--format", "json"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    hw = load_hardware("bitfusion")
+    layers = extract_layers(mobilenet_v1(), torch.zeros(1, 3, 224, 224))
+    assert [row["name"] for row in report["layers"]] == [l.name for l in layers]
+    for row, layer in list(zip(report["layers"], layers))[:5]:
+        cost = hw.layer_cost(layer, 4, 4)
+        assert row["latency_s"] == cost.latency_s and row["energy_j"] == cost.energy_j
+        assert row["size_bytes"] == layer.params * 4 / 8 and row["bops"] == layer.macs * 16
+    assert report["total"]["latency"] == pytest.approx(sum(r["latency_s"] for r in report["layers"]))
+    assert report["total"]["latency"] < report["uniform_8bit"]["latency"]
+
+
+def test_hw_list_json_lists_builtins_with_options_and_sources():
+    proc = _invoke(["hw", "list", "--format", "json"])
+    assert proc.returncode == 0, proc.stderr
+    models = {m["name"]: m for m in json.loads(proc.stdout)}
+    assert {"bitfusion", "bitfusion-cloud", "bismo-edge", "bismo-cloud"} <= set(models)
+    bitfusion = {o["name"]: o for o in models["bitfusion"]["options"]}
+    assert bitfusion["rows"]["default"] == 8 and bitfusion["wbuf_bytes"]["default"] == 262144
+    assert all(o["source"] for o in bitfusion.values() if o["name"] in ("rows", "cols", "frequency_mhz"))
+    assert models["bismo-edge"]["energy"] is False and models["bitfusion"]["distribution"].startswith("haq-plugin")
