@@ -140,8 +140,11 @@ def verdicts(rows: list[dict]) -> list[str]:
         by_key.setdefault((row["constraint"], row["budget"]), {})[row["strategy"]] = row
     for (constraint, budget), group in by_key.items():
         if any("infeasible" in r for r in group.values()):
-            lines.append(f"- {constraint} {budget}: infeasible on this hardware (cheapest policy costs "
-                         f"{next(iter(group.values())).get('infeasible')} of 8-bit).")
+            lines.append(f"- {constraint} {budget}: infeasible on this hardware (the cheapest policy costs "
+                         f"{next(iter(group.values())).get('infeasible')} of 8-bit): BitFusion moves 32-bit partial "
+                         "sums through DRAM whatever the bit widths, so layers with a shallow reduction (depthwise, "
+                         "narrow 1x1) never get cheaper than their output traffic, and the first and last layers "
+                         "stay at 8 bits.")
             continue
         d, r, u = (group[s]["accuracy"] for s in ("ddpg", "random", "uniform"))
         vs_u = "beats" if d > u else ("ties" if d == u else "loses to")
