@@ -184,8 +184,10 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
                    max_bits=max_bits, episodes=episodes, finetune_steps=finetune_steps, train_data=train_data,
                    resume=resume, output_dir=output_dir, seed=seed)
     run = _SearchRun(
-        model=model, example_input=example_input, hardware=_resolve_hardware(hardware),
-        backend=_resolve_backend(backend), constraint=constraint, budget=float(budget), eval_fn=eval_fn,
+        model=model, example_input=example_input,
+        hardware=_resolve(hardware, HardwareModel, load_hardware, "hardware"),
+        backend=_resolve(backend, QuantBackend, load_backend, "backend"),
+        constraint=constraint, budget=float(budget), eval_fn=eval_fn,
         calibration_data=calibration_data, train_data=train_data, finetune_steps=int(finetune_steps),
         episodes=int(episodes), strategy=strategy, min_bits=int(min_bits), max_bits=int(max_bits),
         keep_first=bool(keep_first_layer_8bit), keep_last=bool(keep_last_layer_8bit), pins=dict(pins or {}),
@@ -236,20 +238,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _resolve_hardware(hardware: HardwareModel | str) -> HardwareModel:
-    if isinstance(hardware, str):
-        return load_hardware(hardware)
-    if isinstance(hardware, HardwareModel):
-        return hardware
-    raise HaqError(f"hardware must be a HardwareModel or a registered name, got {type(hardware).__name__}.")
-
-
-def _resolve_backend(backend: QuantBackend | str) -> QuantBackend:
-    if isinstance(backend, str):
-        return load_backend(backend)
-    if isinstance(backend, QuantBackend):
-        return backend
-    raise HaqError(f"backend must be a QuantBackend or a registered name, got {type(backend).__name__}.")
+def _resolve(value: Any, base: type, load: Callable[[str], Any], what: str) -> Any:
+    """An instance as given, or the plugin registered under that name."""
+    if isinstance(value, str):
+        return load(value)
+    if isinstance(value, base):
+        return value
+    raise HaqError(f"{what} must be a {base.__name__} or a registered name, got {type(value).__name__}.")
 
 
 def _package_version() -> str:

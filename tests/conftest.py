@@ -13,6 +13,17 @@ from haq_plugin.plugins import reset_plugin_manager
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and batch-64 agent updates run fastest on one thread (and tests share the machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Cost tables go to a per-session temp cache; the demo model cache is shared across tests."""

@@ -29,7 +29,7 @@ from haq_plugin.zoo import BasicBlock, ResNet
 
 # User-side calls below (prepare_qat_fx, convert_fx in a user's own script) print torch's notices.
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
-              pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")]
+              pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor"), pytest.mark.usefixtures("one_thread")]
 
 # -- a small model of our own, trained on the scikit-learn digits ---------------------------------
 
@@ -89,15 +89,6 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor):
         with torch.no_grad():
             return float((model(x).argmax(1) == y).float().mean() * 100)
     return evaluate
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

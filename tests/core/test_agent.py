@@ -15,13 +15,7 @@ from haq_plugin.errors import HaqError
 STEPS = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batch-64 MLP updates are fastest on one thread (and tests share the machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_states(steps: int = STEPS) -> np.ndarray:

@@ -24,20 +24,11 @@ from haq_plugin.plugins import get_plugin_manager, load_hardware, reset_plugin_m
 from haq_plugin.policy import Policy
 from haq_plugin.search import SearchInterrupted, search
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 EPISODES = 6
 QUICK = DDPGConfig(warmup_episodes=3, hidden=64, batch_size=16)
 HARDWARE = "bitfusion"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models and batch-64 agent updates run fastest on one thread (tests share the machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def registered(kind: str, name: str) -> bool:
