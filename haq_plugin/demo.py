@@ -40,7 +40,7 @@ INPUT_SHAPE = (1, 1, 8, 8)
 class TrainSettings:
     """How the demo's float model is trained (part of its cache key)."""
 
-    seed: int = 0
+    seed: int = 1
     epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3
@@ -103,7 +103,21 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[Batch]:
 
 
 def train_float(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings) -> None:
-    """Plain Adam training with a cosine schedule; deterministic for a given seed."""
+    """Plain Adam training with a cosine schedule; deterministic for a given seed.
+
+    Runs on one thread: reductions sum in another order with another thread count,
+    which would make the trained model depend on the environment (and more
+    threads are no faster for a network this small).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train(model, x, y, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings) -> None:
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -124,14 +138,17 @@ def train_float(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Tr
 
 def demo_cache_key(settings: TrainSettings) -> str:
     """Hash of the network definition, the training code and settings."""
-    source = "".join(inspect.getsource(obj) for obj in (build_demo_model, train_float, digits_splits, MobileNetV2))
-    return stable_hash({"source": source, "blocks": DEMO_BLOCKS, "settings": asdict(settings)})
+    source = "".join(inspect.getsource(obj) for obj in (build_demo_model, train_float, _train, digits_splits,
+                                                        MobileNetV2))
+    return stable_hash({"source": source, "blocks": DEMO_BLOCKS, "settings": asdict(settings), "init": "seeded"})
 
 
 def load_demo(settings: TrainSettings = TrainSettings(), use_cache: bool = True) -> DemoTask:
     """The demo task, training (and caching) the float model on first use."""
     splits = digits_splits()
-    model = build_demo_model()
+    with torch.random.fork_rng():  # seeded initial weights, without touching the caller's generator
+        torch.manual_seed(settings.seed)
+        model = build_demo_model()
     path = cache_dir("demo") / f"mobilenetv2-digits-{demo_cache_key(settings)}.pt"
     trained_now, seconds = False, 0.0
     if use_cache and path.exists():
