@@ -19,6 +19,7 @@ object with these attributes):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import sys
@@ -50,6 +51,14 @@ class TaskData:
     train_data: list[Any] | None = None
     test_eval_fn: Callable[[nn.Module], float] | None = None
     description: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_task() -> Any:
+    """The demo task, loaded (or trained) once per process for --model and --data alike."""
+    from haq_plugin.demo import load_demo
+
+    return load_demo()
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
@@ -93,9 +102,7 @@ def load_model(spec: str = "demo", input_shape: str | None = None) -> ModelSourc
     """Resolve a ``--model`` value (see module docstring)."""
     shape = parse_input_shape(input_shape)
     if spec == "demo":
-        from haq_plugin.demo import load_demo
-
-        task = load_demo()
+        task = _demo_task()
         return ModelSource(task.model, task.example_input, "demo (MobileNet-V2-style, UCI digits)")
     if spec.startswith("zoo:"):
         from haq_plugin.zoo import IMAGENET_INPUT_SHAPE, ZOO
@@ -145,9 +152,7 @@ def load_task_data(spec: str | None, model_spec: str) -> TaskData:
         if model_spec != "demo":
             raise HaqError(f"--model {model_spec!r} needs --data package.module:callable returning "
                            "calibration_data and eval_fn (or val_data); see README 'Bring your own model'.")
-        from haq_plugin.demo import load_demo
-
-        task = load_demo()
+        task = _demo_task()
         origin = f"trained in {task.train_seconds:.0f} s" if task.trained_now else "loaded from the cache"
         description = (f"demo float model ({origin}, {task.info['cache_file']}): test accuracy "
                        f"{task.float_test_accuracy:.2f}%, validation accuracy {task.float_val_accuracy:.2f}%")
