@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 import brevitas
 
 from haq_plugin.errors import HaqError
-from haq_plugin.policy import Policy, write_text_atomic, read_json
+from haq_plugin.policy import Policy, read_json, require_fields, write_text_atomic
 
 from haq_plugin.adapters._brevitas_quantizers import (
     QUANT_LAYER_CLASSES, WEIGHT_QUANT, LayerQuant, QuantSettings)
@@ -124,11 +124,7 @@ def _read_layers(path: Path, entries: Any, policy: Policy) -> dict[str, LayerQua
     plan: dict[str, LayerQuant] = {}
     for i, entry in enumerate(entries):
         where = f"{path}: layers[{i}]"
-        if not isinstance(entry, dict):
-            raise HaqError(f"{where} must be an object.")
-        for key in ("name", "weight_bit_width", "input_bit_width", "input_signed"):
-            if key not in entry:
-                raise HaqError(f"{where} lacks field '{key}'.")
+        require_fields(entry, ("name", "weight_bit_width", "input_bit_width", "input_signed"), where)
         name = entry["name"]
         if name not in policy.bits:
             raise HaqError(f"{where}: layer '{name}' is not in the file's policy.")

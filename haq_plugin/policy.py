@@ -120,11 +120,7 @@ class Policy:
         layers: list[tuple[str, str]] = []
         for i, entry in enumerate(entries):
             where = f"{source}: layers[{i}]"
-            if not isinstance(entry, dict):
-                raise HaqError(f"{where} must be an object.")
-            for key in ("name", "shape", "weight_bits", "activation_bits"):
-                if key not in entry:
-                    raise HaqError(f"{where} lacks field '{key}'.")
+            require_fields(entry, ("name", "shape", "weight_bits", "activation_bits"), where)
             name = str(entry["name"])
             if name in bits:
                 raise HaqError(f"{where}: layer '{name}' appears twice.")
@@ -149,6 +145,15 @@ class Policy:
 def fingerprint(layers: Iterable[LayerSpec]) -> list[tuple[str, str]]:
     """The (name, shape) list that identifies a model's quantizable layers."""
     return [(spec.name, spec.shape_key()) for spec in layers]
+
+
+def require_fields(entry: Any, keys: Iterable[str], where: str) -> None:
+    """Raise :class:`HaqError` unless ``entry`` is a JSON object with every one of ``keys``."""
+    if not isinstance(entry, dict):
+        raise HaqError(f"{where} must be an object.")
+    for key in keys:
+        if key not in entry:
+            raise HaqError(f"{where} lacks field '{key}'.")
 
 
 def read_json(path: str | Path, what: str) -> Any:
