@@ -111,7 +111,8 @@ def _print_registry(registry, fmt: str, extra) -> None:
             for key, value in extra(reg.cls).items():
                 click.echo(f"    {key}: {value}")
             for opt in reg.cls.options:
-                click.echo(f"    {flag} {opt.name}={opt.default!r} ({opt.type.__name__})  {opt.help}")
+                source = f" [source: {opt.source}]" if opt.source else ""
+                click.echo(f"    {flag} {opt.name}={opt.default!r} ({opt.type.__name__})  {opt.help}{source}")
             click.echo("")
     for problem in get_plugin_manager().problems:
         click.echo(f"warning: {problem}", err=True)
