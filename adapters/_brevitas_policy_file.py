@@ -39,7 +39,8 @@ from typing import Any, Mapping, Sequence
 import brevitas
 
 from haq_plugin.errors import HaqError
-from haq_plugin.policy import Policy, read_json, require_fields, write_text_atomic
+from haq_plugin.files import read_json, require_fields, write_text_atomic
+from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._brevitas_quantizers import (
     QUANT_LAYER_CLASSES, WEIGHT_QUANT, LayerQuant, QuantSettings)

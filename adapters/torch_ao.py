@@ -85,7 +85,7 @@ from haq_plugin.errors import HaqError
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import extract_layers
 from haq_plugin.options import Option
-from haq_plugin.policy import read_json, write_text_atomic
+from haq_plugin.files import read_json, write_text_atomic
 
 from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json

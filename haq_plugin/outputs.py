@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from haq_plugin.errors import HaqError
+from haq_plugin.files import write_text_atomic, write_via_temp
 
 if TYPE_CHECKING:
     from haq_plugin.backend import QuantBackend
@@ -68,29 +67,6 @@ def prepare_output_dir(path: str | Path, resume: bool, force: bool) -> Path:
     return path
 
 
-def _default_mode() -> int:
-    """Permissions of a newly created file under the current umask (mkstemp would give 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_via_temp(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 # -- checkpoint -------------------------------------------------------------------------
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write the checkpoint (tensors and plain Python values only, so it loads with weights_only)."""
@@ -123,12 +99,8 @@ def episodes_csv(history: Sequence["EpisodeRecord"]) -> str:
     return out.getvalue()
 
 
-def write_text(path: Path, text: str) -> Path:
-    return write_via_temp(path, lambda tmp: tmp.write_text(text))
-
-
 def write_episodes_csv(directory: Path, history: Sequence["EpisodeRecord"]) -> Path:
-    return write_text(directory / EPISODES, episodes_csv(history))
+    return write_text_atomic(directory / EPISODES, episodes_csv(history))
 
 
 # -- summary.md -------------------------------------------------------------------------
@@ -253,7 +225,7 @@ def write_search_outputs(result: "SearchResult", backend: "QuantBackend") -> dic
     files["export"] = write_via_temp(directory / backend.export_filename,
                                      lambda tmp: backend.export(result.policy, tmp))
     files["episodes"] = write_episodes_csv(directory, result.history)
-    files["summary"] = write_text(directory / SUMMARY, summary_markdown(result))
+    files["summary"] = write_text_atomic(directory / SUMMARY, summary_markdown(result))
     figure = write_policy_figure(directory / FIGURE, result)
     if figure is not None:
         files["figure"] = figure

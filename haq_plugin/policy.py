@@ -19,13 +19,12 @@ File format (``schema_version`` 1)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from haq_plugin.errors import HaqError
+from haq_plugin.files import read_json, require_fields, write_text_atomic
 from haq_plugin.layers import LayerSpec
 
 SCHEMA_VERSION = 1
@@ -145,48 +144,6 @@ class Policy:
 def fingerprint(layers: Iterable[LayerSpec]) -> list[tuple[str, str]]:
     """The (name, shape) list that identifies a model's quantizable layers."""
     return [(spec.name, spec.shape_key()) for spec in layers]
-
-
-def require_fields(entry: Any, keys: Iterable[str], where: str) -> None:
-    """Raise :class:`HaqError` unless ``entry`` is a JSON object with every one of ``keys``."""
-    if not isinstance(entry, dict):
-        raise HaqError(f"{where} must be an object.")
-    for key in keys:
-        if key not in entry:
-            raise HaqError(f"{where} lacks field '{key}'.")
-
-
-def read_json(path: str | Path, what: str) -> Any:
-    """Parse a JSON file; a missing or malformed file is a :class:`HaqError` naming ``what`` it should be."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HaqError(f"{what} {path} does not exist.") from None
-    except json.JSONDecodeError as exc:
-        raise HaqError(f"{what} {path} is not valid JSON: {exc}.") from None
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_bits_value(where: str, value: Any) -> None:

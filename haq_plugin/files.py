@@ -1,0 +1,66 @@
+"""Small file helpers: atomic writes and JSON reading with user-facing errors.
+
+Every file haq-plugin writes (policies, exports, search outputs, checkpoints)
+goes through :func:`write_via_temp`, so an interrupted write never leaves half a
+file behind, and the JSON files it reads go through :func:`read_json`, so a
+missing or malformed file is a clear :class:`HaqError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from haq_plugin.errors import HaqError
+
+
+def write_via_temp(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; give the file the user's usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    return write_via_temp(path, lambda tmp: tmp.write_text(text))
+
+
+def _default_mode() -> int:
+    """Permissions of a newly created file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def require_fields(entry: Any, keys: Iterable[str], where: str) -> None:
+    """Raise :class:`HaqError` unless ``entry`` is a JSON object with every one of ``keys``."""
+    if not isinstance(entry, dict):
+        raise HaqError(f"{where} must be an object.")
+    for key in keys:
+        if key not in entry:
+            raise HaqError(f"{where} lacks field '{key}'.")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed file is a :class:`HaqError` naming ``what`` it should be."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HaqError(f"{what} {path} does not exist.") from None
+    except json.JSONDecodeError as exc:
+        raise HaqError(f"{what} {path} is not valid JSON: {exc}.") from None
