@@ -167,13 +167,13 @@ class BitFusionEdge(HardwareModel):
         values = {name: c[name] for name in _ENERGY_OPTIONS}
         if values["core_pj_per_cycle"] is None:
             values["core_pj_per_cycle"] = core_pj_per_cycle(c["rows"], c["cols"], c["frequency_mhz"])
-        banks = {"wbuf": (c["rows"] * c["cols"], False), "ibuf": (c["rows"], False), "obuf": (c["cols"], True)}
-        for buf, (count, rw_port) in banks.items():
+        banks = {"wbuf": (("rows", "cols"), False), "ibuf": (("rows",), False), "obuf": (("cols",), True)}
+        for buf, (bank_options, rw_port) in banks.items():
             keys = (f"{buf}_read_pj_per_bit", f"{buf}_write_pj_per_bit")
             if values[keys[0]] is None or values[keys[1]] is None:
-                read, write = buffer_pj_per_bit(buf.upper(), c[f"{buf}_bytes"], count, rw_port)
-                values[keys[0]] = read if values[keys[0]] is None else values[keys[0]]
-                values[keys[1]] = write if values[keys[1]] is None else values[keys[1]]
+                derived = buffer_pj_per_bit(f"hardware model '{self.name}'", buf.upper(), c, bank_options, rw_port)
+                for key, value in zip(keys, derived):
+                    values[key] = value if values[key] is None else values[key]
         return EnergyTable(*(values[name] for name in _ENERGY_OPTIONS), c["dram_pj_per_bit"])
 
     @property

@@ -26,6 +26,8 @@ much too low.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from haq_plugin.errors import HaqError
@@ -69,35 +71,43 @@ def core_pj_per_cycle(rows: int, cols: int, frequency_mhz: float) -> float:
     return SYNTH_POWER_4X4_NW * 1e-9 * (rows * cols / 16) / (frequency_mhz * 1e6) * 1e12
 
 
-def bank_pj_per_bit(bank_bytes: int, read_write_port: bool, buffer: str) -> tuple[float, float]:
-    """(read, write) pJ per bit of one bank; a missing read-write-port bank falls back to the plain one."""
+def bank_pj_per_bit(bank_bytes: int, read_write_port: bool) -> tuple[float, float] | None:
+    """(read, write) pJ per bit of one bank, or None when CACTI has no such bank.
+
+    A read-write-port bank missing from the table falls back to the plain one.
+    """
     for want_port in ((True, False) if read_write_port else (False,)):
         for bank in CACTI_BANKS:
             if bank.bank_bytes == bank_bytes and bank.read_write_port == want_port:
                 return bank.read_nj * 1e3 / ACCESS_BITS, bank.write_nj * 1e3 / ACCESS_BITS
-    sizes = sorted({b.bank_bytes for b in CACTI_BANKS})
-    raise HaqError(
-        f"hardware model 'bitfusion': no CACTI energy for a {bank_bytes}-byte {buffer} bank (the simulator's "
-        f"CACTI table has banks of {', '.join(map(str, sizes))} bytes). Choose buffer sizes that give one of "
-        f"those bank sizes, or pass the {buffer.lower()} energy options (pJ per bit) explicitly."
-    )
+    return None
 
 
-def buffer_pj_per_bit(buffer: str, buffer_bytes: int, banks: int, read_write_port: bool) -> tuple[float, float]:
-    """(read, write) pJ per bit of a buffer split into ``banks`` equal banks."""
+def buffer_pj_per_bit(owner: str, buffer: str, config: dict, bank_options: tuple[str, ...],
+                      read_write_port: bool) -> tuple[float, float]:
+    """(read, write) pJ per bit of ``buffer`` split into equal banks, one per product of ``bank_options``.
+
+    Errors name the options responsible: the buffer size, the options that set
+    the bank count, and the energy options that bypass the derivation.
+    """
+    size_option = f"{buffer.lower()}_bytes"
+    buffer_bytes = config[size_option]
+    banks = math.prod(config[name] for name in bank_options)
+    given = " x ".join(f"{name}={config[name]}" for name in bank_options)
+    energy_options = f"{buffer.lower()}_read_pj_per_bit and {buffer.lower()}_write_pj_per_bit"
     if buffer_bytes % banks:
         raise HaqError(
-            f"hardware model 'bitfusion': a {buffer} of {buffer_bytes} bytes does not split into {banks} equal "
-            f"banks; choose a size that is a multiple of {banks} bytes or pass its energy options explicitly."
+            f"{owner}: {size_option}={buffer_bytes} does not split into {banks} equal {buffer} banks (one per "
+            f"{given}), which the CACTI energy derivation needs. Choose {size_option} as a multiple of {banks}, "
+            f"change {' or '.join(bank_options)}, or set {energy_options} explicitly."
         )
-    return bank_pj_per_bit(buffer_bytes // banks, read_write_port, buffer)
-
-
-def derived_energy(rows: int, cols: int, frequency_mhz: float, wbuf_bytes: int, ibuf_bytes: int,
-                   obuf_bytes: int) -> EnergyTable:
-    """All constants for one configuration, as the simulator derives them."""
-    w_read, w_write = buffer_pj_per_bit("WBUF", wbuf_bytes, rows * cols, False)
-    i_read, i_write = buffer_pj_per_bit("IBUF", ibuf_bytes, rows, False)
-    o_read, o_write = buffer_pj_per_bit("OBUF", obuf_bytes, cols, True)
-    return EnergyTable(core_pj_per_cycle(rows, cols, frequency_mhz), w_read, w_write, i_read, i_write,
-                       o_read, o_write, DRAM_PJ_PER_BIT)
+    energy = bank_pj_per_bit(buffer_bytes // banks, read_write_port)
+    if energy is None:
+        sizes = sorted({b.bank_bytes for b in CACTI_BANKS})
+        raise HaqError(
+            f"{owner}: {size_option}={buffer_bytes} split into {banks} banks ({given}) gives "
+            f"{buffer_bytes // banks}-byte {buffer} banks, which the simulator's CACTI table lacks (it has banks "
+            f"of {', '.join(map(str, sizes))} bytes). Choose {size_option} and {' / '.join(bank_options)} that "
+            f"give one of those bank sizes, or set {energy_options} explicitly."
+        )
+    return energy
