@@ -19,16 +19,19 @@ The last two are hardware independent and computed here.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from haq_plugin.bits import check_width
 from haq_plugin.cache import cache_dir, stable_hash
+from haq_plugin.code_hash import module_source_hash
 from haq_plugin.errors import HaqError
 from haq_plugin.hardware import HardwareModel
 from haq_plugin.layers import LayerSpec
@@ -91,10 +94,20 @@ class CostTable:
     def layer_costs(self, name: str, bits: Sequence[tuple[int, int]]) -> np.ndarray:
         """Per-layer cost of a policy given as (w, a) pairs in layer order."""
         table = self.metric(name)
+        if len(bits) != len(self.layers):
+            raise HaqError(f"a policy of {len(bits)} bit pairs cannot be costed on a table of "
+                           f"{len(self.layers)} layers (hardware '{self.hardware_name}').")
         rows = np.arange(len(self.layers))
-        wi = np.array([self.index(w) for w, _ in bits])
-        ai = np.array([self.index(a) for _, a in bits])
+        wi = np.array([self._layer_index(i, w, "weight") for i, (w, _) in enumerate(bits)], dtype=np.int64)
+        ai = np.array([self._layer_index(i, a, "activation") for i, (_, a) in enumerate(bits)], dtype=np.int64)
         return table[rows, wi, ai]
+
+    def _layer_index(self, row: int, bits: int, what: str) -> int:
+        """:meth:`index`, with an error that names the layer and the operand."""
+        if bits in self._index:
+            return self._index[bits]
+        raise HaqError(f"layer '{self.layers[row].name}': {bits}-bit {what}s are not in the cost table; it covers "
+                       f"{', '.join(map(str, self.bits))} bits on hardware '{self.hardware_name}'.")
 
     def policy_cost(self, name: str, bits: Sequence[tuple[int, int]]) -> float:
         """Total cost of a policy given as (w, a) pairs in layer order."""
@@ -110,52 +123,89 @@ def table_bits(hardware: HardwareModel, bits: Sequence[int] | None = None) -> tu
     supported = tuple(hardware.supported_bits)
     if bits is None:
         return tuple(b for b in supported if b <= 8)
-    unsupported = [b for b in bits if b not in supported]
+    checked = [check_width(b, f"cost table bit width for hardware model '{hardware.name}'") for b in bits]
+    unsupported = [b for b in checked if b not in supported]
     if unsupported:
         raise HaqError(f"hardware model '{hardware.name}' does not support {unsupported} bits; supported: "
                        f"{', '.join(map(str, supported))}.")
-    return tuple(sorted(set(int(b) for b in bits)))
+    return tuple(sorted(set(checked)))
 
 
 def build_cost_table(hardware: HardwareModel, layers: Sequence[LayerSpec], bits: Sequence[int] | None = None,
                      cache: bool = True) -> CostTable:
-    """Simulate every layer at every bit pair once (or load the cached result)."""
+    """Simulate every layer at every bit pair once (or load the cached result).
+
+    A cache that cannot be used (``HAQ_PLUGIN_CACHE`` a file, uncreatable or
+    read-only) costs one warning and no cache; a cached file that cannot be read
+    or has the wrong shape is a miss: the table is rebuilt and the file replaced.
+    """
     bit_axis = table_bits(hardware, bits)
     key = stable_hash({"format": CACHE_FORMAT, "hw": hardware.name, "cls": type(hardware).__qualname__,
                        "code": model_code_hash(type(hardware)), "config": hardware.config,
                        "layers": [l.shape_key() for l in layers], "bits": bit_axis})
-    path = cache_dir("cost-tables") / f"{hardware.name}-{key}.npz"
-    if cache and path.exists():
+    path = _cache_path(f"{hardware.name}-{key}.npz") if cache else None
+    if path is not None and path.exists():
         start = time.perf_counter()
-        with np.load(path) as data:
-            energy = data["energy"] if "energy" in data.files else None
-            table = CostTable(list(layers), bit_axis, data["latency"], energy, hardware.name)
-        table.build_seconds, table.from_cache = time.perf_counter() - start, True
-        return table
+        table = _load(path, hardware, layers, bit_axis)
+        if table is not None:
+            table.build_seconds, table.from_cache = time.perf_counter() - start, True
+            return table
     start = time.perf_counter()
     table = _simulate(hardware, layers, bit_axis)
     table.build_seconds = time.perf_counter() - start
-    if cache:
+    if path is not None:
         _save(path, table)
     return table
 
 
 def model_code_hash(cls: type) -> str:
-    """Hash of the source files of the package that defines ``cls``.
+    """Hash of the source of the module that defines ``cls`` and of the project modules it imports.
 
     Part of the cache key, so that editing or upgrading a simulator never serves
-    a table computed by its previous version.
+    a table computed by its previous version, while editing one model leaves the
+    other models' tables valid (see :mod:`haq_plugin.code_hash`).
     """
-    package = cls.__module__.rpartition(".")[0] or cls.__module__
-    files = sorted({getattr(mod, "__file__", None) or "" for name, mod in list(sys.modules.items())
-                    if name in (cls.__module__, package) or name.startswith(package + ".")} - {""})
-    digest = hashlib.sha256()
-    for file in files:
-        try:
-            digest.update(Path(file).read_bytes())
-        except OSError:
-            digest.update(file.encode())
-    return digest.hexdigest()[:16]
+    return module_source_hash(cls.__module__)
+
+
+def _cache_path(filename: str) -> Path | None:
+    """Where a table is cached, or None (after one warning) when the cache directory is unusable."""
+    try:
+        directory = cache_dir("cost-tables")
+        probe = directory / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        _warn_once(f"haq-plugin: warning: cost-table cache unusable ({exc.strerror or exc}: "
+                   f"{exc.filename or os.environ.get('HAQ_PLUGIN_CACHE', '')}); running without the cache.")
+        return None
+    return directory / filename
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr)
+
+
+def _load(path: Path, hardware: HardwareModel, layers: Sequence[LayerSpec],
+          bit_axis: tuple[int, ...]) -> CostTable | None:
+    """The cached table, or None when the file is damaged or does not fit the request."""
+    try:
+        with np.load(path) as data:
+            latency = np.array(data["latency"], dtype=np.float64)
+            energy = np.array(data["energy"], dtype=np.float64) if "energy" in data.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: a cache miss
+        return None
+    if (energy is None) == hardware.has_energy or (energy is not None and energy.shape != latency.shape):
+        return None
+    try:
+        return CostTable(list(layers), bit_axis, latency, energy, hardware.name)
+    except ValueError:
+        return None
 
 
 def _simulate(hardware: HardwareModel, layers: Sequence[LayerSpec], bit_axis: tuple[int, ...]) -> CostTable:
@@ -176,10 +226,17 @@ def _simulate(hardware: HardwareModel, layers: Sequence[LayerSpec], bit_axis: tu
     return CostTable(list(layers), bit_axis, latency, energy, hardware.name)
 
 
-def _save(path, table: CostTable) -> None:
+def _save(path: Path, table: CostTable) -> None:
+    """Write atomically (a temporary file, then a rename); a failed write only costs the cache."""
     arrays = {"latency": table.latency}
     if table.energy is not None:
         arrays["energy"] = table.energy
-    tmp = path.with_suffix(f".tmp{id(table)}.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(table)}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        _warn_once(f"haq-plugin: warning: could not write the cost-table cache ({exc.strerror or exc}); "
+                   "continuing without it.")

@@ -15,6 +15,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+from haq_plugin.bits import check_width, is_integer
 from haq_plugin.errors import HaqError
 from haq_plugin.layers import LayerSpec
 from haq_plugin.options import Option, resolve_options
@@ -76,13 +77,16 @@ class HardwareModel(abc.ABC):
         """Costs of one layer for many bit pairs; override to share work between pairs."""
         return [self.layer_cost(layer, w, a) for w, a in bit_pairs]
 
-    def check_bits(self, weight_bits: int, act_bits: int) -> None:
-        """Raise a clear error for bit widths this hardware cannot run."""
+    def check_bits(self, weight_bits: int, act_bits: int, layer: str | None = None) -> None:
+        """Raise a clear error for bit widths this hardware cannot run (naming ``layer`` when given)."""
         supported = self.supported_bits
+        where = f" (layer '{layer}')" if layer else ""
         for what, bits in (("weight", weight_bits), ("activation", act_bits)):
-            if bits not in supported:
+            if not is_integer(bits):
+                check_width(bits, f"{what} bits{where} for hardware model '{self.name}'")  # raises: not a width
+            if int(bits) not in supported:
                 raise HaqError(
-                    f"hardware model '{self.name}' does not support {bits}-bit {what}s; "
+                    f"hardware model '{self.name}' does not support {bits}-bit {what}s{where}; "
                     f"supported bit widths: {', '.join(map(str, supported))}."
                 )
 

@@ -8,6 +8,7 @@ names the plugin in every error so that the user knows whose option was wrong.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -21,10 +22,16 @@ _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
 class Option:
     """One configurable value of a plugin.
 
-    ``type`` is ``int``, ``float``, ``bool`` or ``str``.  ``check`` optionally
-    validates a converted value and returns an error text (or None when valid);
-    ``choices`` restricts string options.  ``source`` cites where the default comes
-    from, shown by ``haq-plugin hw list``.
+    ``type`` is ``int``, ``float``, ``bool`` or ``str``.  ``choices`` restricts the
+    converted value to a list (of any type), ``minimum`` bounds numbers from below,
+    and ``check`` optionally validates a converted value and returns an error text
+    (or None when valid; :func:`positive` is one).  ``source`` cites where the
+    default comes from, shown by ``haq-plugin hw list``.
+
+    A ``None`` default means "derived by the plugin" (for example from other
+    options): such an option also accepts ``None`` (and, from the command line, the
+    word ``none``) to ask for the derived value again, which is what a saved
+    configuration holds.  Float options must be finite unless ``finite=False``.
     """
 
     name: str
@@ -35,15 +42,20 @@ class Option:
     minimum: float | None = None
     source: str = ""
     check: Callable[[Any], str | None] | None = None
+    finite: bool = True
 
     def convert(self, value: Any, owner: str) -> Any:
         """Convert ``value`` (possibly a CLI string) to this option's type, or raise."""
+        if self.default is None and _means_none(value, self.type):
+            return None
         try:
             converted = self._coerce(value)
         except (TypeError, ValueError):
             raise HaqError(
                 f"{owner}: option '{self.name}' expects {self.type.__name__}, got {value!r}."
             ) from None
+        if self.type is float and self.finite and not math.isfinite(converted):
+            raise HaqError(f"{owner}: option '{self.name}' must be a finite number; got {converted!r}.")
         if self.choices is not None and converted not in self.choices:
             allowed = ", ".join(map(str, self.choices))
             raise HaqError(f"{owner}: option '{self.name}' must be one of {allowed}; got {converted!r}.")
@@ -76,6 +88,16 @@ class Option:
                 raise TypeError(value)
             return float(value)
         return self.type(value)
+
+
+def positive(value: float) -> str | None:
+    """A ``check`` for options that must be greater than zero."""
+    return None if value > 0 else f"must be greater than 0, got {value}"
+
+
+def _means_none(value: Any, kind: type) -> bool:
+    """``None``, or the word ``none`` given for a non-string option."""
+    return value is None or (kind is not str and isinstance(value, str) and value.strip().lower() == "none")
 
 
 def resolve_options(owner: str, declared: Iterable[Option], given: Mapping[str, Any]) -> dict[str, Any]:

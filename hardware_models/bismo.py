@@ -115,7 +115,7 @@ from haq_plugin.hardware_models.bismo_validation import (  # re-exported: part o
 )
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec
-from haq_plugin.options import Option
+from haq_plugin.options import Option, positive
 
 CITATION = (
     "Y. Umuroglu, L. Rasnayake, M. Sjalander, \"BISMO: A Scalable Bit-Serial Matrix Multiplication Overlay for "
@@ -137,10 +137,6 @@ BRAM_DATA_FRACTION = 32 / 36
 STAGES = ("compute", "weights", "activations", "outputs")
 SCHEDULES = ("weights-outer", "activations-outer")
 BATCH_LOWERINGS = ("batched", "per-sample")
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else f"must be positive, got {value}"
 
 
 def _fraction(value: float) -> str | None:
@@ -349,7 +345,7 @@ def _options(d: dict[str, Any]) -> tuple[Option, ...]:
                source=d["array_src"]),
         Option("dk", int, 256, "bits each DPU ANDs and popcounts per cycle (buffer entry width)", minimum=1,
                source="BISMO instances 8x256x8 (PYNQ-Z1, FPL 2018) and 10x256x10 (Ultra96, TRETS 2019)"),
-        Option("frequency_mhz", float, d["mhz"], "overlay clock in MHz", check=_positive, source=d["mhz_src"]),
+        Option("frequency_mhz", float, d["mhz"], "overlay clock in MHz", check=positive, source=d["mhz_src"]),
         Option("axi_ports", int, 4, "AXI memory ports: activation fetch, weight fetch, result write (+ spare)",
                minimum=1, source="HAQ Table 2 (4 AXI ports on both devices)"),
         Option("axi_width_bits", int, d["axi"], "data width of one AXI port; bits moved per port per cycle",

@@ -91,7 +91,7 @@ from haq_plugin.hardware_models.bitfusion_mapping import PackPlan, pack_plans
 from haq_plugin.hardware_models.bitfusion_search import fast_search
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec
-from haq_plugin.options import Option
+from haq_plugin.options import Option, positive
 
 CITATION = (
     "H. Sharma, J. Park, N. Suda, L. Lai, B. Chau, J. K. Kim, V. Chandra, H. Esmaeilzadeh, \"Bit Fusion: "
@@ -106,10 +106,6 @@ _ENERGY_OPTIONS = ("core_pj_per_cycle", "wbuf_read_pj_per_bit", "wbuf_write_pj_p
                    "ibuf_write_pj_per_bit", "obuf_read_pj_per_bit", "obuf_write_pj_per_bit")
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else f"must be positive, got {value}"
-
-
 def _options(array: dict[str, Any], source: str) -> tuple[Option, ...]:
     """Options of one variant; ``array`` holds its defaults, ``source`` names the config file."""
     banks = {"wbuf": "N*M", "ibuf": "N", "obuf": "M"}
@@ -118,7 +114,7 @@ def _options(array: dict[str, Any], source: str) -> tuple[Option, ...]:
                minimum=1, source=f"{source} [accelerator] a"),
         Option("cols", int, array["cols"], "M: Fusion Unit columns (output channels in parallel)",
                minimum=1, source=f"{source} [accelerator] c"),
-        Option("frequency_mhz", float, 500.0, "clock frequency in MHz", check=_positive,
+        Option("frequency_mhz", float, 500.0, "clock frequency in MHz", check=positive,
                source=f"{source} [accelerator] frequency = 500000000"),
         Option("bandwidth_bits", int, array["bandwidth_bits"], "DRAM bandwidth in bits per cycle",
                minimum=1, source=f"{source} [system] if_width"),
