@@ -46,6 +46,8 @@ class HardwareModel(abc.ABC):
     * ``options``: tuple of :class:`~haq_plugin.options.Option`; validated values
       land in ``self.config`` (a dict) before :meth:`setup` runs.
     * ``has_energy``: whether ``layer_cost`` returns energy.
+    * ``presets``: named sets of option values, selected by a declared ``preset``
+      option; options given next to the preset override its values.
 
     Instances must be cheap to create and their costs deterministic, because the
     core caches cost tables keyed by (name, config, layer shapes).
@@ -56,9 +58,11 @@ class HardwareModel(abc.ABC):
     citation: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     has_energy: ClassVar[bool] = False
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, **options: Any) -> None:
-        self.config: dict[str, Any] = resolve_options(f"hardware model '{self.name}'", self.options, options)
+        given = {**self.presets.get(options.get("preset") or "", {}), **options}
+        self.config: dict[str, Any] = resolve_options(f"hardware model '{self.name}'", self.options, given)
         self.setup()
 
     def setup(self) -> None:

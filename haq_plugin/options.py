@@ -57,7 +57,7 @@ class Option:
         if self.type is float and self.finite and not math.isfinite(converted):
             raise HaqError(f"{owner}: option '{self.name}' must be a finite number; got {converted!r}.")
         if self.choices is not None and converted not in self.choices:
-            allowed = ", ".join(map(str, self.choices))
+            allowed = ", ".join("'' (empty)" if c == "" else str(c) for c in self.choices)
             raise HaqError(f"{owner}: option '{self.name}' must be one of {allowed}; got {converted!r}.")
         if self.minimum is not None and converted < self.minimum:
             raise HaqError(f"{owner}: option '{self.name}' must be >= {self.minimum}; got {converted!r}.")

@@ -102,13 +102,17 @@ Validation against HAQ's published table: :mod:`~haq_plugin.hardware_models.bism
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from haq_plugin.errors import HaqError
 from haq_plugin.hardware import HardwareModel, LayerCost
+from haq_plugin.hardware_models.bismo_overlay import (  # re-exported: part of this module's public names
+    ACC_BITS, Lowering, Overlay, ceil_div, evaluate, lowerings,
+)
+from haq_plugin.hardware_models import haq_presets
+from haq_plugin.hardware_models.haq_presets import preset_options
 from haq_plugin.hardware_models.bismo_validation import (  # re-exported: part of this module's public names
     PROBES, REFERENCE_BITS, SCALING_THRESHOLD, classify_scaling, compare_to_reference, cost_surfaces,
     format_comparison, uniform_ratios,
@@ -128,9 +132,6 @@ CITATION = (
 MAX_BITS = 8
 """Widest operand: keeps ``w + a + log2(K)`` inside BISMO's 32-bit signed accumulators."""
 
-ACC_BITS = 32
-"""BISMO's accumulator width (``accWidth = 32`` in BitSerialMatMulParams)."""
-
 BRAM_DATA_FRACTION = 32 / 36
 """Data bits per BRAM36 bit: BISMO configures each block as 1024 x 32 (parity bits unused)."""
 
@@ -147,103 +148,6 @@ def _output_bits(value: int) -> str | None:
     return None if 0 <= value <= ACC_BITS else f"must be 0 (activation width) to {ACC_BITS}, got {value}"
 
 
-def ceil_div(a: Any, b: Any) -> Any:
-    """Ceiling division for ints and integer numpy arrays."""
-    return -(-a // b)
-
-
-@dataclass(frozen=True)
-class Lowering:
-    """A layer as ``runs * products`` independent products of ``m x k x n`` (bit-serial) matrices.
-
-    ``packed_groups`` groups share one block-diagonal product (1 for dense layers).
-    """
-
-    runs: int
-    products: int
-    m: int
-    k: int
-    n: int
-    packed_groups: int
-
-
-@dataclass(frozen=True)
-class Overlay:
-    """The derived machine constants a cost evaluation needs."""
-
-    dm: int
-    dn: int
-    dk: int
-    port_bits: int
-    ports: int
-    buffer_bits: int
-    output_bits: int
-
-    def stream_ports(self) -> tuple[int, int, int]:
-        """AXI port of the activation, weight and output streams."""
-        if self.ports >= 3:
-            return (0, 1, 2)
-        if self.ports == 2:
-            return (0, 0, 1)
-        return (0, 0, 0)
-
-
-def lowerings(layer: LayerSpec, batch: int, per_sample: bool, dk: int, dn: int) -> list[Lowering]:
-    """Every lowering of ``layer`` worth costing: per-group products and block-diagonal packings."""
-    groups = layer.groups
-    kh, kw = layer.kernel_size
-    k_group = layer.in_channels // groups * kh * kw
-    n_group = layer.out_channels // groups
-    if layer.kind == "linear":
-        runs, m = 1, batch
-    else:
-        oh, ow = layer.out_size  # type: ignore[misc]
-        runs, m = (batch, oh * ow) if per_sample else (1, batch * oh * ow)
-    packings = {1, groups}
-    for j in range(1, 5):
-        packings.add(j * dk // k_group)
-        packings.add(j * dn // n_group)
-    packings = sorted(p for p in packings if 1 <= p <= groups)
-    return [Lowering(runs, ceil_div(groups, p), m, p * k_group, p * n_group, p) for p in packings]
-
-
-def _port_cycles(bits: Sequence[np.ndarray], ov: Overlay) -> np.ndarray:
-    """Cycles of the busiest AXI port, given the bits of the activation, weight and output streams."""
-    ports = ov.stream_ports()
-    busy = [sum(b for b, port in zip(bits, ports) if port == p) for p in sorted(set(ports))]
-    return np.max(np.stack([np.broadcast_to(b, bits[0].shape) for b in busy]), axis=0) / ov.port_bits
-
-
-def evaluate(ov: Overlay, low: Lowering, w: np.ndarray, a: np.ndarray) -> dict[str, np.ndarray]:
-    """Counters of both schedules for one lowering and many bit pairs: arrays of shape (2, pairs)."""
-    mt, kt, nt = ceil_div(low.m, ov.dm), ceil_div(low.k, ov.dk), ceil_div(low.n, ov.dn)
-    cap = ov.buffer_bits
-    k_fit = cap // (2 * ov.dk * np.maximum(ov.dm * a, ov.dn * w))  # >= 1: checked by Bismo.setup
-    chunks = ceil_div(kt, np.minimum(k_fit, kt))
-    kt_chunk = ceil_div(kt, chunks)
-    act_stripe = ov.dm * kt_chunk * ov.dk * a
-    wgt_stripe = ov.dn * kt_chunk * ov.dk * w
-    weight_blocks = np.where(nt * wgt_stripe <= cap, 1, ceil_div(nt, np.maximum(cap // (2 * wgt_stripe), 1)))
-    act_blocks = np.where(mt * act_stripe <= cap, 1, ceil_div(mt, np.maximum(cap // (2 * act_stripe), 1)))
-    per_product = low.products * low.runs * chunks
-    act_bits = np.stack([mt * act_stripe * weight_blocks, mt * act_stripe]) * per_product
-    wgt_bits = np.stack([nt * wgt_stripe, nt * wgt_stripe * act_blocks]) * per_product
-    out_elem_bits = np.where(chunks > 1, chunks * ACC_BITS, ov.output_bits or a)
-    out_bits = np.broadcast_to(low.products * low.runs * mt * ov.dm * nt * ov.dn * out_elem_bits, act_bits.shape)
-    compute = np.broadcast_to(low.products * low.runs * mt * kt * nt * w * a, act_bits.shape)
-    first = [act_stripe, wgt_stripe, np.zeros_like(a)]
-    last = [np.zeros_like(a), np.zeros_like(a), ov.dm * ov.dn * (ov.output_bits or a)]
-    edges = low.runs * (_port_cycles(first, ov) + _port_cycles(last, ov))
-    steady = np.maximum(compute, _port_cycles([act_bits, wgt_bits, out_bits], ov))
-    return {
-        "cycles": steady + edges, "compute_cycles": compute.astype(float),
-        "activation_bits_read": act_bits, "weight_bits_read": wgt_bits, "dram_bits_written": out_bits,
-        "weight_fetches": np.stack([np.ones_like(a), act_blocks]) * low.runs,
-        "activation_fetches": np.stack([weight_blocks, np.ones_like(a)]),
-        "k_chunks": np.broadcast_to(chunks, act_bits.shape),
-    }
-
-
 class Bismo(HardwareModel):
     """Common model of both HAQ configurations; subclasses only change the defaults."""
 
@@ -255,7 +159,7 @@ class Bismo(HardwareModel):
         block_bits = c["bram_block_kbits"] * 1024 * BRAM_DATA_FRACTION
         per_operand_blocks = math.floor(c["bram_blocks"] * c["buffer_bram_fraction"] / 2)
         self.overlay = Overlay(c["dm"], c["dn"], c["dk"], c["axi_width_bits"], c["axi_ports"],
-                               int(per_operand_blocks * block_bits), c["output_bits"])
+                               int(per_operand_blocks * block_bits), c["output_bits"], c["stage_overlap"])
         self._hz = c["frequency_mhz"] * 1e6
         needed = 2 * c["dk"] * max(c["dm"], c["dn"]) * MAX_BITS
         if self.overlay.buffer_bits < needed:
@@ -360,6 +264,11 @@ def _options(d: dict[str, Any]) -> tuple[Option, ...]:
                check=_output_bits, source="results re-quantized for the next layer; 32 = raw BISMO accumulators"),
         Option("batch", int, d["batch"], "images per batch; latency_s is for one batch", minimum=1,
                source="HAQ Table 2"),
+        Option("stage_overlap", bool, True, "fetch, execute and result stages overlap (latency = slowest stage); "
+               "false: memory traffic and execution take turns (latency = compute + busiest AXI port)",
+               source="BISMO FPL 2018: stages synchronised by tokens; false for the HAQ-paper preset (haq_presets)"),
+        *preset_options(d["presets"], "'haq-paper': the HAQ paper's setup (stages take turns"
+                        + (", 100 MHz)" if "frequency_mhz" in d["presets"]["haq-paper"] else ")")),
         Option("batch_lowering", str, "batched", "'batched': the batch is one im2col matrix (weights stay on chip "
                "when they fit); 'per-sample': one product per image (weights re-fetched per image)",
                choices=BATCH_LOWERINGS, source="per-sample: BISMO runtime bismo_inference_conv.cpp lowers one image"),
@@ -374,8 +283,9 @@ class BismoEdge(Bismo):
     options: ClassVar[tuple[Option, ...]] = _options({
         "dm": 8, "dn": 8, "array_src": "HAQ Table 2 (PE array 8 x 8); BISMO PYNQ-Z1 instance 8x256x8",
         "mhz": 200.0, "mhz_src": "BISMO PYNQ-Z1 instance 8x256x8 at 200 MHz (6.5 binary TOPS)",
-        "axi": 64, "bram": 140, "device": "Zynq-7020", "batch": 1,
+        "axi": 64, "bram": 140, "device": "Zynq-7020", "batch": 1, "presets": haq_presets.BISMO_EDGE,
     })
+    presets: ClassVar[dict[str, dict[str, Any]]] = haq_presets.BISMO_EDGE
 
 
 class BismoCloud(Bismo):
@@ -386,8 +296,9 @@ class BismoCloud(Bismo):
     options: ClassVar[tuple[Option, ...]] = _options({
         "dm": 16, "dn": 16, "array_src": "HAQ Table 2 (PE array 16 x 16)",
         "mhz": 250.0, "mhz_src": "assumption: AWS F1 (VU9P) shell default clock clk_main_a0 = 250 MHz",
-        "axi": 256, "bram": 2160, "device": "VU9P", "batch": 16,
+        "axi": 256, "bram": 2160, "device": "VU9P", "batch": 16, "presets": haq_presets.BISMO_CLOUD,
     })
+    presets: ClassVar[dict[str, dict[str, Any]]] = haq_presets.BISMO_CLOUD
 
 
 @hookimpl

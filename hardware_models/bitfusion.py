@@ -88,7 +88,9 @@ from haq_plugin.hardware_models.bitfusion_rules import (
     weight_footprint,
 )
 from haq_plugin.hardware_models.bitfusion_mapping import PackPlan, pack_plans
+from haq_plugin.hardware_models import haq_presets
 from haq_plugin.hardware_models.bitfusion_search import fast_search
+from haq_plugin.hardware_models.haq_presets import preset_options
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec
 from haq_plugin.options import Option, positive
@@ -106,7 +108,7 @@ _ENERGY_OPTIONS = ("core_pj_per_cycle", "wbuf_read_pj_per_bit", "wbuf_write_pj_p
                    "ibuf_write_pj_per_bit", "obuf_read_pj_per_bit", "obuf_write_pj_per_bit")
 
 
-def _options(array: dict[str, Any], source: str) -> tuple[Option, ...]:
+def _options(array: dict[str, Any], source: str, presets: dict[str, dict[str, Any]]) -> tuple[Option, ...]:
     """Options of one variant; ``array`` holds its defaults, ``source`` names the config file."""
     banks = {"wbuf": "N*M", "ibuf": "N", "obuf": "M"}
     return (
@@ -126,6 +128,10 @@ def _options(array: dict[str, Any], source: str) -> tuple[Option, ...]:
                minimum=1, source=f"{source} [accelerator] Out_SRAM"),
         Option("batch", int, array["batch"], "images per batch; latency and energy are per batch",
                minimum=1, source=array["batch_source"]),
+        Option("depthwise_im2col", bool, False, "run grouped/depthwise convolutions with the im2col dataflow "
+               "(window reduced across the array rows, fused at low bits) instead of one window element per cycle",
+               source="simulator's im2col dataflow (used there for first layers); HAQ-paper preset, see haq_presets"),
+        *preset_options(presets, "'haq-paper': the HAQ paper's MobileNet-V1 setup (batch 16, depthwise im2col)"),
         Option("core_pj_per_cycle", float, None,
                "core energy per busy cycle, pJ (None: 4x4 synthesis power x N*M/16 / clock)",
                minimum=0, source="results/systolic_array_synth.csv 4x4 row, scaled as src/simulator/simulator.py"),
@@ -148,8 +154,9 @@ class BitFusionEdge(HardwareModel):
     options: ClassVar[tuple[Option, ...]] = _options(
         {"rows": 8, "cols": 8, "bandwidth_bits": 128, "wbuf_bytes": 262144, "ibuf_bytes": 65536,
          "obuf_bytes": 16384, "batch": 1, "batch_source": "one image per inference (edge)"},
-        "conf.ini",
+        "conf.ini", haq_presets.BITFUSION,
     )
+    presets: ClassVar[dict[str, dict[str, Any]]] = haq_presets.BITFUSION
 
     def setup(self) -> None:
         c = self.config
@@ -183,7 +190,7 @@ class BitFusionEdge(HardwareModel):
         """All pairs of one layer in one vectorised search per loop nest (searched nests are cached)."""
         for w, a in bit_pairs:
             self.check_bits(w, a)
-        plans = pack_plans(layer, self.array.cols, self.config["batch"])
+        plans = pack_plans(layer, self.array.cols, self.config["batch"], self.config["depthwise_im2col"])
         wanted = sorted(set(bit_pairs))
         self._search_nests({nest for plan in plans for nest, _ in plan.parts}, wanted)
         best = {pair: self._best_plan(layer, plans, pair) for pair in wanted}
@@ -266,8 +273,9 @@ class BitFusionCloud(BitFusionEdge):
         {"rows": 16, "cols": 32, "bandwidth_bits": 192, "wbuf_bytes": 65536, "ibuf_bytes": 32768,
          "obuf_bytes": 16384, "batch": 16,
          "batch_source": "batch of the authors' benchmark tensors (src/benchmarks/benchmarks.py)"},
-        "bf_e_conf.ini",
+        "bf_e_conf.ini", {},
     )
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
 
 @hookimpl

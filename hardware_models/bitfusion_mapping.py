@@ -47,8 +47,11 @@ class PackPlan:
     parts: tuple[tuple[LoopNest, int], ...]
 
 
-def pack_plans(layer: LayerSpec, cols: int, batch: int) -> list[PackPlan]:
-    """Every candidate mapping of ``layer`` (a single plan for dense layers)."""
+def pack_plans(layer: LayerSpec, cols: int, batch: int, grouped_im2col: bool = False) -> list[PackPlan]:
+    """Every candidate mapping of ``layer`` (a single plan for dense layers).
+
+    ``grouped_im2col`` runs grouped layers with the im2col dataflow (see :func:`loop_nest`).
+    """
     groups = layer.groups
     out_per_group = layer.out_channels // groups
     sizes = [1]
@@ -57,18 +60,22 @@ def pack_plans(layer: LayerSpec, cols: int, batch: int) -> list[PackPlan]:
     plans = []
     for g in sizes:
         full, rest = divmod(groups, g)
-        parts = [(loop_nest(layer, batch, g), full)]
+        parts = [(loop_nest(layer, batch, g, grouped_im2col), full)]
         if rest:
-            parts.append((loop_nest(layer, batch, rest), 1))
+            parts.append((loop_nest(layer, batch, rest, grouped_im2col), 1))
         plans.append(PackPlan(g, tuple(parts)))
     return plans
 
 
-def loop_nest(layer: LayerSpec, batch: int, groups_per_pack: int = 1) -> LoopNest:
+def loop_nest(layer: LayerSpec, batch: int, groups_per_pack: int = 1, grouped_im2col: bool = False) -> LoopNest:
     """The nest of one pack of ``groups_per_pack`` groups of ``layer``.
 
     Linear layers are matmuls (K = O = S = 1) and never use im2col.  A dilated
-    kernel spans ``d * (k - 1) + 1`` inputs of the halo.
+    kernel spans ``d * (k - 1) + 1`` inputs of the halo.  Convolutions that read
+    the network input use im2col, as in the simulator; with ``grouped_im2col``
+    grouped (depthwise) ones do too, so that a pack's ``K * K * in/groups``
+    window is reduced across the N rows of Fusion Units (and fused at low
+    precision) instead of one window element per cycle.
     """
     if layer.kind == "linear":
         return LoopNest(1, 1, 1, 1, 1, 1, 1, 1, layer.in_channels, layer.out_channels, batch, False)
@@ -76,5 +83,5 @@ def loop_nest(layer: LayerSpec, batch: int, groups_per_pack: int = 1) -> LoopNes
     (oh, ow), (sh, sw) = layer.out_size, layer.stride  # type: ignore[misc]
     ic = layer.in_channels // layer.groups * groups_per_pack
     oc = layer.out_channels // layer.groups * groups_per_pack
-    return LoopNest(kh, kw, dh * (kh - 1) + 1, dw * (kw - 1) + 1, oh, ow, sh, sw, ic, oc, batch,
-                    bool(layer.reads_network_input))
+    im2col = bool(layer.reads_network_input) or (grouped_im2col and layer.groups > 1)
+    return LoopNest(kh, kw, dh * (kh - 1) + 1, dw * (kw - 1) + 1, oh, ow, sh, sw, ic, oc, batch, im2col)
