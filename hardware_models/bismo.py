@@ -72,7 +72,10 @@ share it, as in the single-port PYNQ instance).  Results are written with
 accumulators, but a quantized network re-quantizes them before the next layer
 reads them; the default ``0`` writes them at the layer's activation width (the
 next layer's input width under a uniform policy).  ``latency_s`` is the time of
-one batch of ``batch`` images.
+one batch of ``batch`` images.  With ``stage_overlap=False`` the stages take turns
+instead (``compute + busiest port``), as without double-buffered overlap; that
+and ``preset=haq-paper`` (the setup behind the HAQ paper's figures) are
+explained in :mod:`~haq_plugin.hardware_models.haq_presets`.
 
 There is no energy model: the BISMO publications and repository give no energy
 per operation or per memory access (only whole-board power figures), so

@@ -72,6 +72,13 @@ How layers map onto the model, including those the authors never simulated:
 
 Latency is ``cycles / frequency`` for one batch of the configured batch size;
 energy is in joules for that batch.
+
+Two options go beyond the released simulator, both off by default:
+``depthwise_im2col`` runs grouped convolutions with the im2col dataflow (the
+window reduced across the array rows, so depthwise layers also gain from
+fusion at low precision), and ``preset=haq-paper`` (edge array only) selects
+the setup behind the HAQ paper's MobileNet-V1 figures; the reasoning and the
+remaining energy gap are in :mod:`~haq_plugin.hardware_models.haq_presets`.
 """
 
 from __future__ import annotations

@@ -93,3 +93,28 @@ def test_bank_errors_name_the_options_responsible():
     # explicit energy options bypass the derivation
     hw = load_hardware("bitfusion", wbuf_bytes=64, wbuf_read_pj_per_bit=0.1, wbuf_write_pj_per_bit=0.1)
     assert hw.energy.wbuf_read == 0.1
+
+
+def test_a_plugin_with_a_none_default_option_resolves_its_saved_config_again():
+    from haq_plugin import LayerSpec
+    from haq_plugin.hardware import HardwareModel, LayerCost
+
+    class Derived(HardwareModel):
+        name = "derived-clock"
+        options = (Option("clock_mhz", float, None, "None: derived from lanes", check=positive),
+                   Option("lanes", int, 4, minimum=1))
+
+        def setup(self) -> None:
+            self.clock_hz = (self.config["clock_mhz"] or 100.0 * self.config["lanes"]) * 1e6
+
+        def layer_cost(self, layer, weight_bits, act_bits):
+            return LayerCost(latency_s=layer.macs * weight_bits * act_bits / self.clock_hz)
+
+    hw = Derived()
+    again = Derived(**hw.config)
+    assert again.config == {"clock_mhz": None, "lanes": 4} and again.clock_hz == 400e6
+    assert Derived(clock_mhz="none", lanes="2").clock_hz == 200e6
+    fc = LayerSpec(name="fc", kind="linear", in_channels=10, out_channels=10)
+    assert again.layer_cost(fc, 8, 8).latency_s == pytest.approx(100 * 64 / 400e6)
+    with pytest.raises(HaqError, match="option 'clock_mhz' must be a finite number"):
+        Derived(clock_mhz="inf")
