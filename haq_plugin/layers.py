@@ -200,7 +200,7 @@ def extract_layers(model: nn.Module, example_input: Any) -> list[LayerSpec]:
     was_training = model.training
     try:
         model.eval()
-        run_forward(model, example_input, "the example input")
+        run_forward(model, example_input, "the example input", EXAMPLE_INPUT_HINT)
     finally:
         for handle in handles:
             handle.remove()
@@ -227,7 +227,11 @@ def describe_input(value: Any) -> str:
     return type(value).__name__
 
 
-def run_forward(model: nn.Module, inputs: Any, what: str) -> Any:
+EXAMPLE_INPUT_HINT = "give an --input-shape the model accepts (or fix the example input its callable returns)"
+DATA_HINT = "give --data batches of the shape and type the model accepts"
+
+
+def run_forward(model: nn.Module, inputs: Any, what: str, hint: str = DATA_HINT) -> Any:
     """``model(inputs)`` without gradients; a failure of the model itself becomes one-line :class:`HaqError`.
 
     A user's model that does not accept an input (a channel or matmul mismatch, a
@@ -242,5 +246,8 @@ def run_forward(model: nn.Module, inputs: Any, what: str) -> Any:
     except Exception as exc:
         own = " ".join(str(exc).split()) or "(no message)"
         raise HaqError(f"The model's forward pass failed on {what} (shape {describe_input(inputs)}): "
-                       f"{type(exc).__name__}: {own}. Check that the input shape (--input-shape or the example "
-                       "input the model callable returns) and the data fit the model.") from None
+                       f"{type(exc).__name__}: {_cut(own)}. If the input does not fit the model, {hint}.") from None
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
