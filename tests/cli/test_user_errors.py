@@ -54,6 +54,10 @@ def y(n=4):
     return torch.arange(n) % 10
 
 
+def data_ok():
+    return {"calibration_data": [x()], "val_data": [(x(), y())]}
+
+
 def data_42():
     return 42
 
@@ -117,9 +121,9 @@ def test_cost_and_search_report_the_failing_forward_too(user_dir, tmp_path):
     shape = ("--input-shape", "1,1,8,8")
     expected = "forward pass failed on the example input (shape 1x1x8x8)"
     assert_user_error(haq("cost", "--model", "mymod:conv", *shape, cwd=user_dir), expected)
-    proc = haq("search", "--model", "mymod:conv", *shape, "--data", "mymod:data_empty_validation",
+    proc = haq("search", "--model", "mymod:conv", *shape, "--data", "mymod:data_ok",
                "--output", str(tmp_path / "out"), "--quiet", cwd=user_dir)
-    assert_user_error(proc, "val_data is empty")
+    assert_user_error(proc, expected)
 
 
 @pytest.mark.parametrize("data, fragments", [
