@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from haq_plugin import HaqError, extract_layers
+from haq_plugin import HaqError
 from haq_plugin.demo import TrainSettings, load_demo
 from haq_plugin.models import load_task_data, top1_eval_fn
 from haq_plugin.validation import check_accuracy, check_task_data
@@ -149,14 +149,6 @@ def test_data_callable_results_through_load_task_data(tmp_path, monkeypatch):
                           ("userdata:exits", r"called sys.exit\(0\)")]:
         with pytest.raises(HaqError, match=message):
             load_task_data(spec, "userdata:model")
-
-
-def test_extract_layers_needs_a_module_and_reports_a_failing_forward():
-    with pytest.raises(HaqError, match="must be a torch nn.Module, got OrderedDict"):
-        extract_layers(small_model().state_dict(), torch.zeros(1, 3, 8, 8))
-    with pytest.raises(HaqError, match=r"example input \(shape \(1x3x8x8, 1x2\)\): TypeError"):
-        extract_layers(small_model(), (torch.zeros(1, 3, 8, 8), torch.zeros(1, 2)))
-    assert len(extract_layers(small_model(), torch.zeros(2, 3, 8, 8))) == 2
 
 
 def test_a_truncated_demo_cache_is_rebuilt(tmp_path, monkeypatch):
