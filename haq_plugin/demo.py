@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from haq_plugin.cache import cache_dir, stable_hash
+from haq_plugin.files import write_via_temp
 from haq_plugin.zoo import MobileNetV2
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -151,16 +154,12 @@ def load_demo(settings: TrainSettings = TrainSettings(), use_cache: bool = True)
         model = build_demo_model()
     path = cache_dir("demo") / f"mobilenetv2-digits-{demo_cache_key(settings)}.pt"
     trained_now, seconds = False, 0.0
-    if use_cache and path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
+    if not (use_cache and _load_cached(model, path)):
         start = time.perf_counter()
         train_float(model, *splits["train"], settings)
         seconds, trained_now = time.perf_counter() - start, True
         if use_cache:
-            tmp = path.with_suffix(".tmp")
-            torch.save(model.state_dict(), tmp)
-            tmp.replace(path)
+            _save_cached(model, path)
     model.eval()
     x_train, y_train = splits["train"]
     eval_fn, test_eval_fn = accuracy_fn(*splits["val"]), accuracy_fn(*splits["test"])
@@ -178,3 +177,29 @@ def load_demo(settings: TrainSettings = TrainSettings(), use_cache: bool = True)
         info={"dataset": "UCI handwritten digits (scikit-learn), 8x8 grayscale, 10 classes",
               "split": {k: len(v[1]) for k, v in splits.items()}, "cache_file": str(path)},
     )
+
+
+def _load_cached(model: nn.Module, path: Path) -> bool:
+    """Load the cached weights into ``model``; False (a cache miss) when the file is absent or damaged.
+
+    A truncated or overwritten cache file (a full disk, a killed process, a
+    stray edit) must not stop the demo: it is retrained and the file rewritten.
+    """
+    if not path.is_file():
+        return False
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True))
+    except Exception as exc:
+        warnings.warn(f"demo model cache {path} is unreadable ({type(exc).__name__}); retraining it.",
+                      stacklevel=3)
+        return False
+    return True
+
+
+def _save_cached(model: nn.Module, path: Path) -> None:
+    """Write the weights through a temporary file and a rename, so a reader never sees half a file."""
+    try:
+        write_via_temp(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    except OSError as exc:  # an unwritable cache costs a retraining next time, nothing more
+        warnings.warn(f"could not write the demo model cache {path} ({exc}); it will be retrained next time.",
+                      stacklevel=3)

@@ -62,5 +62,13 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise HaqError(f"{what} {path} does not exist.") from None
+    except IsADirectoryError:
+        raise HaqError(f"{what} {path} is a directory, not a file.") from None
+    except UnicodeDecodeError:
+        raise HaqError(f"{what} {path} is not a text file (it is not valid UTF-8), so it cannot be JSON; "
+                       "give the JSON file haq-plugin wrote.") from None
     except json.JSONDecodeError as exc:
         raise HaqError(f"{what} {path} is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise HaqError(f"{what} {path} is nested too deeply to be read; it is not a file haq-plugin "
+                       "wrote.") from None

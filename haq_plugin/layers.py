@@ -175,6 +175,9 @@ def extract_layers(model: nn.Module, example_input: Any) -> list[LayerSpec]:
     is marked ``reads_network_input``.  A module called twice in one pass has no
     single shape and no single bit width, so it is rejected.
     """
+    if not isinstance(model, nn.Module):
+        raise HaqError(f"The model must be a torch nn.Module, got {type(model).__name__}; pass the network "
+                       "itself (e.g. an nn.Sequential), not its state dict or a factory function.")
     calls: dict[str, int] = {}
     specs: list[LayerSpec] = []
     handles = []
@@ -197,11 +200,7 @@ def extract_layers(model: nn.Module, example_input: Any) -> list[LayerSpec]:
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
-            if isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+        run_forward(model, example_input, "the example input", EXAMPLE_INPUT_HINT)
     finally:
         for handle in handles:
             handle.remove()
@@ -218,3 +217,37 @@ def extract_layers(model: nn.Module, example_input: Any) -> list[LayerSpec]:
     specs[0] = dataclasses.replace(first, reads_network_input=True)
     return specs
 
+
+def describe_input(value: Any) -> str:
+    """Shape of a tensor (``1x3x224x224``), or of each tensor in a tuple/list, for messages."""
+    if isinstance(value, torch.Tensor):
+        return "x".join(map(str, value.shape)) or "scalar"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(describe_input(v) for v in value) + ")"
+    return type(value).__name__
+
+
+EXAMPLE_INPUT_HINT = "give an --input-shape the model accepts (or fix the example input its callable returns)"
+DATA_HINT = "give --data batches of the shape and type the model accepts"
+
+
+def run_forward(model: nn.Module, inputs: Any, what: str, hint: str = DATA_HINT) -> Any:
+    """``model(inputs)`` without gradients; a failure of the model itself becomes one-line :class:`HaqError`.
+
+    A user's model that does not accept an input (a channel or matmul mismatch, a
+    bug in its ``forward``) otherwise ends in a deep traceback from inside torch;
+    the message names the input's shape and gives the model's own error.
+    """
+    try:
+        with torch.no_grad():
+            return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+    except HaqError:
+        raise
+    except Exception as exc:
+        own = " ".join(str(exc).split()) or "(no message)"
+        raise HaqError(f"The model's forward pass failed on {what} (shape {describe_input(inputs)}): "
+                       f"{type(exc).__name__}: {_cut(own)}. If the input does not fit the model, {hint}.") from None
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

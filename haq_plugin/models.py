@@ -25,12 +25,16 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from haq_plugin.errors import HaqError
+from haq_plugin.layers import describe_input, run_forward
+from haq_plugin.validation import as_batches, short_repr
+
+DATA_KEYS = ("calibration_data", "eval_fn", "val_data", "train_data")
 
 
 @dataclass
@@ -86,8 +90,12 @@ def import_callable(spec: str, flag: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise HaqError(f"{flag} {spec!r}: cannot import module '{module_name}' "
-                       f"({type(exc).__name__}: {exc}).") from None
+        raise HaqError(f"{flag} {spec!r}: cannot import module '{module_name}' ({type(exc).__name__}: {exc}). "
+                       f"The module must be importable from the current directory ({cwd}) or PYTHONPATH; "
+                       "to resume a search, run it from the directory the search was started in.") from None
+    except SystemExit as exc:  # a module that runs argparse or sys.exit() at import time
+        raise HaqError(f"{flag} {spec!r}: importing module '{module_name}' called sys.exit({exc.code!r}); "
+                       "move its command-line code under 'if __name__ == \"__main__\":'.") from None
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
@@ -112,11 +120,7 @@ def load_model(spec: str = "demo", input_shape: str | None = None) -> ModelSourc
             raise HaqError(f"--model {spec!r}: unknown zoo network '{name}'. Available: "
                            + ", ".join(f"zoo:{n}" for n in ZOO) + ".")
         return ModelSource(ZOO[name]().eval(), torch.zeros(shape or IMAGENET_INPUT_SHAPE), spec)
-    factory = import_callable(spec, "--model")
-    try:
-        made = factory()
-    except Exception as exc:
-        raise HaqError(f"--model {spec!r}: the callable raised {type(exc).__name__}: {exc}") from None
+    made = call_user_callable(spec, "--model")
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
         model, example = made
         if shape is not None:
@@ -132,18 +136,55 @@ def load_model(spec: str = "demo", input_shape: str | None = None) -> ModelSourc
     return ModelSource(model.eval(), example, spec)
 
 
+def call_user_callable(spec: str, flag: str) -> Any:
+    """Import and call a ``package.module:callable``; whatever it raises becomes :class:`HaqError`."""
+    factory = import_callable(spec, flag)
+    try:
+        return factory()
+    except HaqError:
+        raise
+    except Exception as exc:
+        raise HaqError(f"{flag} {spec!r}: the callable raised {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:
+        raise HaqError(f"{flag} {spec!r}: the callable called sys.exit({exc.code!r}).") from None
+
+
 def top1_eval_fn(val_data: Iterable[Any]) -> Callable[[nn.Module], float]:
-    """Top-1 accuracy (percent) over (x, y) batches."""
-    batches = list(val_data)
+    """Top-1 accuracy (percent) over (x, y) batches; empty or malformed batches are refused up front."""
+    batches = as_batches(val_data, "val_data")
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise HaqError(f"val_data batch {i} is {type(batch).__name__}; each batch must be an "
+                           "(inputs, labels) pair.")
 
     def evaluate(model: nn.Module) -> float:
         correct = total = 0
-        with torch.no_grad():
-            for x, y in batches:
-                correct += int((model(x).argmax(1) == y).sum())
-                total += len(y)
-        return 100.0 * correct / max(total, 1)
+        for i, (x, y) in enumerate(batches):
+            scores = run_forward(model, x, f"val_data batch {i}")
+            correct += _correct_predictions(scores, y, i)
+            total += len(y)
+        if total == 0:
+            raise HaqError("val_data has no labels (every batch is empty); an accuracy of nothing is meaningless.")
+        return 100.0 * correct / total
     return evaluate
+
+
+def _correct_predictions(scores: Any, labels: Any, index: int) -> int:
+    """How many rows of ``scores`` have their largest entry at ``labels``; a mismatch is a clear error."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+        shape = describe_input(scores)
+        raise HaqError(f"val_data batch {index}: the model returned {shape}; top-1 accuracy needs class scores "
+                       "of shape (batch, classes). Return 'eval_fn' from --data for other outputs.")
+    labels = torch.as_tensor(labels)
+    if labels.shape != scores.shape[:1]:
+        raise HaqError(f"val_data batch {index}: the labels have shape {describe_input(labels)} but the model "
+                       f"returned scores for {scores.shape[0]} samples; give one class index per sample.")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise HaqError(f"val_data batch {index}: the labels are {labels.dtype}; give integer class indices.")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < scores.shape[1]:
+        raise HaqError(f"val_data batch {index}: labels range {int(labels.min())}..{int(labels.max())}, but the "
+                       f"model has {scores.shape[1]} outputs (classes 0..{scores.shape[1] - 1}).")
+    return int((scores.argmax(1) == labels).sum())
 
 
 def load_task_data(spec: str | None, model_spec: str) -> TaskData:
@@ -157,16 +198,42 @@ def load_task_data(spec: str | None, model_spec: str) -> TaskData:
         description = (f"demo float model ({origin}, {task.info['cache_file']}): test accuracy "
                        f"{task.float_test_accuracy:.2f}%, validation accuracy {task.float_val_accuracy:.2f}%")
         return TaskData(task.calibration_data, task.eval_fn, task.train_data, task.test_eval_fn, description)
-    made = import_callable(spec, "--data")()
-    get = (lambda k: made.get(k)) if isinstance(made, dict) else (lambda k: getattr(made, k, None))
+    made = call_user_callable(spec, "--data")
+    if isinstance(made, Mapping):
+        get = made.get
+    elif any(hasattr(made, key) for key in DATA_KEYS):
+        get = lambda key: getattr(made, key, None)  # noqa: E731
+    else:
+        raise HaqError(f"--data {spec!r} returned {type(made).__name__} {short_repr(made)}; expected a dict (or an "
+                       "object) with 'calibration_data' and 'eval_fn' or 'val_data' (see README 'Bring your "
+                       "own model').")
     calibration = get("calibration_data")
     if calibration is None:
-        raise HaqError(f"--data {spec!r} returned no 'calibration_data'.")
+        raise HaqError(f"--data {spec!r} returned no 'calibration_data' (it has: {_keys(made)}).")
+    calibration = _prefixed(spec, lambda: as_batches(calibration, "calibration_data"))
     eval_fn = get("eval_fn")
     if eval_fn is None:
         val_data = get("val_data")
         if val_data is None:
-            raise HaqError(f"--data {spec!r} returned neither 'eval_fn' nor 'val_data'.")
-        eval_fn = top1_eval_fn(val_data)
+            raise HaqError(f"--data {spec!r} returned neither 'eval_fn' nor 'val_data' (it has: {_keys(made)}).")
+        eval_fn = _prefixed(spec, lambda: top1_eval_fn(val_data))
+    elif not callable(eval_fn):
+        raise HaqError(f"--data {spec!r}: 'eval_fn' is {type(eval_fn).__name__}, not a function model -> accuracy.")
     train = get("train_data")
-    return TaskData(list(calibration), eval_fn, list(train) if train is not None else None)
+    if train is not None:
+        train = _prefixed(spec, lambda: as_batches(train, "train_data"))
+    return TaskData(calibration, eval_fn, train)
+
+
+def _prefixed(spec: str, check: Callable[[], Any]) -> Any:
+    """Run ``check``; its :class:`HaqError` gets the ``--data`` spec in front."""
+    try:
+        return check()
+    except HaqError as exc:
+        raise HaqError(f"--data {spec!r}: {exc}") from None
+
+
+def _keys(made: Any) -> str:
+    keys = list(made) if isinstance(made, Mapping) else [k for k in DATA_KEYS if hasattr(made, k)]
+    return ", ".join(map(str, keys)) or "nothing"
+

@@ -10,7 +10,10 @@ by two plugins is an error naming both.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -76,17 +79,15 @@ class Registry(Generic[T]):
 class PluginManager:
     """Loads plugins once and exposes the hardware-model and backend registries."""
 
-    def __init__(self, load_entry_points: bool = True) -> None:
+    def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.problems: list[PluginProblem] = []
         self._distributions: dict[str, str] = {}
-        if load_entry_points:
-            self._load_entry_points()
+        self._load_entry_points()
         self.hardware: Registry[HardwareModel] = Registry("hardware model", "--hw")
         self.backends: Registry[QuantBackend] = Registry("backend", "--backend")
-        self._collect(self.pm.hook.haq_hardware_models, HardwareModel, self.hardware)
-        self._collect(self.pm.hook.haq_quant_backends, QuantBackend, self.backends)
+        self._collect_all()
 
     def register(self, plugin: Any, name: str, distribution: str = "(registered in code)") -> None:
         """Register a plugin object directly (useful in tests and notebooks), then re-collect."""
@@ -94,8 +95,16 @@ class PluginManager:
         self._distributions[name] = distribution
         self.hardware.entries.clear()
         self.backends.entries.clear()
+        self._collect_all()
+
+    def _collect_all(self) -> None:
         self._collect(self.pm.hook.haq_hardware_models, HardwareModel, self.hardware)
         self._collect(self.pm.hook.haq_quant_backends, QuantBackend, self.backends)
+
+    def _report(self, problem: PluginProblem) -> None:
+        """Record a problem once (re-collecting after :meth:`register` meets the same broken plugins again)."""
+        if problem not in self.problems:
+            self.problems.append(problem)
 
     def _load_entry_points(self) -> None:
         entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
@@ -108,15 +117,22 @@ class PluginManager:
                 self.problems.append(PluginProblem(ep.name, dist, f"entry point name '{ep.name}' is already "
                                                    f"used by {other}; this one was not loaded"))
                 continue
+            stderr = io.StringIO()
             try:
-                plugin = ep.load()
+                with contextlib.redirect_stderr(stderr):  # argparse's usage text would look like ours
+                    plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
                 self.pm.check_pending()
-            except Exception as exc:  # a broken plugin must not break the others
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin must not break the others, even by sys.exit()
                 if self.pm.has_plugin(ep.name):
                     self.pm.unregister(name=ep.name)
-                self.problems.append(PluginProblem(ep.name, dist, f"failed to load ({type(exc).__name__}: {exc})"))
+                said = _last_line(stderr.getvalue())
+                self._report(PluginProblem(ep.name, dist, f"failed to load ({_describe_failure(exc)})"
+                                           + (f"; it printed: {said}" if said else "")))
                 continue
+            sys.stderr.write(stderr.getvalue())  # a working plugin's own warnings stay visible
             self._distributions[ep.name] = dist
 
     def _collect(self, hook: Any, base: type, registry: Registry) -> None:
@@ -126,14 +142,15 @@ class PluginManager:
             try:
                 returned = impl.function()
                 items = list(returned or ())
-            except Exception as exc:
-                self.problems.append(PluginProblem(
-                    plugin_name, dist, f"hook {hook.name} raised {type(exc).__name__}: {exc}"))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                self._report(PluginProblem(plugin_name, dist, f"hook {hook.name} raised {_describe_failure(exc)}"))
                 continue
             for item in items:
                 problem = _registration_problem(item, base)
                 if problem:
-                    self.problems.append(PluginProblem(plugin_name, dist, f"hook {hook.name}: {problem}"))
+                    self._report(PluginProblem(plugin_name, dist, f"hook {hook.name}: {problem}"))
                     continue
                 registry.add(Registration(item, plugin_name, dist))
 
@@ -143,12 +160,24 @@ class PluginManager:
         for impl in hook.get_hookimpls():
             try:
                 impl.function(**kwargs)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
-                problem = PluginProblem(name, self._distributions.get(name, "?"),
-                                        f"hook {hook_name} raised {type(exc).__name__}: {exc}")
-                if problem not in self.problems:
-                    self.problems.append(problem)
+                self._report(PluginProblem(name, self._distributions.get(name, "?"),
+                                           f"hook {hook_name} raised {_describe_failure(exc)}"))
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """``Type: message``; ``SystemExit`` (sys.exit() or argparse at import time) says so plainly."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: it called sys.exit({exc.code!r}), e.g. by parsing the command line at import time"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _distribution_label(ep: importlib.metadata.EntryPoint) -> str:
@@ -207,3 +236,20 @@ def _instantiate(registration: Registration[T], options: dict[str, Any]) -> T:
             f"plugin '{registration.plugin}' (from {registration.distribution}) failed to create "
             f"'{registration.cls.name}': {type(exc).__name__}: {exc}"  # type: ignore[attr-defined]
         ) from exc
+
+
+def plugin_provenance(registry: Registry[Any], name: str, cls: type | None = None) -> dict[str, str | None]:
+    """Which distribution and version provide ``name`` in ``registry``, for a policy's provenance.
+
+    ``cls`` (the class of the instance actually used) guards against an object
+    built outside the registry under a registered name: then, as for a name that
+    is not registered at all, distribution and version are ``None``.
+    """
+    found = registry.entries.get(name) or []
+    if len(found) != 1 or (cls is not None and found[0].cls is not cls):
+        return {"name": name, "distribution": None, "version": None}
+    label = found[0].distribution
+    if label.startswith("("):  # "(registered in code)", "(unknown distribution)"
+        return {"name": name, "distribution": None, "version": None}
+    distribution, _, version = label.rpartition(" ")
+    return {"name": name, "distribution": distribution or version, "version": version if distribution else None}

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from haq_plugin.bits import MAX_BITS, MIN_BITS, BitPair, check_bit_map, check_pair, check_width, difference_message
 from haq_plugin.errors import HaqError
 from haq_plugin.files import read_json, require_fields, write_text_atomic
 from haq_plugin.layers import LayerSpec
 
 SCHEMA_VERSION = 1
-MIN_BITS, MAX_BITS = 1, 16
-
-BitPair = tuple[int, int]
+__all__ = ["MAX_BITS", "MIN_BITS", "SCHEMA_VERSION", "BitPair", "Policy", "fingerprint"]
 
 
 @dataclass
@@ -46,9 +45,8 @@ class Policy:
         if list(self.bits) != names:
             missing = [n for n in names if n not in self.bits]
             extra = [n for n in self.bits if n not in names]
-            raise HaqError(_difference_message("Policy bits do not match its layers", missing, extra))
-        for name, pair in self.bits.items():
-            _check_pair(name, pair)
+            raise HaqError(difference_message("Policy bits do not match its layers", missing, extra))
+        self.bits = check_bit_map(self.bits, names, who="policy")
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -56,7 +54,7 @@ class Policy:
                   **provenance: Any) -> "Policy":
         """A policy for ``layers`` from a name->bits mapping or a list in layer order."""
         if isinstance(bits, Mapping):
-            given = {name: tuple(int(b) for b in pair) for name, pair in bits.items()}
+            given = {name: check_pair(pair, f"layer '{name}'") for name, pair in bits.items()}
             ordered = {}
             for layer in layers:
                 if layer.name not in given:
@@ -67,7 +65,7 @@ class Policy:
         else:
             if len(bits) != len(layers):
                 raise HaqError(f"Policy: {len(bits)} bit pairs given for {len(layers)} layers.")
-            ordered = {layer.name: (int(p[0]), int(p[1])) for layer, p in zip(layers, bits)}
+            ordered = {layer.name: check_pair(p, f"layer '{layer.name}'") for layer, p in zip(layers, bits)}
         return cls(bits=ordered, layers=fingerprint(layers), provenance=dict(provenance))
 
     @classmethod
@@ -86,10 +84,24 @@ class Policy:
         changed = [f"{n} (policy {mine[n]}, model {theirs[n]})"
                    for n in mine if n in theirs and mine[n] != theirs[n]]
         if missing or extra or changed:
-            lines = _difference_message("The policy was searched on a different model", missing, extra)
+            parts = [f"The policy was searched on a different model{self._searched_on()}."]
+            if missing:
+                parts.append(f"Layers in the policy but not in the model: {', '.join(missing)}.")
+            if extra:
+                parts.append(f"Layers in the model but not in the policy: {', '.join(extra)}.")
             if changed:
-                lines += " Layers with another shape: " + "; ".join(changed) + "."
-            raise HaqError(lines)
+                parts.append("Layers with another shape: " + "; ".join(changed) + ".")
+            raise HaqError(" ".join(parts))
+
+    def _searched_on(self) -> str:
+        """`` (--model X)`` from the provenance, with the hint to pass it, or nothing when unrecorded."""
+        task = self.provenance.get("task")
+        model = task.get("model") if isinstance(task, dict) else None
+        if not model:
+            return ""
+        shape = task.get("input_shape")
+        flags = f"--model {model}" + (f" --input-shape {shape}" if shape else "")
+        return f" ({flags}); pass {flags} to use it"
 
     def as_list(self) -> list[BitPair]:
         """Bits in layer order."""
@@ -123,9 +135,8 @@ class Policy:
             name = str(entry["name"])
             if name in bits:
                 raise HaqError(f"{where}: layer '{name}' appears twice.")
-            for key in ("weight_bits", "activation_bits"):
-                _check_bits_value(f"{where}.{key}", entry[key])
-            bits[name] = (int(entry["weight_bits"]), int(entry["activation_bits"]))
+            bits[name] = (check_width(entry["weight_bits"], f"{where}.weight_bits"),
+                          check_width(entry["activation_bits"], f"{where}.activation_bits"))
             layers.append((name, str(entry["shape"])))
         provenance = data.get("provenance", {})
         if not isinstance(provenance, dict):
@@ -145,23 +156,3 @@ def fingerprint(layers: Iterable[LayerSpec]) -> list[tuple[str, str]]:
     """The (name, shape) list that identifies a model's quantizable layers."""
     return [(spec.name, spec.shape_key()) for spec in layers]
 
-
-def _check_bits_value(where: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
-        raise HaqError(f"{where} is {value!r}; bit widths must be integers from {MIN_BITS} to {MAX_BITS}.")
-
-
-def _check_pair(name: str, pair: Any) -> None:
-    if not isinstance(pair, tuple) or len(pair) != 2:
-        raise HaqError(f"Policy: bits of layer '{name}' must be a (weight_bits, activation_bits) pair.")
-    _check_bits_value(f"weight bits of layer '{name}'", pair[0])
-    _check_bits_value(f"activation bits of layer '{name}'", pair[1])
-
-
-def _difference_message(head: str, missing: list[str], extra: list[str]) -> str:
-    parts = [head + "."]
-    if missing:
-        parts.append(f"Layers in the policy but not in the model: {', '.join(missing)}.")
-    if extra:
-        parts.append(f"Layers in the model but not in the policy: {', '.join(extra)}.")
-    return " ".join(parts)

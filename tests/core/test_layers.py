@@ -89,3 +89,25 @@ def test_layer_spec_derives_out_size_and_validates():
         LayerSpec(name="x", kind="pool", in_channels=1, out_channels=1)
     with pytest.raises(HaqError, match="groups"):
         LayerSpec(name="x", kind="conv", in_channels=6, out_channels=4, groups=4)
+
+
+def test_a_non_module_model_is_refused():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(HaqError, match="must be a torch nn.Module, got OrderedDict"):
+        extract_layers(model.state_dict(), torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("example, message", [
+    (torch.zeros(1, 1, 8, 8), r"example input \(shape 1x1x8x8\): RuntimeError: .*to have 3 channels, but got 1"),
+    (torch.zeros(1, 3, 9, 9), r"example input \(shape 1x3x9x9\): RuntimeError: mat1 and mat2 shapes cannot be "
+                              r"multiplied \(1x196 and 144x10\)"),
+    ((torch.zeros(1, 3, 8, 8), torch.zeros(1)), r"example input \(shape \(1x3x8x8, 1\)\): TypeError"),
+])
+def test_a_forward_that_fails_on_the_example_input_is_one_clear_error(example, message):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).train()
+    with pytest.raises(HaqError, match=message) as err:
+        extract_layers(model, example)
+    assert "\n" not in str(err.value) and "--input-shape" in str(err.value)
+    assert model.training  # restored, and the hooks are gone: a good input still works afterwards
+    assert [spec.name for spec in extract_layers(model, torch.zeros(1, 3, 8, 8))] == ["0", "2"]
+    assert all(not m._forward_hooks for m in model.modules())

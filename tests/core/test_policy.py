@@ -72,3 +72,43 @@ def test_missing_and_extra_layers_in_bits(layers):
         Policy.from_bits(layers, {"0": (4, 4)})
     with pytest.raises(HaqError, match="unknown layer"):
         Policy.from_bits(layers, {"0": (4, 4), "3": (4, 4), "9": (2, 2)})
+
+
+def test_binary_and_deeply_nested_files_are_clear_errors(tmp_path):
+    binary = tmp_path / "policy.pt"
+    binary.write_bytes(b"\x80\x02}q\x00(\xff\xfe" * 50)
+    with pytest.raises(HaqError, match=r"policy.pt is not a text file \(it is not valid UTF-8\)"):
+        Policy.load(binary)
+    nested = tmp_path / "nested.json"
+    nested.write_text('{"a":' * 50_000 + "1" + "}" * 50_000)
+    with pytest.raises(HaqError, match="nested too deeply"):
+        Policy.load(nested)
+    with pytest.raises(HaqError, match="is a directory"):
+        Policy.load(tmp_path)
+
+
+def test_a_different_model_error_names_the_model_the_policy_was_searched_on(layers):
+    other = extract_layers(nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 36, 10)),
+                           torch.zeros(1, 1, 8, 8))
+    policy = Policy.uniform(layers, 4, 4, task={"model": "mypkg.nets:small", "input_shape": None, "data": None})
+    with pytest.raises(HaqError, match=r"searched on a different model \(--model mypkg.nets:small\); pass "
+                                       r"--model mypkg.nets:small to use it\. Layers in the policy"):
+        policy.check_layers(other)
+    unrecorded = Policy.uniform(layers, 4, 4)
+    with pytest.raises(HaqError, match=r"searched on a different model\. Layers"):
+        unrecorded.check_layers(other)
+
+
+def test_bits_are_checked_like_everywhere_else(layers):
+    with pytest.raises(HaqError, match=r"weight bits of layer '0': True is not a bit width"):
+        Policy.from_bits(layers, [(True, 8), (4, 4)])
+    with pytest.raises(HaqError, match=r"activation bits of layer '3': 17 is not a bit width; use an integer "
+                                       r"from 1 to 16"):
+        Policy.from_bits(layers, {"0": (8, 8), "3": (4, 17)})
+    with pytest.raises(HaqError, match=r"layer '3': expected a \(weight_bits, activation_bits\) pair, got 4"):
+        Policy.from_bits(layers, {"0": (8, 8), "3": 4})
+    names = [("0", "a"), ("3", "b")]
+    with pytest.raises(HaqError, match=r"Policy bits do not match its layers \(missing 1 layer\(s\): '3'\)"):
+        Policy(bits={"0": (8, 8)}, layers=names)
+    policy = Policy(bits={"0": (8, 8), "3": [4, 2]}, layers=names)
+    assert policy.bits == {"0": (8, 8), "3": (4, 2)}  # lists (as JSON gives them) become pairs

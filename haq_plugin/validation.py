@@ -1,0 +1,101 @@
+"""Checks of a user's data and evaluation function, run once before a search starts.
+
+A search evaluates hundreds of policies; a calibration batch that does not fit
+the model, or an ``eval_fn`` that returns ``None``, a string or NaN, would fail
+deep inside a backend or, worse, produce a ``policy.json`` ranked by a
+meaningless number.  :func:`check_task_data` runs one calibration batch and the
+float evaluation up front and turns every such mistake into a
+:class:`~haq_plugin.errors.HaqError` that names the item at fault.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Iterable
+
+from torch import nn
+
+from haq_plugin.backend import batch_inputs
+from haq_plugin.errors import HaqError
+from haq_plugin.layers import run_forward
+
+
+def as_batches(data: Any, item: str) -> list[Any]:
+    """``data`` as a non-empty list of batches; ``item`` names it (``"calibration_data"``) in the message."""
+    if data is None:
+        raise HaqError(f"{item} is missing (None); give a list of input batches (tensors or (inputs, targets)).")
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise HaqError(f"{item} must be an iterable of batches (e.g. a list of tensors or a DataLoader), "
+                       f"got {type(data).__name__} {short_repr(data)}.")
+    try:
+        batches = list(data)
+    except Exception as exc:
+        raise HaqError(f"{item}: iterating over it raised {type(exc).__name__}: {exc}") from None
+    if not batches:
+        raise HaqError(f"{item} is empty; give at least one batch.")
+    return batches
+
+
+def check_accuracy(value: Any, what: str) -> float:
+    """``value`` as a float if it is a finite accuracy in percent (0..100)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        item = getattr(value, "item", None)  # a 0-d tensor or NumPy scalar is a number too
+        if callable(item) and getattr(value, "ndim", None) == 0:
+            value = item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise HaqError(f"{what} returned {type(value).__name__} {short_repr(value)}; it must return the "
+                           "accuracy in percent, a number from 0 to 100.")
+    accuracy = float(value)
+    if not math.isfinite(accuracy) or not 0.0 <= accuracy <= 100.0:
+        raise HaqError(f"{what} returned {accuracy!r}; it must return the accuracy in percent, a finite number "
+                       "from 0 to 100 (a fraction such as 0.93 is read as 0.93%, so multiply by 100).")
+    return accuracy
+
+
+def evaluate(eval_fn: Callable[[nn.Module], Any], model: nn.Module, what: str = "eval_fn") -> float:
+    """``eval_fn(model)`` checked with :func:`check_accuracy`; an exception in it becomes :class:`HaqError`."""
+    try:
+        value = eval_fn(model)
+    except HaqError:
+        raise
+    except Exception as exc:
+        own = " ".join(str(exc).split())
+        raise HaqError(f"{what} raised {type(exc).__name__}: {own}") from None
+    return check_accuracy(value, what)
+
+
+def check_task_data(model: nn.Module, calibration_data: Any, eval_fn: Any,
+                    float_accuracy: float | None = None) -> float:
+    """Run one calibration batch and the float evaluation; return the float model's accuracy.
+
+    Call this once before the first episode: the returned accuracy is the
+    float accuracy the search compares every policy against.  With
+    ``float_accuracy`` given (a resumed search, or the caller's own figure) that
+    value is checked instead and ``eval_fn`` is not called, so an ``eval_fn``
+    that draws random numbers sees the same generator state as before.
+    """
+    if not callable(eval_fn):
+        raise HaqError(f"eval_fn must be a function model -> accuracy in percent, got {type(eval_fn).__name__}.")
+    batches = as_batches(calibration_data, "calibration_data")
+    was_training = model.training
+    model.eval()
+    try:
+        run_forward(model, batch_inputs(batches[0]), "the first calibration_data batch")
+        if float_accuracy is None:
+            accuracy = evaluate(eval_fn, model, "eval_fn on the float model")
+        else:
+            accuracy = check_accuracy(float_accuracy, "float_accuracy")
+    finally:
+        model.train(was_training)
+    if accuracy == 0.0:
+        raise HaqError("eval_fn on the float model returned 0.0%: the float model gets nothing right, so no "
+                       "policy could be ranked by it. Check the validation data (is it empty? do its labels "
+                       "match the model's outputs?) and that the model's weights are trained.")
+    return accuracy
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
