@@ -85,7 +85,7 @@ def write_sensitivity_figure(path: Path, result: "SensitivityResult") -> Path | 
         image = ax.imshow(drop, cmap="Reds", vmin=0.0, vmax=top, aspect="auto")
         ax.set_xticks(range(len(columns)))
         ax.set_xticklabels([f"{b}" for b in columns])
-        ax.set_xlabel(f"{target} bits")
+        ax.set_xlabel(f"{target[:-1]} bits")
         ax.set_title(f"{target} at B bits", fontsize=9)
         for (i, j), value in np.ndenumerate(drop):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6,

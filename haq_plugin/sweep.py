@@ -251,7 +251,7 @@ class _SweepRun:
                 continue
             if status == "new":
                 (folder / outputs.POLICY).unlink(missing_ok=True)
-            self.note(f"{where}: {'resuming' if status == 'resumed' else 'searching'} into {folder}/")
+            self.note(f"{where}: {'resuming' if status == 'resumed' else 'searching'}")
             try:
                 searches[budget] = search(
                     self.model, self.example_input, hardware=self.hardware, backend=self.backend, budget=budget,
