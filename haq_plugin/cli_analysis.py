@@ -43,7 +43,10 @@ def _plugins_and_task(p: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     from haq_plugin.plugins import load_backend, load_hardware
 
     def plugin_options(values: Any, flag: str) -> dict[str, Any]:
-        return dict(values) if isinstance(values, dict) else parse_key_values(values, flag)
+        """Command-line KEY=VALUE strings, or a stored config (unset options, None, keep their defaults)."""
+        if isinstance(values, dict):
+            return {key: value for key, value in values.items() if value is not None}
+        return parse_key_values(values, flag)
 
     hardware = load_hardware(p["hw_name"], **plugin_options(p["hw_options"], "--hw-option"))
     backend = load_backend(p["backend_name"], **plugin_options(p["backend_options"], "--backend-option"))

@@ -148,9 +148,10 @@ def _check_search_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        value = asdict(value)
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+    """The value as it comes back from JSON (dataclasses such as DDPGConfig become objects)."""
+    def plain(item: Any) -> Any:
+        return asdict(item) if is_dataclass(item) and not isinstance(item, type) else str(item)
+    return json.loads(json.dumps(value, sort_keys=True, default=plain))
 
 
 # -- the public entry point -----------------------------------------------------------------
