@@ -83,7 +83,7 @@ def _sweep_resumed(ctx: click.Context, resume_dir: str) -> dict[str, Any]:
         {k: v for k, v in search.items() if k in params}, output=resume_dir, force=False,
         model_spec=task.get("model", "demo"), input_shape=task.get("input_shape"), data_spec=task.get("data"),
         hw_name=s["hardware"]["name"], hw_options=s["hardware"]["config"], backend_name=s["backend"]["name"],
-        backend_options=s["backend"]["config"], pins={name: tuple(bits) for name, bits in search["pins"].items()},
+        backend_options=s["backend"]["config"], pins={name: tuple(bits) for name, bits in (search.get("pins") or {}).items()},
         **{f"ddpg_{k}": v for k, v in search["ddpg"].items()},
     )
     if ctx.get_parameter_source("budgets") != ParameterSource.COMMANDLINE:
