@@ -5,7 +5,7 @@ framework (torch.ao, Brevitas, ...), measures it, and exports the policy in the
 host framework's own terms.  The search drives it in this order::
 
     backend = SomeBackend(**options)
-    backend.prepare(model, example_input, calibration_data)   # once per search
+    backend.prepare(model, example_input, calibration_data)   # once per search (per sweep, see below)
     for each episode:
         backend.set_policy(bits)        # cheap: change bit widths in place
         backend.calibrate()             # activation ranges for the new bits
@@ -15,6 +15,11 @@ host framework's own terms.  The search drives it in this order::
 
 ``bits`` maps layer name -> (weight_bits, activation_bits), where the activation
 bits are those of the layer's *input* (as in HAQ).
+
+A sweep runs many searches on one model with one backend instance: it sets
+``reuse_prepared`` and the searches after the first skip ``prepare``
+(:func:`prepare_for_search`).  A backend therefore must not keep state from one
+policy to the next that ``set_policy`` and ``calibrate`` do not reset.
 """
 
 from __future__ import annotations

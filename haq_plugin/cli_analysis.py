@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import click
 
@@ -25,7 +25,7 @@ SENSITIVITY_OPTIONS = ("model_spec", "input_shape", "data_spec", "backend_name",
 SWEEP_RESUME_MAY_CHANGE = {"resume_dir", "quiet", "no_cache", "budgets"}
 
 
-def _search_params(keep: Any = None, drop: tuple[str, ...] = ()) -> list[click.Parameter]:
+def _search_params(keep: Iterable[str] | None = None, drop: tuple[str, ...] = ()) -> list[click.Parameter]:
     """Copies of ``search``'s options: those named in ``keep`` (all when None), minus ``drop``."""
     return [copy.copy(p) for p in search_cmd.params
             if (keep is None or p.name in keep) and p.name not in drop]
