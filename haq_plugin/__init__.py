@@ -5,7 +5,7 @@ Public API (stable names; see README.md and docs/plugins.md):
 * plugin authors: :data:`hookimpl`, :class:`HardwareModel`, :class:`LayerCost`,
   :class:`QuantBackend`, :class:`Option`, :class:`LayerSpec`, :class:`HaqError`;
 * users: :func:`load_hardware`, :func:`load_backend`, :func:`extract_layers`,
-  :class:`Policy`, :func:`search`.
+  :class:`Policy`, :func:`search`, :func:`sweep`, :func:`sensitivity`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from haq_plugin.plugins import get_plugin_manager, load_backend, load_hardware
 from haq_plugin.policy import Policy
 from haq_plugin.search import SearchInterrupted, SearchResult, search
 from haq_plugin.agent import DDPGConfig
+from haq_plugin.sensitivity import SensitivityResult, sensitivity
+from haq_plugin.sweep import SweepResult, sweep
 
 try:
     __version__ = version("haq-plugin")
@@ -30,6 +32,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "DDPGConfig", "HaqError", "HardwareModel", "LayerCost", "LayerSpec", "Option", "PluginError", "Policy",
-    "QuantBackend", "SearchInterrupted", "SearchResult", "search",
+    "QuantBackend", "SearchInterrupted", "SearchResult", "SensitivityResult", "SweepResult", "search",
+    "sensitivity", "sweep",
     "__version__", "extract_layers", "get_plugin_manager", "hookimpl", "load_backend", "load_hardware",
 ]

@@ -240,9 +240,12 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
 
 
 def _register_search() -> None:
+    from haq_plugin.cli_analysis import sensitivity_cmd, sweep_cmd
     from haq_plugin.cli_search import search_cmd
 
     cli.add_command(search_cmd)
+    cli.add_command(sweep_cmd)
+    cli.add_command(sensitivity_cmd)
 
 
 _register_search()

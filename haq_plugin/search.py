@@ -47,7 +47,7 @@ from torch import nn
 
 from haq_plugin import outputs
 from haq_plugin.agent import DDPGAgent, DDPGConfig
-from haq_plugin.backend import QuantBackend
+from haq_plugin.backend import QuantBackend, prepare_for_search
 from haq_plugin.costs import CONSTRAINTS, UNITS, CostTable, build_cost_table
 from haq_plugin.environment import KEPT_BITS, STATE_DIM, Budget, QuantizationEnv, fixed_bits_for
 from haq_plugin.errors import HaqError
@@ -379,7 +379,7 @@ class _SearchRun:
         seed_everything(self.seed)
         if checkpoint is None and self.float_accuracy is None:
             self.float_accuracy = self._evaluate_float()
-        self.backend.prepare(self.model, self.example_input, self.calibration_data)
+        prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data)
         if checkpoint is None:
             self.uniform = self._evaluate_uniform()
         else:

@@ -1,0 +1,191 @@
+"""``haq-plugin sweep`` and ``haq-plugin sensitivity``: the command-line faces of the analyses.
+
+Both take the options of ``haq-plugin search`` (the very option objects of
+:data:`haq_plugin.cli_search.search_cmd`, so help texts and defaults never
+drift apart): ``sweep`` all of them but ``--budget`` (it has ``--budgets``),
+``sensitivity`` those that describe the model, data, hardware and backend.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import click
+
+from haq_plugin.agent import DDPGConfig
+from haq_plugin.cli_search import parse_pins, search_cmd
+from haq_plugin.errors import HaqError
+from haq_plugin.options import parse_key_values
+
+DEFAULT_BUDGETS = "0.3,0.4,0.5,0.6,0.8"
+SENSITIVITY_OPTIONS = ("model_spec", "input_shape", "data_spec", "backend_name", "backend_options", "hw_name",
+                       "hw_options", "constraint", "seed", "force", "quiet", "no_cache")
+SWEEP_RESUME_MAY_CHANGE = {"resume_dir", "quiet", "no_cache", "budgets"}
+
+
+def _search_params(keep: Iterable[str] | None = None, drop: tuple[str, ...] = ()) -> list[click.Parameter]:
+    """Copies of ``search``'s options: those named in ``keep`` (all when None), minus ``drop``."""
+    return [copy.copy(p) for p in search_cmd.params
+            if (keep is None or p.name in keep) and p.name not in drop]
+
+
+def _output_option(default: str, what: str) -> click.Option:
+    option = copy.copy(next(p for p in search_cmd.params if p.name == "output"))
+    option.default, option.help = default, f"Directory for {what}."
+    return option
+
+
+def _plugins_and_task(p: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """Hardware, backend, model source and task data from the command's parameters."""
+    from haq_plugin.models import load_model, load_task_data
+    from haq_plugin.plugins import load_backend, load_hardware
+
+    def plugin_options(values: Any, flag: str) -> dict[str, Any]:
+        """Command-line KEY=VALUE strings, or a stored config (unset options, None, keep their defaults)."""
+        if isinstance(values, dict):
+            return {key: value for key, value in values.items() if value is not None}
+        return parse_key_values(values, flag)
+
+    hardware = load_hardware(p["hw_name"], **plugin_options(p["hw_options"], "--hw-option"))
+    backend = load_backend(p["backend_name"], **plugin_options(p["backend_options"], "--backend-option"))
+    source = load_model(p["model_spec"], p["input_shape"])
+    data = load_task_data(p["data_spec"], p["model_spec"])
+    if data.description and not p["quiet"]:
+        click.echo(data.description, err=True)
+    return hardware, backend, source, data
+
+
+# -- sweep --------------------------------------------------------------------------------
+def _sweep_resumed(ctx: click.Context, resume_dir: str) -> dict[str, Any]:
+    """The parameters the sweep in ``resume_dir`` was started with (``--budgets`` may change)."""
+    from click.core import ParameterSource
+
+    from haq_plugin.files import read_json
+    from haq_plugin.sweep import SWEEP_FILE
+
+    given = [name for name in ctx.params if name not in SWEEP_RESUME_MAY_CHANGE
+             and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join(next(p.opts[0] for p in ctx.command.params if p.name == name) for name in given)
+        raise HaqError(f"--resume continues with the settings stored in {resume_dir}; only --budgets, --quiet and "
+                       f"--no-cache may be given (got {flags}).")
+    path = Path(resume_dir) / SWEEP_FILE
+    if not path.is_file():
+        raise HaqError(f"Cannot resume a sweep in {resume_dir}: it has no {SWEEP_FILE}. Point --resume to the "
+                       "--output directory of an earlier sweep.")
+    stored = read_json(path, "Sweep file")
+    s, task = stored["settings"], stored["settings"].get("task") or {}
+    search = s["search"]
+    params = dict(ctx.params)
+    params.update(
+        {k: v for k, v in search.items() if k in params}, output=resume_dir, force=False,
+        model_spec=task.get("model", "demo"), input_shape=task.get("input_shape"), data_spec=task.get("data"),
+        hw_name=s["hardware"]["name"], hw_options=s["hardware"]["config"], backend_name=s["backend"]["name"],
+        backend_options=s["backend"]["config"], pins={name: tuple(bits) for name, bits in (search.get("pins") or {}).items()},
+        **{f"ddpg_{k}": v for k, v in search["ddpg"].items()},
+    )
+    if ctx.get_parameter_source("budgets") != ParameterSource.COMMANDLINE:
+        params["budgets"] = ",".join(f"{b:g}" for b in stored["budgets"])
+    return params
+
+
+def _sweep(**params: Any) -> None:
+    """Search once per budget and write the accuracy-cost front (pareto.csv, pareto.png, summary.md).
+
+    \b
+    Takes every option of 'haq-plugin search' except --budget, for example:
+      haq-plugin sweep --budgets 0.3,0.4,0.5,0.6,0.8 --backend brevitas --hw bitfusion
+    Each budget's search goes to DIR/budget-B/; infeasible budgets are reported
+    and skipped. 'haq-plugin sweep --resume DIR' keeps finished budgets and
+    continues the interrupted one.
+    """
+    from haq_plugin.sweep import parse_budgets, sweep
+
+    resume_dir = params["resume_dir"]
+    p = _sweep_resumed(click.get_current_context(), resume_dir) if resume_dir else params
+    budgets = parse_budgets(p["budgets"])
+    hardware, backend, source, data = _plugins_and_task(p)
+    if p["finetune_steps"] and data.train_data is None:
+        raise HaqError("--finetune-steps needs training data: return 'train_data' from your --data callable.")
+    output = Path(p["output"])
+    try:
+        result = sweep(
+            source.model, source.example_input, budgets=budgets, hardware=hardware, backend=backend,
+            eval_fn=data.eval_fn, calibration_data=data.calibration_data, test_eval_fn=data.test_eval_fn,
+            output_dir=output, resume=bool(resume_dir), force=p["force"], progress=not p["quiet"],
+            task={"model": p["model_spec"], "input_shape": p["input_shape"], "data": p["data_spec"]},
+            constraint=p["constraint"], strategy=p["strategy"], episodes=p["episodes"], seed=p["seed"],
+            train_data=data.train_data, finetune_steps=p["finetune_steps"], min_bits=p["min_bits"],
+            max_bits=p["max_bits"], keep_first_layer_8bit=p["keep_first_layer_8bit"],
+            keep_last_layer_8bit=p["keep_last_layer_8bit"],
+            pins=p["pins"] if isinstance(p["pins"], dict) else parse_pins(p["pins"]),
+            ddpg=DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in p.items() if k.startswith("ddpg_")}),
+            use_cache=not p["no_cache"])
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted. Finished budgets are kept; continue with: haq-plugin sweep --resume {output}",
+                   err=True)
+        raise SystemExit(130) from None
+    if not p["quiet"]:
+        _print_sweep(result)
+
+
+def _print_sweep(result: Any) -> None:
+    from haq_plugin.formatting import render_table
+
+    rows = [(f"{pt.budget:g}", pt.strategy, round(pt.cost_fraction, 4), round(pt.val_accuracy, 2),
+             "" if pt.test_accuracy is None else round(pt.test_accuracy, 2), pt.policy_file) for pt in result.points]
+    click.echo("")
+    click.echo(render_table(["budget", "policy", "cost x 8-bit", "val %", "test %", "file"], rows), nl=False)
+    click.echo(f"uniform 8-bit: val {result.eight_bit_accuracy:.2f}%; float: val {result.float_accuracy:.2f}%")
+    for budget, smallest in sorted(result.infeasible.items()):
+        click.echo(f"budget {budget:g} skipped: infeasible, the smallest feasible budget is {smallest:.4f}")
+    click.echo(f"Outputs in {result.output_dir}/: pareto.csv, pareto.png, summary.md, budget-*/")
+
+
+sweep_cmd = click.Command(
+    "sweep", callback=_sweep, help=_sweep.__doc__, short_help="Search once per budget: the accuracy-cost front.",
+    params=[click.Option(["--budgets"], default=DEFAULT_BUDGETS, show_default=True, metavar="B1,B2,...",
+                         help="Budgets as fractions of the uniform 8-bit cost, comma separated, each in (0, 1]."),
+            *_search_params(drop=("budget", "output", "resume_dir")),
+            _output_option("haq-sweep", "pareto.csv, pareto.png, summary.md and one folder per budget"),
+            click.Option(["--resume", "resume_dir"], default=None, type=click.Path(file_okay=False),
+                         help="Continue the sweep in this directory: finished budgets are kept.")],
+)
+
+
+# -- sensitivity ------------------------------------------------------------------------------
+def _sensitivity(**p: Any) -> None:
+    """Accuracy when one layer's weights, then its input activations, go to fewer bits (all else at 8).
+
+    \b
+    For example:
+      haq-plugin sensitivity --backend brevitas --hw bitfusion --bits 2,3,4
+    Costs layers x bits x 2 evaluations (stated before it starts). Writes
+    sensitivity.csv, sensitivity.png and sensitivity.md, with each layer's
+    share of the --constraint cost of the uniform 8-bit policy.
+    """
+    from haq_plugin.sensitivity import parse_bit_list, sensitivity
+
+    bits = parse_bit_list(p["bits"])
+    hardware, backend, source, data = _plugins_and_task(p)
+    result = sensitivity(source.model, source.example_input, hardware=hardware, backend=backend,
+                         eval_fn=data.eval_fn, calibration_data=data.calibration_data, bits=bits,
+                         constraint=p["constraint"], seed=p["seed"], output_dir=Path(p["output"]), force=p["force"],
+                         progress=not p["quiet"], use_cache=not p["no_cache"])
+    if not p["quiet"]:
+        from haq_plugin.sensitivity_report import sensitivity_markdown
+
+        click.echo(sensitivity_markdown(result))
+        click.echo(f"Outputs in {result.output_dir}/: sensitivity.csv, sensitivity.png, sensitivity.md")
+
+
+sensitivity_cmd = click.Command(
+    "sensitivity", callback=_sensitivity, help=_sensitivity.__doc__,
+    short_help="Per-layer accuracy at low weight and activation bits, with cost shares.",
+    params=[click.Option(["--bits"], default="2,3,4", show_default=True, metavar="B1,B2,...",
+                         help="Bit widths to measure (below 8, supported by the hardware and the backend)."),
+            *_search_params(keep=SENSITIVITY_OPTIONS),
+            _output_option("haq-sensitivity", "sensitivity.csv, sensitivity.png and sensitivity.md")],
+)
