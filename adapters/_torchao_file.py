@@ -51,6 +51,12 @@ def read_layer_bits(path: str | Path) -> tuple[dict[str, tuple[int, int | None]]
     return {_entry_name(entry, path): _entry_bits(entry, path, quantize) for entry in data["layers"]}, quantize
 
 
+def read_layer_shapes(path: str | Path) -> dict[str, str]:
+    """Layer name -> the ``shape`` fingerprint recorded at export ("" when absent)."""
+    read_layer_bits(path)  # the same checks as the bits
+    return {str(entry["name"]): str(entry.get("shape", "")) for entry in read_json(Path(path), "torchao file")["layers"]}
+
+
 def _entry_name(entry: Any, path: str | Path) -> str:
     require_fields(entry, ("name", "weight_bits", "activation_bits"), f"{path}: layer entry")
     return str(entry["name"])

@@ -53,6 +53,7 @@ apply with ``quantize_(model, load_quantize_config(path), filter_fn=None)``.
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -67,7 +68,7 @@ from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._torchao_file import (
-    QUANTIZE_MODES, SUPPORTED_BITS, export_document, read_layer_bits, write_document)
+    QUANTIZE_MODES, SUPPORTED_BITS, export_document, read_layer_bits, read_layer_shapes, write_document)
 from haq_plugin.adapters._torchao_quantizer import (
     LayerBitsQuantizer, LayerFakeQuants, act_range, layer_fake_quants, set_range, weight_range)
 from haq_plugin.adapters._torchao_quiet import quiet_torchao_import
@@ -79,6 +80,8 @@ with quiet_torchao_import():
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
 __all__ = ["TorchaoBackend", "load_quantizer", "load_quantize_config", "export_for_quantization"]
+
+log = logging.getLogger(__name__)
 
 BITS_HELP = ("The torchao backend quantizes with 2 to 8 bits: weights are held in torch.int8 and inputs in "
              "torch.uint8, and 1 bit has no symmetric signed weight range.")
@@ -101,11 +104,30 @@ def load_quantize_config(path: str | Path) -> FqnToConfig:
 
     Apply it with ``quantize_(model, config, filter_fn=None)``.  This recipe
     quantizes weights only, so any activation bits of the file are not used.
+    torchao 0.18's ``IntxWeightOnlyConfig`` takes 2-d weights and 1x1
+    convolutions (one scale per output channel); it cannot quantize a conv
+    with a larger kernel per output channel, so those layers map to ``None``
+    (left in floating point, listed in a warning): use :func:`load_quantizer`
+    to quantize every layer.
     """
     bits, _ = read_layer_bits(path)
-    return FqnToConfig(fqn_to_config={
-        name: IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{w}"), granularity=PerAxis(0))
-        for name, (w, _) in bits.items()})
+    shapes = read_layer_shapes(path)
+    configs: dict[str, IntxWeightOnlyConfig | None] = {}
+    for name, (weight_bits, _) in bits.items():
+        takes = intx_weight_only_takes(shapes.get(name, ""))
+        configs[name] = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{weight_bits}"),
+                                             granularity=PerAxis(0)) if takes else None
+    skipped = [name for name, config in configs.items() if config is None]
+    if skipped:
+        log.warning("torchao: IntxWeightOnlyConfig cannot quantize convolutions with kernels larger than 1x1 per "
+                    "output channel; %d layer(s) stay in floating point: %s. load_quantizer(path) quantizes them.",
+                    len(skipped), ", ".join(skipped))
+    return FqnToConfig(fqn_to_config=configs)
+
+
+def intx_weight_only_takes(shape_key: str) -> bool:
+    """Whether torchao's per-output-channel ``IntxWeightOnlyConfig`` can quantize a layer of this shape."""
+    return not shape_key.startswith("conv") or ":k(1,1):" in shape_key
 
 
 def export_for_quantization(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
