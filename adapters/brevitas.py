@@ -163,9 +163,7 @@ class BrevitasBackend(QuantBackend):
         plan = {name: LayerQuant(w, a, self._signs[name]) for name, (w, a) in policy.bits.items()}
         modules = dict(model.named_modules())
         quant_layer_names = {name: type(modules[name]).__name__ for name in plan}
-        path = Path(path)
-        if path.is_dir():
-            path = path / self.export_filename
+        path = self.export_path(path)
         data = policy_file_dict(policy, plan, self._settings, quant_layer_names, self._example_shape)
         return write_policy_file(path, data)
 

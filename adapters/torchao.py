@@ -270,10 +270,7 @@ class TorchaoBackend(QuantBackend):
         self.require_prepared()
         bits = self.policy_bits(policy)
         shapes = {layer.name: layer.shape_key() for layer in self.layers}
-        path = Path(path)
-        if path.is_dir():
-            path = path / self.export_filename
-        return write_document(path, export_document(bits, shapes, self.config["quantize"]))
+        return write_document(self.export_path(path), export_document(bits, shapes, self.config["quantize"]))
 
 
 @hookimpl

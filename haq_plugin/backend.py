@@ -171,6 +171,11 @@ class QuantBackend(abc.ABC):
         raise HaqError(f"backend '{self.name}': export needs a haq_plugin.policy.Policy, got "
                        f"{type(policy).__name__}.")
 
+    def export_path(self, path: str | Path) -> Path:
+        """``path``, or ``path / export_filename`` when ``path`` is a directory."""
+        path = Path(path)
+        return path / self.export_filename if path.is_dir() else path
+
     def train_steps(self, model: nn.Module, train_data: Iterable[Any], steps: int, lr: float) -> None:
         """Quantization-aware training: Adam on :attr:`loss_fn`, ``steps`` batches cycling over ``train_data``.
 
