@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,8 +34,17 @@ def write_document(path: str | Path, data: dict) -> Path:
     return write_text_atomic(Path(path), json.dumps(data, indent=2) + "\n")
 
 
-def read_layer_bits(path: str | Path) -> tuple[dict[str, tuple[int, int | None]], str]:
-    """Layer name -> (weight bits, activation bits or None), and the file's ``quantize`` mode."""
+@dataclass(frozen=True)
+class QuantizerFile:
+    """What a ``torchao_quantizer.json`` holds: per-layer bits (activation None: float), shapes, mode."""
+
+    bits: dict[str, tuple[int, int | None]]
+    shapes: dict[str, str]
+    quantize: str
+
+
+def read_quantizer_file(path: str | Path) -> QuantizerFile:
+    """Read and check an exported file; :class:`HaqError` says what is wrong with it."""
     data = read_json(Path(path), "torchao quantizer file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise HaqError(f"{path} is not a torchao quantizer file written by haq-plugin "
@@ -48,13 +57,9 @@ def read_layer_bits(path: str | Path) -> tuple[dict[str, tuple[int, int | None]]
         raise HaqError(f"{path}: quantize {quantize!r} is unknown; use one of {', '.join(QUANTIZE_MODES)}.")
     if not isinstance(data.get("layers"), list) or not data["layers"]:
         raise HaqError(f"{path}: 'layers' must be a non-empty list.")
-    return {_entry_name(entry, path): _entry_bits(entry, path, quantize) for entry in data["layers"]}, quantize
-
-
-def read_layer_shapes(path: str | Path) -> dict[str, str]:
-    """Layer name -> the ``shape`` fingerprint recorded at export ("" when absent)."""
-    read_layer_bits(path)  # the same checks as the bits
-    return {str(entry["name"]): str(entry.get("shape", "")) for entry in read_json(Path(path), "torchao file")["layers"]}
+    bits = {_entry_name(entry, path): _entry_bits(entry, path, quantize) for entry in data["layers"]}
+    shapes = {str(entry["name"]): str(entry.get("shape", "")) for entry in data["layers"]}
+    return QuantizerFile(bits, shapes, quantize)
 
 
 def _entry_name(entry: Any, path: str | Path) -> str:

@@ -68,10 +68,10 @@ from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._torchao_file import (
-    QUANTIZE_MODES, SUPPORTED_BITS, export_document, read_layer_bits, read_layer_shapes, write_document)
+    QUANTIZE_MODES, SUPPORTED_BITS, export_document, read_quantizer_file, write_document)
 from haq_plugin.adapters._torchao_quantizer import (
     LayerBitsQuantizer, LayerFakeQuants, act_range, layer_fake_quants, set_range, weight_range)
-from haq_plugin.adapters._torchao_quiet import quiet_torchao_import
+from haq_plugin.adapters._torchao_quiet import quiet_export, quiet_torchao_import
 
 with quiet_torchao_import():
     from torchao.quantization import FqnToConfig, IntxWeightOnlyConfig
@@ -95,8 +95,7 @@ def load_quantizer(path: str | Path, for_training: bool = True) -> LayerBitsQuan
     model whose conv/linear module names differ from the file's raises
     :class:`HaqError` naming the missing and unknown layers.
     """
-    bits, _ = read_layer_bits(path)
-    return LayerBitsQuantizer(bits, for_training=for_training)
+    return LayerBitsQuantizer(read_quantizer_file(path).bits, for_training=for_training)
 
 
 def load_quantize_config(path: str | Path) -> FqnToConfig:
@@ -110,11 +109,10 @@ def load_quantize_config(path: str | Path) -> FqnToConfig:
     (left in floating point, listed in a warning): use :func:`load_quantizer`
     to quantize every layer.
     """
-    bits, _ = read_layer_bits(path)
-    shapes = read_layer_shapes(path)
+    contents = read_quantizer_file(path)
     configs: dict[str, IntxWeightOnlyConfig | None] = {}
-    for name, (weight_bits, _) in bits.items():
-        takes = intx_weight_only_takes(shapes.get(name, ""))
+    for name, (weight_bits, _) in contents.bits.items():
+        takes = intx_weight_only_takes(contents.shapes[name])
         configs[name] = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{weight_bits}"),
                                              granularity=PerAxis(0)) if takes else None
     skipped = [name for name, config in configs.items() if config is None]
@@ -141,8 +139,9 @@ def export_for_quantization(model: nn.Module, example_input: torch.Tensor) -> fx
                        f"{type(example_input).__name__}.")
     example = torch.cat([example_input[:1]] * 2)  # a batch of 2: export keeps size-1 dims static
     try:
-        exported = torch.export.export(copy.deepcopy(model).eval(), (example,),
-                                       dynamic_shapes=({0: torch.export.Dim("batch")},))
+        with quiet_export():
+            exported = torch.export.export(copy.deepcopy(model).eval(), (example,),
+                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as exc:  # torch.export raises many types: user errors, unsupported ops, guards
         raise HaqError(f"backend 'torchao': torch.export cannot capture {type(model).__name__}: "
                        f"{_first_line(exc)}. PT2E quantization needs an exportable model (no data-dependent "

@@ -246,10 +246,11 @@ def test_methods_before_prepare_are_user_errors():
             call()
 
 
-def test_an_unexportable_model_is_refused_naming_the_construct(task):
+def test_an_unexportable_model_is_refused_naming_the_construct(task, capfd):
     with pytest.raises(HaqError, match=r"torch.export cannot capture BranchyNet: .*(data-dependent|Could not guard)"
                                        r".*--backend torch.ao"):
         TorchaoBackend().prepare(BranchyNet().eval(), EXAMPLE, task["calibration"])
+    assert "def forward" not in capfd.readouterr().err, "torch.export's partial graph is not dumped on the user"
 
 
 def test_weight_only_mode_quantizes_weights_only(task):
