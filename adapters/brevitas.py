@@ -144,11 +144,6 @@ class BrevitasBackend(QuantBackend):
         return self._require_prepared()
 
     @property
-    def bits(self) -> dict[str, tuple[int, int]]:
-        """The bit widths currently set, layer name -> (weight, input)."""
-        return dict(self._bits)
-
-    @property
     def input_signs(self) -> dict[str, bool]:
         """Whether each layer's input quantizer is signed (found on the calibration data)."""
         return dict(self._signs)

@@ -259,11 +259,6 @@ class TorchaoBackend(QuantBackend):
     def model(self) -> fx.GraphModule:
         return self._require_prepared()
 
-    @property
-    def bits(self) -> dict[str, tuple[int, int]]:
-        """The bit widths currently set, layer name -> (weight, input)."""
-        return dict(self._bits)
-
     def export(self, policy: Policy | BitMap, path: str | Path) -> Path:
         """Write ``torchao_quantizer.json`` (into ``path`` if it is a directory)."""
         self.require_prepared()

@@ -81,6 +81,7 @@ class QuantBackend(abc.ABC):
         self.config: dict[str, Any] = resolve_options(f"backend '{self.name}'", self.options, options)
         self.layers: list[LayerSpec] = []
         self.loss_fn: LossFn = nn.CrossEntropyLoss()
+        self._bits: dict[str, BitPair] = {}
         self._prepared = False
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._weights_changed = False
@@ -138,6 +139,11 @@ class QuantBackend(abc.ABC):
     def layer_names(self) -> list[str]:
         """Names of the quantized layers, in execution order."""
         return [layer.name for layer in self.layers]
+
+    @property
+    def bits(self) -> dict[str, BitPair]:
+        """The bit widths currently set, layer name -> (weight, input); set them in :meth:`set_policy`."""
+        return dict(self._bits)
 
     def mark_prepared(self) -> None:
         """Called at the end of :meth:`prepare`: the per-episode methods may now run."""
