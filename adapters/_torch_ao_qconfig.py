@@ -40,6 +40,7 @@ from torch.ao.quantization import FakeQuantize, QConfig
 from torch.ao.quantization.observer import (
     MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver, check_min_max_valid)
 
+from haq_plugin.bits import check_width
 from haq_plugin.errors import HaqError
 
 SUPPORTED_BITS = tuple(range(2, 9))
@@ -84,9 +85,10 @@ def act_range(bits: int) -> tuple[int, int]:
 
 def check_bits(bits: int, what: str) -> int:
     """``bits`` as an int, or a :class:`HaqError` saying what is supported."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
-        raise HaqError(f"torch.ao backend: {what} is {bits!r}. {BITS_HELP}")
-    return bits
+    try:
+        return check_width(bits, what, SUPPORTED_BITS, "by the torch.ao backend")
+    except HaqError as exc:
+        raise HaqError(f"torch.ao backend: {exc} {BITS_HELP}") from None
 
 
 def weight_fake_quant(bits: int) -> Any:

@@ -22,15 +22,13 @@ and then trains, evaluates or exports ``qmodel`` like any Brevitas model.
 from __future__ import annotations
 
 import copy
-import itertools
-import numbers
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from haq_plugin.backend import QuantBackend, batch_inputs
+from haq_plugin.backend import QuantBackend, batch_inputs, layer_difference
 from haq_plugin.errors import HaqError
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec, extract_layers
@@ -72,6 +70,7 @@ class BrevitasBackend(QuantBackend):
                    "unsigned inputs, bit widths changed in place")
     export_filename = "brevitas_policy.json"
     supported_bits = SUPPORTED_BITS
+    bits_help = BITS_HELP
     options = (
         Option("act_range", str, "percentile", choices=ACT_RANGES,
                help="How input (activation) ranges are calibrated: 'percentile' of the calibration inputs "
@@ -86,19 +85,16 @@ class BrevitasBackend(QuantBackend):
         self._settings = QuantSettings(act_range=self.config["act_range"],
                                        act_percentile=self.config["act_percentile"])
         self._model: nn.Module | None = None
-        self._layers: list[LayerSpec] = []
         self._handles: dict[str, LayerHandles] = {}
         self._signs: dict[str, bool] = {}
         self._bits: dict[str, tuple[int, int]] = {}
         self._calibration: list[Any] = []
         self._example_shape: tuple[int, ...] = ()
-        self._snapshot: dict[str, torch.Tensor] | None = None
-        self._weights_changed = False
         self._calibrated = False
 
     # -- search loop ----------------------------------------------------------------------
-    def prepare(self, model: nn.Module, example_input: torch.Tensor,
-                calibration_data: Iterable[Any]) -> None:
+    def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
+                layers: Sequence[LayerSpec] | None = None) -> None:
         """Copy ``model`` once, convert it to Brevitas quant layers (8 bits) and calibrate it."""
         if not isinstance(example_input, torch.Tensor):
             raise HaqError("backend 'brevitas': example_input must be a single tensor (its shape is recorded "
@@ -107,8 +103,7 @@ class BrevitasBackend(QuantBackend):
         if not batches:
             raise HaqError("backend 'brevitas': calibration_data is empty; give at least one input batch so "
                            "that activation ranges and input signs can be measured.")
-        self._layers = extract_layers(model, example_input)
-        names = [layer.name for layer in self._layers]
+        names = [layer.name for layer in self.use_layers(model, example_input, layers)]
         qmodel = copy.deepcopy(model)
         self._signs = detect_input_signs(qmodel, names, batches)
         self._bits = {name: (8, 8) for name in names}
@@ -117,15 +112,14 @@ class BrevitasBackend(QuantBackend):
         self._model, self._calibration = qmodel, batches
         self._handles = find_handles(qmodel, names)
         self._example_shape = tuple(example_input.shape)
-        self._snapshot, self._weights_changed = None, False
+        self.mark_prepared()
         self.calibrate()
 
     def set_policy(self, bits: Mapping[str, tuple[int, int]]) -> None:
         """Write every layer's (weight, input) bit widths into its existing quantizers."""
-        self._require_prepared()
-        checked = check_bits(bits, [layer.name for layer in self._layers])
-        if self._weights_changed:
-            self._restore_weights()
+        model = self._require_prepared()
+        checked = self.check_bits(bits)
+        self.restore_weights(model)
         for name, (weight_bits, input_bits) in checked.items():
             set_bit_widths(self._handles[name], weight_bits, input_bits)
         self._bits = checked
@@ -140,27 +134,14 @@ class BrevitasBackend(QuantBackend):
 
     def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
         """Train the quantized model for ``steps`` batches (cycling over ``train_data``); 0 does nothing."""
-        if steps < 0 or lr <= 0:
-            raise HaqError(f"backend 'brevitas': finetune needs steps >= 0 and lr > 0, got steps={steps}, "
-                           f"lr={lr}.")
-        if steps == 0:
-            return
         model = self._require_prepared()
-        if not self._calibrated:
+        if steps > 0 and not self._calibrated:
             self.calibrate()
-        if self._snapshot is None:
-            self._snapshot = {name: t.detach().clone() for name, t in _named_tensors(model)}
-        self._weights_changed = True
-        train_quantized(model, train_data, steps, lr)
+        self.train_steps(model, train_data, steps, lr)
 
     @property
     def model(self) -> nn.Module:
         return self._require_prepared()
-
-    @property
-    def bits(self) -> dict[str, tuple[int, int]]:
-        """The bit widths currently set, layer name -> (weight, input)."""
-        return dict(self._bits)
 
     @property
     def input_signs(self) -> dict[str, bool]:
@@ -173,14 +154,11 @@ class BrevitasBackend(QuantBackend):
         if not isinstance(policy, Policy):
             raise HaqError("backend 'brevitas': export needs a haq_plugin.policy.Policy, got "
                            f"{type(policy).__name__}.")
-        policy.check_layers(self._layers)
-        check_bits(policy.bits, [layer.name for layer in self._layers])
+        self.policy_bits(policy)
         plan = {name: LayerQuant(w, a, self._signs[name]) for name, (w, a) in policy.bits.items()}
         modules = dict(model.named_modules())
         quant_layer_names = {name: type(modules[name]).__name__ for name in plan}
-        path = Path(path)
-        if path.is_dir():
-            path = path / self.export_filename
+        path = self.export_path(path)
         data = policy_file_dict(policy, plan, self._settings, quant_layer_names, self._example_shape)
         return write_policy_file(path, data)
 
@@ -189,61 +167,16 @@ class BrevitasBackend(QuantBackend):
         return {name: LayerQuant(w, a, self._signs[name]) for name, (w, a) in self._bits.items()}
 
     def _require_prepared(self) -> nn.Module:
-        if self._model is None:
-            raise HaqError("backend 'brevitas': call prepare(model, example_input, calibration_data) first.")
+        self.require_prepared()
+        assert self._model is not None
         return self._model
 
-    def _restore_weights(self) -> None:
-        assert self._model is not None and self._snapshot is not None
-        with torch.no_grad():
-            for name, tensor in _named_tensors(self._model):
-                tensor.copy_(self._snapshot[name])
-        self._weights_changed = False
-
-
-def _named_tensors(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    """Parameters and buffers: everything a finetune can change (weights, BN statistics, scales)."""
-    return itertools.chain(model.named_parameters(), model.named_buffers())
-
-
-def check_bits(bits: Mapping[str, tuple[int, int]], names: list[str]) -> dict[str, tuple[int, int]]:
-    """Validate a name -> (weight, input) bits mapping against the layers; return it in layer order."""
-    missing = [name for name in names if name not in bits]
-    unknown = [name for name in bits if name not in names]
-    if missing or unknown:
-        parts = ["backend 'brevitas': the bits do not match the model's layers."]
-        if missing:
-            parts.append(f"No bits for: {', '.join(missing)}.")
-        if unknown:
-            parts.append(f"Unknown layer(s): {', '.join(unknown)}.")
-        raise HaqError(" ".join(parts))
-    checked: dict[str, tuple[int, int]] = {}
-    for name in names:
-        pair = bits[name]
-        valid = (isinstance(pair, (tuple, list)) and len(pair) == 2
-                 and all(isinstance(b, numbers.Integral) and not isinstance(b, bool)
-                         and int(b) in SUPPORTED_BITS for b in pair))
-        if not valid:
-            raise HaqError(f"backend 'brevitas': layer '{name}' has bits {pair!r}. {BITS_HELP}")
-        checked[name] = (int(pair[0]), int(pair[1]))
-    return checked
-
-
-def train_quantized(model: nn.Module, train_data: Iterable[Any], steps: int, lr: float) -> None:
-    """Quantization-aware training: Adam on cross-entropy, ``steps`` batches, model left in eval mode."""
-    batches = list(train_data)
-    if not batches or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
-        raise HaqError("backend 'brevitas': finetune needs a non-empty list of (inputs, targets) batches.")
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    try:
-        for x, y in itertools.islice(itertools.cycle(batches), steps):
-            optimizer.zero_grad()
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-    finally:
-        model.eval()
+    def bits_refusal(self, message: str, bits: Any, names: Sequence[str]) -> str:
+        """Names the missing and unknown layers first, as this backend always has."""
+        missing, unknown = layer_difference(bits, names) if isinstance(bits, Mapping) else ([], [])
+        lead = " ".join(([f"No bits for: {', '.join(missing)}."] if missing else [])
+                        + ([f"Unknown layer(s): {', '.join(unknown)}."] if unknown else []))
+        return " ".join(part for part in ("backend 'brevitas':", lead, message, BITS_HELP) if part)
 
 
 def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[Any] | None = None,
@@ -259,7 +192,7 @@ def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[
     calibrate before evaluating an untrained model.
     """
     contents = read_policy_file(path)
-    check_bits(contents.policy.bits, list(contents.policy.bits))
+    BrevitasBackend().check_bits(contents.policy.bits, list(contents.policy.bits))
     if example_input is None:
         example_input = torch.zeros(contents.example_input_shape)
     contents.policy.check_layers(extract_layers(model, example_input))

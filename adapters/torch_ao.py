@@ -69,29 +69,29 @@ Apply an exported policy in your own training script::
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.ao.nn.intrinsic import qat as nniqat
 from torch.ao.quantization import FakeQuantize, QConfigMapping
 
-from haq_plugin.backend import QuantBackend, batch_inputs
+from haq_plugin.backend import QuantBackend, batch_inputs, layer_difference
 from haq_plugin.errors import HaqError
 from haq_plugin.hookspecs import hookimpl
-from haq_plugin.layers import extract_layers
+from haq_plugin.layers import LayerSpec, extract_layers
 from haq_plugin.options import Option
 from haq_plugin.files import read_json, write_text_atomic
+from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json
 from haq_plugin.adapters._torch_ao_plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
 from haq_plugin.adapters._torch_ao_qconfig import (
-    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, check_bits, set_fake_quant_range, weight_range)
+    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, set_fake_quant_range, weight_range)
 
 __all__ = ["TorchAoBackend", "load_qconfig_mapping", "prepare_qat_eager", "qconfig_mapping_for",
            "SUPPORTED_BITS", "BITS_HELP"]
@@ -109,20 +109,7 @@ def _check_other_bits(value: int) -> str | None:
 
 def checked_bits(bits: BitMap, layers: list[str]) -> dict[str, tuple[int, int]]:
     """``bits`` in layer order, with every width checked; :class:`HaqError` otherwise."""
-    missing = [name for name in layers if name not in bits]
-    extra = [name for name in bits if name not in layers]
-    if missing or extra:
-        parts = ([f"no bits for layer(s) {', '.join(missing)}"] if missing else []) + \
-                ([f"bits for unknown layer(s) {', '.join(extra)}"] if extra else [])
-        raise HaqError(f"torch.ao backend: {'; '.join(parts)}. Layers: {', '.join(layers)}.")
-    result = {}
-    for name in layers:
-        pair = tuple(bits[name])
-        if len(pair) != 2:
-            raise HaqError(f"torch.ao backend: layer '{name}' needs (weight_bits, activation_bits), got {pair!r}.")
-        result[name] = (check_bits(pair[0], f"the weight bit width of layer '{name}'"),
-                        check_bits(pair[1], f"the activation bit width of layer '{name}'"))
-    return result
+    return TorchAoBackend().check_bits(bits, layers)
 
 
 def _layer_names(model: nn.Module, example_input: Any) -> list[str]:
@@ -187,6 +174,22 @@ def _read_export(path: Path) -> dict[str, Any]:
     return data
 
 
+def _bits_problem(bits: Any, names: Sequence[str]) -> str:
+    """The first thing wrong with ``bits``: missing or unknown layers, else the first bad width."""
+    if not isinstance(bits, Mapping):
+        return f"bits must map layer names to pairs, got {type(bits).__name__}"
+    missing, extra = layer_difference(bits, names)
+    if missing or extra:
+        return "; ".join(([f"no bits for layer(s) {', '.join(missing)}"] if missing else [])
+                         + ([f"bits for unknown layer(s) {', '.join(extra)}"] if extra else []))
+    for name in names:
+        pair = tuple(bits[name]) if isinstance(bits[name], (tuple, list)) else (bits[name],)
+        for kind, value in zip(("weight", "activation"), pair):
+            if value not in SUPPORTED_BITS or isinstance(value, bool):
+                return f"the {kind} bit width of layer '{name}' is {value!r}"
+    return "the bits are malformed"
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -200,6 +203,7 @@ class TorchAoBackend(QuantBackend):
                    "affine unsigned activations), FX graph mode with an eager fallback; exports a QConfigMapping")
     export_filename = "qconfig_mapping.json"
     supported_bits = SUPPORTED_BITS
+    bits_help = BITS_HELP
     options = (
         Option("mode", str, "auto", "fx: FX graph mode; eager: per-module qconfig with input fake-quantizers; "
                "auto: FX when the model can be traced, else eager.", choices=("auto", "fx", "eager")),
@@ -212,21 +216,17 @@ class TorchAoBackend(QuantBackend):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._model: nn.Module | None = None
-        self._layers: list[tuple[str, str]] = []
         self._plan: ActivationPlan | None = None
         self._weight_fqs: dict[str, FakeQuantize] = {}
         self._act_fqs: list[tuple[FakeQuantize, OwnerKey]] = []
         self._calibration: list[Any] = []
-        self._snapshot: dict[str, torch.Tensor] = {}
         self._bits: dict[str, tuple[int, int]] = {}
-        self._weights_changed = False
         self._calibrated = False
 
     # -- setup ----------------------------------------------------------------------
-    def prepare(self, model: nn.Module, example_input: Any, calibration_data: Iterable[Any]) -> None:
-        specs = extract_layers(model, example_input)
-        self._layers = [(spec.name, spec.shape_key()) for spec in specs]
-        names = [name for name, _ in self._layers]
+    def prepare(self, model: nn.Module, example_input: Any, calibration_data: Iterable[Any],
+                layers: Sequence[LayerSpec] | None = None) -> None:
+        names = [spec.name for spec in self.use_layers(model, example_input, layers)]
         work = copy.deepcopy(model)
         if self._use_fx(work):
             self._model, self._plan, handles = prepare_probed(
@@ -242,8 +242,7 @@ class TorchAoBackend(QuantBackend):
             self._weight_fqs, inputs = eager_handles(self._model, names)
             self._act_fqs = [(inputs[name], self._plan.input_key[name]) for name in names]
         self._calibration = list(calibration_data)
-        self._snapshot = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
-        self._weights_changed = False
+        self.mark_prepared()
         self.set_policy({name: (8, 8) for name in names})
 
     def _use_fx(self, model: nn.Module) -> bool:
@@ -262,9 +261,13 @@ class TorchAoBackend(QuantBackend):
         return True
 
     def _require_prepared(self) -> tuple[nn.Module, ActivationPlan]:
-        if self._model is None or self._plan is None:
-            raise HaqError("torch.ao backend: call prepare(model, example_input, calibration_data) first.")
+        self.require_prepared()
+        assert self._model is not None and self._plan is not None
         return self._model, self._plan
+
+    def bits_refusal(self, message: str, bits: Any, names: Sequence[str]) -> str:
+        """Says first which layer or width is wrong, in this backend's words."""
+        return f"torch.ao backend: {_bits_problem(bits, names)}. {message} {BITS_HELP}"
 
     # -- per episode ----------------------------------------------------------------
     @property
@@ -280,14 +283,12 @@ class TorchAoBackend(QuantBackend):
     def effective_act_bits(self, bits: BitMap | None = None) -> dict[str, int]:
         """Activation bits each layer's input really gets (see :meth:`ActivationPlan.shared`)."""
         plan = self._require_prepared()[1]
-        return plan.effective_act_bits(checked_bits(bits, plan.layers) if bits is not None else self._bits)
+        return plan.effective_act_bits(self.check_bits(bits, plan.layers) if bits is not None else self._bits)
 
     def set_policy(self, bits: BitMap) -> None:
         model, plan = self._require_prepared()
-        checked = checked_bits(bits, plan.layers)
-        if self._weights_changed:
-            model.load_state_dict(self._snapshot)
-            self._weights_changed = False
+        checked = self.check_bits(bits, plan.layers)
+        self.restore_weights(model)
         for name, fq in self._weight_fqs.items():
             set_fake_quant_range(fq, *weight_range(checked[name][0]))
         act_bits = plan.act_bits_by_key(checked)
@@ -325,38 +326,29 @@ class TorchAoBackend(QuantBackend):
         Weight ranges follow the weights, BatchNorm statistics are frozen, and the
         next :meth:`set_policy` restores the weights of :meth:`prepare`.
         """
+        model, _ = self._require_prepared()
         if steps <= 0:
             return
-        model, _ = self._require_prepared()
         if not self._calibrated:
             self.calibrate()
-        batches = list(train_data)
-        if not batches:
-            raise HaqError("torch.ao backend: finetune needs (inputs, targets) batches; train_data is empty.")
-        model.train()
         model.apply(nniqat.freeze_bn_stats)
         for fq in self._weight_fqs.values():
             fq.enable_observer()
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-        loss_fn = nn.CrossEntropyLoss()
-        self._weights_changed = True
-        for batch in itertools.islice(itertools.cycle(batches), steps):
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise HaqError("torch.ao backend: finetune batches must be (inputs, targets) pairs.")
-            optimizer.zero_grad()
-            loss_fn(model(batch[0]), batch[1]).backward()
-            optimizer.step()
-        for fq in self._weight_fqs.values():
-            fq.disable_observer()
-        model.apply(nniqat.update_bn_stats)
-        model.eval()
+        try:
+            self.train_steps(model, train_data, steps, lr)
+        finally:
+            for fq in self._weight_fqs.values():
+                fq.disable_observer()
+            model.apply(nniqat.update_bn_stats)
+            model.eval()
 
     @property
     def model(self) -> nn.Module:
         return self._require_prepared()[0]
 
     # -- export ---------------------------------------------------------------------
-    def export(self, policy: Any, path: str | Path) -> Path:
+    def export(self, policy: Policy | BitMap, path: str | Path) -> Path:
+        """Write ``qconfig_mapping.json``; without :meth:`prepare` the layers are assumed to form a chain."""
         bits = dict(getattr(policy, "bits", policy))
         shapes = dict(getattr(policy, "layers", []) or [])
         if self._plan is not None:
@@ -367,7 +359,7 @@ class TorchAoBackend(QuantBackend):
             log.warning("torch.ao: exporting without the model, so each layer is assumed to read the previous "
                         "layer's output; pass the model to load_qconfig_mapping(path, model, example_input) to "
                         "rebuild the mapping exactly.")
-        checked = checked_bits(bits, plan.layers)
+        checked = self.check_bits(bits, plan.layers)
         data = export_document(plan, checked, shapes, graph)
         return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 

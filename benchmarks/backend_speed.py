@@ -6,7 +6,10 @@ policies and prints the median time of each step: ``set_policy``,
 ``calibrate`` (256 calibration images) and ``evaluate`` (the 359 validation
 images), against evaluating the float model on the same images.
 
-    python benchmarks/backend_speed.py [--backend torch.ao] [--episodes 10] [--threads 1]
+    python benchmarks/backend_speed.py [--backend torchao torch.ao brevitas] [--episodes 10] [--threads 1]
+
+With several backends, each is measured on the same policies and a last table
+puts their medians side by side.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def timed(run) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="torch.ao")
+    parser.add_argument("--backend", nargs="+", default=["torchao", "torch.ao", "brevitas"])
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -43,8 +46,19 @@ def main() -> None:
     calibration = [splits["train"][0][:256]]
     eval_fn = accuracy_fn(*splits["val"])
     names = [spec.name for spec in extract_layers(model, example)]
+    medians = {name: measure(name, model, example, calibration, eval_fn, names, args) for name in args.backend}
+    if len(medians) > 1:
+        steps = ("set_policy", "calibrate", "evaluate")
+        print(f"medians in ms ({args.episodes} episodes, {args.threads} thread(s))")
+        print(f"  {'backend':10s} " + " ".join(f"{s:>11s}" for s in steps + ("episode",)))
+        for name, m in medians.items():
+            values = [m[s] for s in steps] + [sum(m[s] for s in steps)]
+            print(f"  {name:10s} " + " ".join(f"{v * 1e3:11.1f}" for v in values))
 
-    backend = load_backend(args.backend)
+
+def measure(backend_name: str, model, example, calibration, eval_fn, names, args) -> dict[str, float]:
+    """Prepare one backend, run the episodes, print its figures; the median seconds of each step."""
+    backend = load_backend(backend_name)
     prepare_s = timed(lambda: backend.prepare(model, example, calibration))
     rng = random.Random(0)
     steps: dict[str, list[float]] = {"set_policy": [], "calibrate": [], "evaluate": [], "float evaluate": []}
@@ -55,7 +69,7 @@ def main() -> None:
         steps["evaluate"].append(timed(lambda: backend.evaluate(eval_fn)))
         steps["float evaluate"].append(timed(lambda: eval_fn(model)))
 
-    print(f"backend {args.backend}: demo network ({len(names)} layers), {args.threads} thread(s), "
+    print(f"backend {backend_name}: demo network ({len(names)} layers), {args.threads} thread(s), "
           f"{args.episodes} episodes")
     print(f"  {'prepare (once)':16s} {prepare_s * 1e3:9.1f} ms")
     for step, times in steps.items():
@@ -63,6 +77,7 @@ def main() -> None:
     episode = sum(statistics.median(steps[s]) for s in ("set_policy", "calibrate", "evaluate"))
     print(f"  {'episode total':16s} {episode * 1e3:9.1f} ms = "
           f"{episode / statistics.median(steps['float evaluate']):.1f} x the float evaluation")
+    return {step: statistics.median(times) for step, times in steps.items()}
 
 
 if __name__ == "__main__":

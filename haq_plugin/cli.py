@@ -229,12 +229,13 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
     policy = Policy.load(policy_path)
     backend = load_backend(backend_name)
     source = load_model(model_spec, input_shape)
-    policy.check_layers(extract_layers(source.model, source.example_input))
+    layers = extract_layers(source.model, source.example_input)
+    policy.check_layers(layers)
     if data_spec is not None or model_spec == "demo":
         calibration = load_task_data(data_spec, model_spec).calibration_data
     else:
         calibration = [source.example_input]
-    backend.prepare(source.model, source.example_input, calibration)
+    backend.prepare(source.model, source.example_input, calibration, layers=layers)
     path = backend.export(policy, Path(output or backend.export_filename))
     click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")
 

@@ -379,7 +379,7 @@ class _SearchRun:
         seed_everything(self.seed)
         if checkpoint is None and self.float_accuracy is None:
             self.float_accuracy = self._evaluate_float()
-        prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data)
+        prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data, self.layers)
         if checkpoint is None:
             self.uniform = self._evaluate_uniform()
         else:
