@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,7 +124,9 @@ def save(path: Path, checkpoint: Checkpoint) -> Path:
 def read_payload(path: Path) -> Any:
     """The raw payload of a checkpoint file; a truncated, foreign or unsafe file is a one-line error."""
     try:
-        return torch.load(path, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unsafe content before refusing it: the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, weights_only=True)
     except Exception as exc:  # torch explains unpickling failures in paragraphs: keep the first line
         first = (str(exc).strip().splitlines() or [""])[0].strip().rstrip(".")
         raise HaqError(f"Cannot read checkpoint {path}: {type(exc).__name__}: {first}. It is not a checkpoint "
