@@ -155,6 +155,13 @@ def stored_settings(output_dir: str | Path) -> tuple[SearchSettings, dict[str, A
     return checkpoint.settings, checkpoint.run
 
 
+def checkpoint_settings(output_dir: str | Path) -> dict[str, Any]:
+    """The settings an interrupted search in ``output_dir`` was started with, with its hardware and backend."""
+    settings, run = stored_settings(output_dir)
+    return {**settings.to_dict(), "hardware": run["hardware"], "backend": run["backend"]}
+
+
+
 # -- global random state ------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     """Seed the global generators a backend might use (Python, NumPy, PyTorch)."""

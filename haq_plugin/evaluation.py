@@ -61,6 +61,10 @@ def checked_eval_fn(eval_fn: EvalFn) -> EvalFn:
     return evaluate
 
 
-def explain(error: EvaluationError, what: str) -> str:
-    """The full message for an evaluation failure while evaluating ``what``."""
-    return f"{error} while evaluating {what}. {ALLOWED}."
+def explain(error: EvaluationError, what: str, output_dir: Any = None, saved: int = 0) -> str:
+    """The full message for a failure while evaluating ``what``; with ``saved`` episodes, how to resume."""
+    message = f"{error} while evaluating {what}. {ALLOWED}."
+    if saved:
+        message += (f" The {saved} finished episode(s) are saved in {output_dir}/checkpoint.pt; fix eval_fn and "
+                    f"resume (resume=True, or haq-plugin search --resume {output_dir}).")
+    return message

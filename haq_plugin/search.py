@@ -2,28 +2,23 @@
 
 :func:`search` extracts the layers, builds the hardware cost table, runs episodes
 of the :class:`~haq_plugin.environment.QuantizationEnv` with a strategy that
-proposes bits, evaluates every policy through the quantization backend, and
-returns the most accurate policy within the budget.  Strategies: ``ddpg``
-(HAQ's agent, :mod:`haq_plugin.agent`), ``random`` (uniform random actions
-through the same budget enforcement: the baseline a learned search must beat)
-and ``uniform`` (only the highest uniform w=a width that fits).  The best uniform
-policy within the budget is evaluated in every search and reported beside the
-result, so the benefit of mixed precision is always visible.
+proposes bits (``ddpg``: HAQ's agent; ``random``: random actions through the same
+budget enforcement, the baseline a learned search must beat; ``uniform``: only
+the highest uniform width that fits), evaluates every policy through the
+backend, and returns the most accurate policy within the budget beside the best
+uniform one.
 
-Determinism: the search seeds Python's, NumPy's and PyTorch's global generators
-with ``seed`` (backends may draw from them) and the agent owns generators seeded
-from it, so the same inputs give the same policy bit for bit.  With an
-``output_dir`` the complete state is checkpointed after every episode
-(:mod:`haq_plugin.checkpoint`); ``resume=True`` continues from it and ends with
-the same policy as an uninterrupted run (the episode count may be raised).
-While a search runs, its output directory is locked (:mod:`haq_plugin.outputs`).
+Determinism: the global generators (Python, NumPy, PyTorch) are seeded with
+``seed`` and the agent owns generators seeded from it, so the same inputs give
+the same policy bit for bit.  With an ``output_dir`` the state is checkpointed
+after every episode (:mod:`haq_plugin.checkpoint`) and the directory is locked
+while the search runs (:mod:`haq_plugin.outputs`); ``resume=True`` ends with the
+same policy as an uninterrupted run (the episode count may be raised).
 
-Interruption: Ctrl-C raises :class:`SearchInterrupted`, a ``KeyboardInterrupt``
-carrying the partial result (``exc.result``, None before the first episode
-ends); every finished episode is in the checkpoint and ``episodes.csv``, the
-final files only come from a finished search.  An ``eval_fn`` failing in a later
-episode stops the search the same way, as an
-:class:`~haq_plugin.evaluation.EvaluationError` naming the checkpoint.
+Ctrl-C raises :class:`SearchInterrupted` (a ``KeyboardInterrupt`` carrying the
+partial result); an ``eval_fn`` failing in a later episode raises
+:class:`~haq_plugin.evaluation.EvaluationError`.  Either way the finished
+episodes are in the checkpoint and ``episodes.csv``.
 
 The module is callable: ``haq_plugin.search(...)`` runs :func:`search`, and
 ``haq_plugin.search.SearchResult`` and the other names below are its types.
@@ -43,10 +38,9 @@ import torch
 from torch import nn
 
 from haq_plugin import checkpoint
-
 from haq_plugin.agent import DDPGAgent, DDPGConfig
 from haq_plugin.backend import QuantBackend
-from haq_plugin.checkpoint import CHECKPOINT, FORMAT as CHECKPOINT_FORMAT, Checkpoint, stored_settings
+from haq_plugin.checkpoint import CHECKPOINT, FORMAT as CHECKPOINT_FORMAT, Checkpoint, checkpoint_settings
 from haq_plugin.checkpoint import capture_rng_state, restore_rng_state, seed_everything
 from haq_plugin.costs import UNITS, build_cost_table
 from haq_plugin.environment import STATE_DIM, QuantizationEnv, reward
@@ -63,11 +57,9 @@ from haq_plugin.results import jsonable, provenance
 from haq_plugin.settings import DEFAULT_BUDGET, DEFAULT_EPISODES, STRATEGIES, SearchSettings
 from haq_plugin.space import build_space, check_constraint
 
-__all__ = [
-    "CHECKPOINT", "CHECKPOINT_FORMAT", "DEFAULT_EPISODES", "STRATEGIES", "EpisodeRecord", "EvaluationError", "PluginChoice",
-    "SearchInterrupted", "SearchResult", "SearchSettings", "UniformBaseline", "capture_rng_state",
-    "checkpoint_settings", "restore_rng_state", "run_search", "search", "seed_everything",
-]
+__all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "DEFAULT_EPISODES", "STRATEGIES", "EpisodeRecord", "EvaluationError",
+           "PluginChoice", "SearchInterrupted", "SearchResult", "SearchSettings", "UniformBaseline",
+           "capture_rng_state", "checkpoint_settings", "restore_rng_state", "run_search", "search", "seed_everything"]
 
 
 def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | str,
@@ -126,12 +118,6 @@ def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *
                     eval_fn=eval_fn, calibration_data=calibration_data, train_data=train_data,
                     progress=progress, use_cache=use_cache)
     return run.execute(output_dir=output_dir, resume=resume, force=force)
-
-
-def checkpoint_settings(output_dir: str | Path) -> dict[str, Any]:
-    """The settings an interrupted search in ``output_dir`` was started with, with its hardware and backend."""
-    settings, run = stored_settings(output_dir)
-    return {**settings.to_dict(), "hardware": run["hardware"], "backend": run["backend"]}
 
 
 def _resolve(value: Any, base: type, load: Callable[[str], Any], what: str) -> Any:
@@ -204,23 +190,17 @@ class SearchRun:
             self._restore(restored)
         self.timings["setup"] = time.perf_counter() - start
         get_plugin_manager().notify("haq_search_started", info=self._start_info(resumed=restored is not None))
-        if s.strategy == "uniform":
-            self._run_uniform_strategy()
-        else:
-            self._run_episodes()
+        self._run_uniform_strategy() if s.strategy == "uniform" else self._run_episodes()
         return self._finish()
 
     def _start_info(self, resumed: bool) -> dict[str, Any]:
-        budget = self.env.budget
-        return {
-            "layers": list(self.names), "hardware": self.identity["hardware"],
-            "backend": self.identity["backend"], "constraint": self.settings.constraint,
-            "budget": {"fraction": budget.fraction, "absolute": budget.absolute,
-                       "unit": UNITS[self.settings.constraint]},
-            "settings": {**self.settings.to_dict(), **self.identity}, "episodes": self.settings.episodes,
-            "start_episode": len(self.history), "resumed": resumed, "float_accuracy": self.float_accuracy,
-            "output_dir": str(self.output_dir) if self.output_dir else None,
-        }
+        budget, constraint = self.env.budget, self.settings.constraint
+        return {"layers": list(self.names), "hardware": self.identity["hardware"], "backend": self.identity["backend"],
+                "constraint": constraint, "budget": {"fraction": budget.fraction, "absolute": budget.absolute,
+                                                     "unit": UNITS[constraint]},
+                "settings": {**self.settings.to_dict(), **self.identity}, "episodes": self.settings.episodes,
+                "start_episode": len(self.history), "resumed": resumed, "float_accuracy": self.float_accuracy,
+                "output_dir": str(self.output_dir) if self.output_dir else None}
 
     # -- evaluation ---------------------------------------------------------------------
     def _evaluate_float(self) -> float:
@@ -250,14 +230,11 @@ class SearchRun:
 
     def _evaluation_failed(self, exc: EvaluationError, what: str) -> EvaluationError:
         """Stop with what is saved: the finished episodes are in the checkpoint, ready to resume."""
-        message = explain(exc, what)
         if self.output_dir is None or not self.history:
-            return EvaluationError(message)
+            return EvaluationError(explain(exc, what))
         write_episodes_csv(self.output_dir, self.history)
-        checkpoint = self.output_dir / CHECKPOINT
-        return EvaluationError(f"{message} The {len(self.history)} finished episode(s) are saved in {checkpoint}; "
-                               f"fix eval_fn and resume (resume=True, or haq-plugin search --resume "
-                               f"{self.output_dir}).", checkpoint=checkpoint)
+        return EvaluationError(explain(exc, what, self.output_dir, len(self.history)),
+                               checkpoint=self.output_dir / CHECKPOINT)
 
     def _evaluate_uniform(self) -> UniformBaseline | None:
         found = self.env.best_uniform()
@@ -343,10 +320,9 @@ class SearchRun:
         return record
 
     def _update_bar(self, bar: Any, record: EpisodeRecord) -> None:
-        if not bar.disable:
-            best = self.history[self.best].accuracy  # type: ignore[index]
-            bar.set_postfix_str(f"acc {record.accuracy:.2f} best {best:.2f} {self.settings.constraint} "
-                                f"{record.cost_fraction:.3f}/{self.env.budget.fraction:.3f}", refresh=False)
+        bar.set_postfix_str(f"acc {record.accuracy:.2f} best {self.history[self.best].accuracy:.2f} "  # type: ignore
+                            f"{self.settings.constraint} {record.cost_fraction:.3f}/{self.env.budget.fraction:.3f}",
+                            refresh=False)
         bar.update(1)
 
     # -- checkpoint -----------------------------------------------------------------------
@@ -414,7 +390,6 @@ class SearchRun:
 
 class _CallableModule(types.ModuleType):
     """This module, callable as :func:`search`: ``haq_plugin.search`` is both the function and its types."""
-
     def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
         return search(*args, **kwargs)
 
