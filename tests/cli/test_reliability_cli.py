@@ -1,4 +1,7 @@
-"""User mistakes and faults around ``haq-plugin search`` and ``cost``: exit 2, one message, nothing lost."""
+"""User mistakes and faults around ``haq-plugin search`` and ``cost``: exit 2, one message, nothing lost.
+
+Tests that run a search in a subprocess are marked ``slow``; the rest stop before the first episode.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ def test_a_foreign_checkpoint_names_what_is_wrong(tmp_path, payload, message):
     assert_refused(search("--resume", str(tmp_path)), message)
 
 
+@pytest.mark.slow
 def test_history_entries_with_missing_fields_are_named(finished, tmp_path):
     payload = torch.load(finished / "checkpoint.pt", weights_only=True)
     del payload["history"][1]["accuracy"]
@@ -67,8 +71,8 @@ def test_a_garbage_checkpoint_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("flag", [("--output", "elsewhere"), ("--force",)])
-def test_resume_refuses_output_and_force(finished, flag):
-    assert_refused(search("--resume", str(finished), *flag), "only --episodes, --quiet and --no-cache", flag[0])
+def test_resume_refuses_output_and_force(tmp_path, flag):
+    assert_refused(search("--resume", str(tmp_path), *flag), "only --episodes, --quiet and --no-cache", flag[0])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -96,6 +100,7 @@ def test_a_meaningless_eval_fn_stops_before_the_first_episode(tmp_path, data, me
     assert not (out / "policy.json").exists()
 
 
+@pytest.mark.slow
 def test_eval_fn_failing_later_keeps_the_episodes_and_says_how_to_resume(tmp_path):
     out = tmp_path / "x"
     common = ("--model", "user_task:model", "--budget", "0.6", "--no-keep-last-layer-8bit", "--hw", "bismo-edge",
@@ -107,6 +112,7 @@ def test_eval_fn_failing_later_keeps_the_episodes_and_says_how_to_resume(tmp_pat
     assert (out / "checkpoint.pt").is_file() and not (out / "search.lock").exists()
 
 
+@pytest.mark.slow
 def test_the_closing_lines_list_what_was_written(tmp_path):
     out = tmp_path / "x"
     proc = run_cli("search", *MINE[:-1], "--hw", "bismo-edge", "--backend", "torch.ao", "--strategy", "uniform",
@@ -125,6 +131,7 @@ def test_a_second_search_on_a_locked_directory_names_the_running_one(tmp_path):
     assert_refused(search(*MINE, "--output", str(out)), f"process {os.getppid()}", "Another search is running")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hw", ["bitfusion", "bitfusion-cloud", "bismo-edge", "bismo-cloud"])
 def test_resume_on_every_builtin_hardware_model(tmp_path, hw):
     """Stored configs hold None defaults (bitfusion's energy options): resume must accept them as stored."""
