@@ -71,6 +71,12 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         self._check()
+        for name in ("episodes", "min_bits", "max_bits", "finetune_steps", "seed"):  # NumPy integers -> int
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if not isinstance(self.budget, (int, float)):  # e.g. a NumPy float, which JSON cannot store
+            object.__setattr__(self, "budget", float(self.budget))
+        if self.float_accuracy is not None:
+            object.__setattr__(self, "float_accuracy", float(self.float_accuracy))
         object.__setattr__(self, "pins", {str(k): (int(v[0]), int(v[1])) for k, v in dict(self.pins).items()})
         object.__setattr__(self, "task", dict(self.task))
 

@@ -19,7 +19,6 @@ from haq_plugin.checkpoint import stored_settings
 from haq_plugin.cli.options import (backend_options, data_option, ddpg_options, hw_options, model_options,
                                     no_cache_option, plugin_options, setting_options, settings_from_params)
 from haq_plugin.errors import HaqError, InfeasibleBudget
-from haq_plugin.evaluation import EvaluationError
 from haq_plugin.models import load_model, load_task_data
 from haq_plugin.plugins import load_backend, load_hardware
 from haq_plugin.results import SearchResult
@@ -90,8 +89,6 @@ def search_cmd(**params: Any) -> None:
         hint = f" Progress is saved; continue with: haq-plugin search --resume {plan.output}" if saved else ""
         click.echo(f"\nInterrupted.{hint}", err=True)
         raise SystemExit(130) from None
-    except EvaluationError as exc:
-        raise HaqError(str(exc)) from None
     if not quiet:
         print_outcome(result, plan.output, plan.backend, task["model"], data.test_eval_fn, source.model)
 
