@@ -140,8 +140,10 @@ def test_resume_on_every_builtin_hardware_model(tmp_path, hw):
     out = tmp_path / "run"
     first = search(*mine, "--hw", hw, *strategy, "--episodes", "2", "--output", str(out))
     assert first.returncode == 0, first.stderr
+    (out / ".checkpoint.k1ll3d.pt").write_bytes(b"")  # what a SIGKILL during a checkpoint write leaves
     resumed = search("--resume", str(out), "--episodes", "3", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+    assert not (out / ".checkpoint.k1ll3d.pt").exists() and not (out / "search.lock").exists()
     straight = search(*mine, "--hw", hw, *strategy, "--episodes", "3", "--output", str(tmp_path / "straight"))
     assert Policy.load(out / "policy.json").bits == Policy.load(tmp_path / "straight" / "policy.json").bits
     assert Policy.load(out / "policy.json").provenance["search"]["episodes_run"] == 3
