@@ -20,7 +20,11 @@ from haq_plugin.layers import LayerSpec, extract_layers
 from haq_plugin.options import Option
 from haq_plugin.plugins import get_plugin_manager, load_backend, load_hardware
 from haq_plugin.policy import Policy
-from haq_plugin.search import SearchInterrupted, SearchResult, search
+from haq_plugin.results import SearchInterrupted, SearchResult
+from haq_plugin.settings import SearchSettings
+# The module itself, callable as the search function (see its docstring): so that both
+# ``haq_plugin.search(model, ...)`` and ``haq_plugin.search.SearchResult`` work.
+from haq_plugin import search
 from haq_plugin.agent import DDPGConfig
 from haq_plugin.sensitivity import SensitivityResult, sensitivity
 from haq_plugin.sweep import SweepResult, sweep
@@ -32,7 +36,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "DDPGConfig", "HaqError", "HardwareModel", "LayerCost", "LayerSpec", "Option", "PluginError", "Policy",
-    "QuantBackend", "SearchInterrupted", "SearchResult", "SensitivityResult", "SweepResult", "search",
-    "sensitivity", "sweep",
+    "QuantBackend", "SearchInterrupted", "SearchResult", "SearchSettings", "SensitivityResult", "SweepResult",
+    "search", "sensitivity", "sweep",
     "__version__", "extract_layers", "get_plugin_manager", "hookimpl", "load_backend", "load_hardware",
 ]

@@ -40,17 +40,31 @@ class DDPGConfig:
     """Hyperparameters of the agent; defaults are those of HAQ's reference code."""
 
     hidden: int = 300
+    """Width of the two hidden layers of the actor and the critic."""
     lr_actor: float = 1e-4
+    """Adam learning rate of the actor (the network that proposes bit widths)."""
     lr_critic: float = 1e-3
+    """Adam learning rate of the critic (the network that scores proposals)."""
     batch_size: int = 64
+    """Transitions sampled from the replay buffer for each gradient update."""
     tau: float = 0.01
+    """Soft target update rate: each update moves the target networks this fraction towards the trained ones."""
     buffer_episodes: int = 128
+    """Replay buffer capacity in episodes (of 2 steps per layer each). HAQ's reference keeps rmsize=128
+    transitions per layer with one step per layer, i.e. 128 of its episodes; sizing by steps keeps the
+    same 128 episodes with the weight and activation steps this search takes per layer."""
     warmup_episodes: int = 20
+    """Episodes of uniform random actions that fill the buffer before learning and noise start."""
     initial_sigma: float = 0.5
+    """Exploration noise (standard deviation of the truncated normal around the actor's action) after warmup."""
     sigma_decay: float = 0.99
+    """Factor by which the exploration noise shrinks after every learning episode."""
     baseline_alpha: float = 0.5
+    """Rate of the moving average of rewards subtracted from each reward (variance reduction)."""
     gamma: float = 1.0
+    """Discount of future rewards; 1 because the only reward comes at the end of an episode."""
     final_layer_init: float = 3e-3
+    """Bound of the uniform initialisation of the output layers, so that first actions sit near 0.5."""
 
     def __post_init__(self) -> None:
         positive = ("hidden", "lr_actor", "lr_critic", "batch_size", "buffer_episodes")

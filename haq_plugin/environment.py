@@ -44,7 +44,11 @@ STATE_FEATURES = (
     "weight_params", "is_depthwise", "is_weight_step", "previous_bits",
 )
 STATE_DIM = len(STATE_FEATURES)
+LAYER_FEATURES = STATE_FEATURES.index("is_weight_step")  # features 0..7 describe the layer
+IS_WEIGHT_STEP = STATE_FEATURES.index("is_weight_step")
+PREVIOUS_BITS = STATE_FEATURES.index("previous_bits")
 KEPT_BITS = 8
+REWARD_SCALE = 0.1
 # Costs are sums of floats: a policy "fits" when within this relative rounding margin.
 BUDGET_RTOL = 1e-9
 
@@ -64,6 +68,14 @@ def action_to_bits(action: float, allowed: Sequence[int]) -> int:
     k = len(allowed)
     index = int(math.floor(float(action) * k))
     return int(allowed[min(max(index, 0), k - 1)])
+
+
+def reward(accuracy: float, float_accuracy: float) -> float:
+    """HAQ's reward of an evaluated policy: 0.1 x (its accuracy - the float model's accuracy).
+
+    The budget is enforced before evaluation, so the reward needs no cost term.
+    """
+    return REWARD_SCALE * (accuracy - float_accuracy)
 
 
 def layer_features(layers: Sequence[LayerSpec]) -> np.ndarray:
@@ -169,8 +181,8 @@ class QuantizationEnv:
     def _static_states(self) -> np.ndarray:
         per_layer = min_max_normalise(layer_features(self.layers))
         states = np.zeros((self.n_steps, STATE_DIM), dtype=np.float64)
-        states[:, :8] = np.repeat(per_layer, 2, axis=0)
-        states[0::2, 8] = 1.0
+        states[:, :LAYER_FEATURES] = np.repeat(per_layer, 2, axis=0)
+        states[0::2, IS_WEIGHT_STEP] = 1.0
         return states
 
     def _cheapest_pairs(self) -> list[BitPair]:
@@ -222,7 +234,7 @@ class QuantizationEnv:
         if self._step == self.n_steps:
             return None
         state = self._states[self._step].copy()
-        state[9] = bits / self.bits_scale
+        state[PREVIOUS_BITS] = bits / self.bits_scale
         return state
 
     def chosen_bits(self) -> list[BitPair]:

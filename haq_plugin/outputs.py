@@ -1,52 +1,34 @@
-"""Files a search leaves in its output directory, each written atomically.
+"""The output directory of a search: checked before the search, locked while it runs.
 
-==================  ===============================================================
-``policy.json``     the best policy with its provenance (:meth:`Policy.save`)
-backend export      what the backend needs to apply it (``backend.export_filename``)
-``episodes.csv``    one row per episode: bits, cost, accuracy, reward, noise
-``summary.md``      per-layer table and totals against budget, float and uniform
-``policy.png``      per-layer bits with each layer's latency share (needs matplotlib)
-``checkpoint.pt``   everything needed to resume, rewritten after every episode
-==================  ===============================================================
-
-Atomic means: written to a temporary file in the same directory, then renamed
-over the target, so an interrupted search never leaves a half-written file (in
-particular never a broken checkpoint).
+The files in it are written by :mod:`haq_plugin.report` (policy, export, CSV,
+markdown, figure) and :mod:`haq_plugin.checkpoint` (``checkpoint.pt``).  While a
+search runs, ``search.lock`` holds its process id, so that a second search on
+the same directory is refused instead of silently overwriting the first one's
+files; a lock left by a process that no longer runs (SIGKILL, power loss) is
+taken over.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import sys
+import os
+import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import torch
-
+from haq_plugin.checkpoint import CHECKPOINT
 from haq_plugin.errors import HaqError
-from haq_plugin.files import write_text_atomic, write_via_temp
+from haq_plugin.report import EPISODES, FIGURE, POLICY, SUMMARY
 
-if TYPE_CHECKING:
-    from haq_plugin.backend import QuantBackend
-    from haq_plugin.search import EpisodeRecord, SearchResult
+__all__ = ["CHECKPOINT", "EPISODES", "FIGURE", "LOCK", "POLICY", "SUMMARY", "OutputLock", "open_output_dir", "prepare_output_dir"]
 
-CHECKPOINT = "checkpoint.pt"
-POLICY = "policy.json"
-EPISODES = "episodes.csv"
-SUMMARY = "summary.md"
-FIGURE = "policy.png"
-CSV_COLUMNS = ("episode", "strategy", "bits", "cost", "cost_fraction", "accuracy", "reward", "sigma",
-               "is_best", "seconds", "eval_seconds")
+LOCK = "search.lock"
 
 
-# -- directory and atomic writes --------------------------------------------------------
 def prepare_output_dir(path: str | Path, resume: bool, force: bool) -> Path:
     """Check the output directory for a new or resumed search and create it.
 
     A new search refuses a non-empty directory (it would mix two searches'
-    files) unless ``force``; a resumed one needs the checkpoint there.
+    files) unless ``force``; a resumed one needs the checkpoint there.  The
+    directory's own lock file does not count as content.
     """
     path = Path(path)
     if resume:
@@ -56,179 +38,91 @@ def prepare_output_dir(path: str | Path, resume: bool, force: bool) -> Path:
         return path
     if path.exists() and not path.is_dir():
         raise HaqError(f"Output path {path} exists and is not a directory.")
-    if path.exists() and any(path.iterdir()):
+    content = sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.exists() else []
+    if content:
         if not force:
-            listed = ", ".join(sorted(p.name for p in path.iterdir())[:5])
-            raise HaqError(f"Output directory {path} is not empty ({listed}). Use a new directory, "
-                           "overwrite with force=True (--force), or continue its search with resume=True "
-                           "(--resume).")
+            raise HaqError(f"Output directory {path} is not empty ({', '.join(content[:5])}). Use a new "
+                           "directory, overwrite with force=True (--force), or continue its search with "
+                           "resume=True (--resume).")
         (path / CHECKPOINT).unlink(missing_ok=True)  # a stale checkpoint must never be resumed by mistake
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HaqError(f"Cannot create output directory {path}: {exc.strerror or exc}.") from None
     return path
 
 
-# -- checkpoint -------------------------------------------------------------------------
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write the checkpoint (tensors and plain Python values only, so it loads with weights_only)."""
-    return write_via_temp(path, lambda tmp: torch.save(payload, tmp))
+def open_output_dir(path: Path, resume: bool, force: bool) -> tuple[Path, OutputLock]:
+    """Check and create the output directory and lock it (the lock first where it exists already)."""
+    if path.is_dir():
+        lock = OutputLock(path).acquire()
+        try:
+            return prepare_output_dir(path, resume, force), lock
+        except BaseException:
+            lock.release()
+            raise
+    path = prepare_output_dir(path, resume, force)
+    return path, OutputLock(path).acquire()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+class OutputLock:
+    """An exclusive lock file in an output directory, held for the whole search (a context manager)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LOCK
+        self.held = False
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(2):  # a second try after removing a dead process's lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self.path)
+                if owner is None or _is_running(owner):
+                    break
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except OSError as exc:
+                raise HaqError(f"Cannot write the lock file {self.path}: {exc.strerror or exc}. The output "
+                               "directory must be writable.") from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+            self.held = True
+            return self
+        owner = _lock_owner(self.path)
+        who = f"process {owner}" if owner is not None else "another process"
+        raise HaqError(f"Another search is running in {self.path.parent} ({who}, lock file {self.path}). "
+                       "Wait for it to finish, stop it, or use another output directory.")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _lock_owner(path: Path) -> int | None:
+    """The process id in a lock file, or None while it is being written (or unreadable)."""
     try:
-        return torch.load(path, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
-        raise HaqError(f"Cannot read checkpoint {path}: {type(exc).__name__}: {exc}. Start a new search "
-                       "in a fresh directory.") from exc
-
-
-# -- episodes.csv -----------------------------------------------------------------------
-def format_bits(bits: Sequence[Sequence[int]]) -> str:
-    """Per-layer bits as ``w/a`` pairs joined by spaces, e.g. ``8/8 4/6 3/5``."""
-    return " ".join(f"{w}/{a}" for w, a in bits)
-
-
-def episodes_csv(history: Sequence["EpisodeRecord"]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in history:
-        sigma = "" if r.sigma is None or r.sigma != r.sigma else f"{r.sigma:.6g}"
-        writer.writerow([r.episode, r.strategy, format_bits(r.bits), f"{r.cost:.6g}", f"{r.cost_fraction:.6f}",
-                         f"{r.accuracy:.4f}", f"{r.reward:.6f}", sigma, int(r.is_best),
-                         f"{r.seconds:.4f}", f"{r.eval_seconds:.4f}"])
-    return out.getvalue()
-
-
-def write_episodes_csv(directory: Path, history: Sequence["EpisodeRecord"]) -> Path:
-    return write_text_atomic(directory / EPISODES, episodes_csv(history))
-
-
-# -- summary.md -------------------------------------------------------------------------
-def layer_shares(result: "SearchResult", metric: str) -> np.ndarray | None:
-    """Each layer's share of the policy's total ``metric`` (latency or energy), or None if unavailable."""
-    table = result.cost_table
-    values = table.latency if metric == "latency" else table.energy
-    if values is None:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
         return None
-    bits = result.policy.as_list()
-    per_layer = np.array([values[i, table.index(w), table.index(a)] for i, (w, a) in enumerate(bits)])
-    total = per_layer.sum()
-    return per_layer / total if total > 0 else np.zeros_like(per_layer)
 
 
-def summary_markdown(result: "SearchResult") -> str:
-    """The human-readable report: settings, per-layer table, totals and comparisons."""
-    prov = result.policy.provenance
-    budget = result.budget
-    latency, energy = layer_shares(result, "latency"), layer_shares(result, "energy")
-    lines = [
-        "# HAQ mixed-precision search", "",
-        result.summary, "",
-        "## Per-layer policy", "",
-        "| # | layer | shape | W bits | A bits | latency share | energy share |",
-        "|---:|---|---|---:|---:|---:|---:|",
-    ]
-    for i, (layer, (w, a)) in enumerate(zip(result.layers, result.policy.as_list())):
-        lat = f"{latency[i] * 100:.1f}%" if latency is not None else "n/a"
-        ene = f"{energy[i] * 100:.1f}%" if energy is not None else "n/a"
-        lines.append(f"| {i} | `{layer.name}` | {layer.describe()} | {w} | {a} | {lat} | {ene} |")
-    achieved = prov["achieved"]
-    uniform = result.uniform
-    unit = prov["budget"]["unit"]
-    lines += [
-        "", "## Totals", "",
-        f"| | {budget.constraint} ({unit}) | x 8-bit | accuracy (%) |",
-        "|---|---:|---:|---:|",
-        f"| budget | {budget.absolute:.6g} | {budget.fraction:.4f} | |",
-        f"| searched policy | {achieved['cost']:.6g} | {achieved['cost_fraction']:.4f} | {achieved['accuracy']:.2f} |",
-        f"| uniform {uniform.bits}-bit (best uniform within budget) | {uniform.cost:.6g} | "
-        f"{uniform.cost_fraction:.4f} | {uniform.accuracy:.2f} |" if uniform else
-        "| uniform (none fits the budget) | | | |",
-        f"| 8-bit (w8/a8) | {budget.reference:.6g} | 1.0000 | |",
-        f"| float | | | {result.float_accuracy:.2f} |",
-        "",
-        f"Accuracy against float: {achieved['accuracy'] - result.float_accuracy:+.2f} points; against the "
-        + (f"best uniform policy within the same budget: {achieved['accuracy'] - uniform.accuracy:+.2f} points."
-           if uniform else "no uniform policy fits the same budget."),
-        "",
-        "## Settings", "",
-        f"- hardware: `{prov['hardware']['name']}` ({_config_text(prov['hardware']['config'])})",
-        f"- backend: `{prov['backend']['name']}` ({_config_text(prov['backend']['config'])})",
-    ]
-    lines += [f"- {key}: {value}" for key, value in prov["search"].items() if key != "ddpg"]
-    if "ddpg" in prov["search"] and prov["search"]["strategy"] == "ddpg":
-        lines.append(f"- ddpg: {_config_text(prov['search']['ddpg'])}")
-    return "\n".join(lines) + "\n"
-
-
-def _config_text(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(config.items())) or "defaults"
-
-
-# -- policy.png -------------------------------------------------------------------------
-def write_policy_figure(path: Path, result: "SearchResult") -> Path | None:
-    """Bars of weight bits (up) and activation bits (down) per layer, with latency share.
-
-    The layout follows HAQ's policy figures.  Uses matplotlib's object API with
-    the Agg canvas so that it never touches pyplot's global state or a display.
-    Returns None (after a one-line notice) when matplotlib is not installed.
-    """
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        print("haq-plugin: matplotlib is not installed; skipping policy.png "
-              "(pip install 'haq-plugin[plot]').", file=sys.stderr)
-        return None
-    bits = np.array(result.policy.as_list())
-    x = np.arange(len(bits))
-    depthwise = np.array([layer.is_depthwise for layer in result.layers])
-    fig = Figure(figsize=(max(6.0, 0.28 * len(bits) + 2.0), 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colors_w = np.where(depthwise, "#1f77b4", "#aec7e8")
-    colors_a = np.where(depthwise, "#ff7f0e", "#ffbb78")
-    ax.bar(x, bits[:, 0], color=colors_w, label="weight bits (dark: depthwise)")
-    ax.bar(x, -bits[:, 1], color=colors_a, label="activation bits (dark: depthwise)")
-    top = int(bits.max())
-    ax.set_ylim(-top - 1, top + 3)  # headroom for the legends
-    ax.set_yticks(range(-top, top + 1, 2 if top > 4 else 1))
-    ax.set_yticklabels([str(abs(t)) for t in range(-top, top + 1, 2 if top > 4 else 1)])
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("bits (weights up, activations down)")
-    ax.set_xticks(x)
-    ax.tick_params(axis="x", labelsize=7)
-    shares = layer_shares(result, "latency")
-    if shares is not None:
-        ax2 = ax.twinx()
-        ax2.plot(x, shares * 100, color="#2ca02c", marker="o", markersize=3, linewidth=1,
-                 label="latency share (%)")
-        ax2.set_ylabel("latency share (%)")
-        ax2.set_ylim(0, max(1.0, float(shares.max() * 100) * 1.4))
-        ax2.legend(loc="upper right", fontsize=7)
-    prov = result.policy.provenance
-    ax.set_title(f"{prov['hardware']['name']}, {result.budget.constraint} budget {result.budget.fraction:g} "
-                 f"x 8-bit: accuracy {prov['achieved']['accuracy']:.2f}%", fontsize=9)
-    ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    return write_via_temp(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-# -- everything at once -----------------------------------------------------------------
-def write_search_outputs(result: "SearchResult", backend: "QuantBackend") -> dict[str, Path]:
-    """Write the final files of a finished search into ``result.output_dir``; return them by kind."""
-    directory = result.output_dir
-    if directory is None:
-        raise ValueError("the search has no output directory")
-    files = {"policy": result.policy.save(directory / POLICY)}
-    files["export"] = write_via_temp(directory / backend.export_filename,
-                                     lambda tmp: backend.export(result.policy, tmp))
-    files["episodes"] = write_episodes_csv(directory, result.history)
-    files["summary"] = write_text_atomic(directory / SUMMARY, summary_markdown(result))
-    figure = write_policy_figure(directory / FIGURE, result)
-    if figure is not None:
-        files["figure"] = figure
-    if (directory / CHECKPOINT).exists():
-        files["checkpoint"] = directory / CHECKPOINT
-    return files
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OSError:
+        return False
+    return True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
@@ -21,13 +21,22 @@ from haq_plugin.errors import HaqError
 from haq_plugin.layers import run_forward
 
 
-def as_batches(data: Any, item: str) -> list[Any]:
-    """``data`` as a non-empty list of batches; ``item`` names it (``"calibration_data"``) in the message."""
+def as_batches(data: Any, item: str) -> Sequence[Any]:
+    """``data`` as a non-empty sequence of batches; ``item`` names it (``"calibration_data"``) in the message.
+
+    A list or tuple comes back as the same object (a sweep recognises its data by
+    identity); any other iterable, e.g. a generator, is read once into a list so
+    that it can be used again in every episode.
+    """
     if data is None:
         raise HaqError(f"{item} is missing (None); give a list of input batches (tensors or (inputs, targets)).")
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise HaqError(f"{item} must be an iterable of batches (e.g. a list of tensors or a DataLoader), "
                        f"got {type(data).__name__} {short_repr(data)}.")
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise HaqError(f"{item} is empty; give at least one batch.")
+        return data
     try:
         batches = list(data)
     except Exception as exc:
@@ -77,11 +86,10 @@ def check_task_data(model: nn.Module, calibration_data: Any, eval_fn: Any,
     """
     if not callable(eval_fn):
         raise HaqError(f"eval_fn must be a function model -> accuracy in percent, got {type(eval_fn).__name__}.")
-    batches = as_batches(calibration_data, "calibration_data")
+    check_calibration(model, calibration_data)
     was_training = model.training
     model.eval()
     try:
-        run_forward(model, batch_inputs(batches[0]), "the first calibration_data batch")
         if float_accuracy is None:
             accuracy = evaluate(eval_fn, model, "eval_fn on the float model")
         else:
@@ -93,6 +101,18 @@ def check_task_data(model: nn.Module, calibration_data: Any, eval_fn: Any,
                        "policy could be ranked by it. Check the validation data (is it empty? do its labels "
                        "match the model's outputs?) and that the model's weights are trained.")
     return accuracy
+
+
+def check_calibration(model: nn.Module, calibration_data: Any) -> Sequence[Any]:
+    """``calibration_data`` as batches, after checking that its first batch runs through ``model``."""
+    batches = as_batches(calibration_data, "calibration_data")
+    was_training = model.training
+    model.eval()
+    try:
+        run_forward(model, batch_inputs(batches[0]), "the first calibration_data batch")
+    finally:
+        model.train(was_training)
+    return batches
 
 
 def short_repr(value: Any, limit: int = 60) -> str:

@@ -1,22 +1,18 @@
 """The CLI as a user runs it: exit codes, messages, output formats."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
 
 from haq_plugin import __version__
 from haq_plugin.cli import cli
-
+from tests.helpers import run_cli
 
 
 def _invoke(args):
     """Run the CLI in a subprocess, as a user would (stderr kept separate)."""
-    proc = subprocess.run([sys.executable, "-m", "haq_plugin.cli", *args], capture_output=True, text=True,
-                          timeout=300)
-    return proc
+    return run_cli(*args, timeout=300)
 
 
 def test_version_and_help():

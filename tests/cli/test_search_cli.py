@@ -2,22 +2,14 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from haq_plugin.policy import Policy
+from tests.helpers import run_cli as haq, start_cli
 
 HERE = Path(__file__).parent
-
-
-def haq(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "haq_plugin.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=900)
 
 
 @pytest.mark.slow
@@ -87,9 +79,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_policy(tmp_path):
             "--hw", "bismo-edge", "--budget", "0.6", "--no-keep-last-layer-8bit", "--episodes", "400",
             "--warmup-episodes", "5", "--quiet"]
     out = tmp_path / "interrupted"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "haq_plugin.cli", *args, "--output", str(out)], cwd=HERE,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*args, "--output", str(out), cwd=HERE)
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.2)

@@ -99,6 +99,7 @@ def test_states_are_normalised_and_track_the_previous_step(model):
         state = env.reset()
         steps = 0
         while state is not None:
+            assert steps < env.n_steps, "an episode has exactly n_steps steps"
             assert state.shape == (STATE_DIM,)
             assert np.all(state >= 0.0) and np.all(state <= 1.0)
             assert state[8] == (1.0 if steps % 2 == 0 else 0.0), "weight step flag alternates"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from haq_plugin.plugins import get_plugin_manager, reset_plugin_manager
 from haq_plugin.policy import Policy
 from haq_plugin.zoo import IMAGENET_INPUT_SHAPE, ZOO
 from tests.conftest import write_plugin_distribution
+from tests.helpers import run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "haq-hw-roofline"
 
@@ -64,14 +64,6 @@ def roofline_site(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (target / "haq_hw_roofline-0.1.0.dist-info" / "entry_points.txt").is_file()
     return target
-
-
-def run_cli(*args: str, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
-    """``haq-plugin ARGS`` in a fresh interpreter with ``path`` on PYTHONPATH (HAQ_PLUGIN_CACHE is the test's)."""
-    pythonpath = [str(p) for p in path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
-    return subprocess.run([sys.executable, "-m", "haq_plugin.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
 
 
 @pytest.fixture

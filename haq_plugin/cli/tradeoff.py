@@ -1,7 +1,7 @@
 """``haq-plugin sweep`` and ``haq-plugin sensitivity``: the command-line faces of the analyses.
 
 Both take the options of ``haq-plugin search`` (the very option objects of
-:data:`haq_plugin.cli_search.search_cmd`, so help texts and defaults never
+:data:`haq_plugin.cli.search_cmd.search_cmd`, so help texts and defaults never
 drift apart): ``sweep`` all of them but ``--budget`` (it has ``--budgets``),
 ``sensitivity`` those that describe the model, data, hardware and backend.
 """
@@ -15,7 +15,8 @@ from typing import Any, Iterable
 import click
 
 from haq_plugin.agent import DDPGConfig
-from haq_plugin.cli_search import parse_pins, search_cmd
+from haq_plugin.cli.options import parse_pins
+from haq_plugin.cli.search_cmd import search_cmd
 from haq_plugin.errors import HaqError
 from haq_plugin.options import parse_key_values
 

@@ -1,0 +1,5 @@
+"""``python -m haq_plugin``: the same as the ``haq-plugin`` command."""
+
+from haq_plugin.cli import main
+
+main()

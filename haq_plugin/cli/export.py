@@ -1,0 +1,42 @@
+"""``haq-plugin export``: a searched policy in a backend's own file format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from haq_plugin.cli.options import data_option, model_options
+from haq_plugin.layers import extract_layers
+from haq_plugin.models import load_model, load_task_data
+from haq_plugin.plugins import load_backend
+from haq_plugin.policy import Policy
+
+
+@click.command("export")
+@click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False),
+              help="policy.json written by 'haq-plugin search'.")
+@click.option("--backend", "backend_name", required=True, metavar="NAME", help="torch.ao or brevitas (or a plugin).")
+@click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
+              help="Output file (default: the backend's file name in the current directory).")
+@model_options
+@data_option
+def export_cmd(policy_path: str, backend_name: str, output: str | None, model_spec: str,
+               input_shape: str | None, data_spec: str | None) -> None:
+    """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file).
+
+    The backend is prepared on the model the policy was searched on (--model, default the demo), so the
+    export reflects the real graph (residual adds, shared inputs); the policy's layer fingerprint must match.
+    """
+    policy = Policy.load(policy_path)
+    backend = load_backend(backend_name)
+    source = load_model(model_spec, input_shape)
+    layers = extract_layers(source.model, source.example_input)
+    policy.check_layers(layers)
+    if data_spec is not None or model_spec == "demo":
+        calibration = load_task_data(data_spec, model_spec).calibration_data
+    else:
+        calibration = [source.example_input]
+    backend.prepare(source.model, source.example_input, calibration, layers=layers)
+    path = backend.export(policy, Path(output or backend.export_filename))
+    click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")

@@ -1,0 +1,130 @@
+"""Options shared by the ``haq-plugin`` commands, each declared once.
+
+Search settings are options named exactly like the fields of
+:class:`~haq_plugin.settings.SearchSettings` and take their help from the
+fields' docstrings, and the DDPG hyperparameters are generated from
+:class:`~haq_plugin.agent.DDPGConfig` the same way, so the command line, the
+Python API and the checkpoint can never disagree about a setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import click
+
+from haq_plugin.agent import DDPGConfig
+from haq_plugin.bits import parse_bits
+from haq_plugin.costs import CONSTRAINTS
+from haq_plugin.fielddocs import field_docs
+from haq_plugin.options import parse_key_values
+from haq_plugin.settings import DEFAULT_BUDGET, DEFAULT_EPISODES, STRATEGIES, SearchSettings
+
+FORMATS = click.Choice(["table", "csv", "json"])
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def stack(*decorators: Decorator) -> Decorator:
+    """Apply option decorators in the order written (the first is listed first in --help)."""
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+    return apply
+
+
+# -- model, data and plugins -----------------------------------------------------------
+model_options = stack(
+    click.option("--model", "model_spec", default="demo", show_default=True, metavar="SPEC",
+                 help="'demo', 'zoo:NAME' (mobilenet_v1, mobilenet_v2, resnet18, resnet50) or "
+                      "'package.module:callable' returning a module or (module, example_input)."),
+    click.option("--input-shape", default=None, metavar="N,C,H,W",
+                 help="Example input shape for a model callable that returns only a module."),
+)
+data_option = click.option("--data", "data_spec", default=None, metavar="package.module:callable",
+                           help="Your calibration/validation data (required with your own --model; "
+                                "default: the demo's).")
+hw_options = stack(
+    click.option("--hw", "hw_name", default="bitfusion", show_default=True, metavar="NAME",
+                 help="Hardware model (see 'haq-plugin hw list')."),
+    click.option("--hw-option", "hw_options", multiple=True, metavar="KEY=VALUE",
+                 help="Override a hardware model option (see 'haq-plugin hw list')."),
+)
+backend_options = stack(
+    click.option("--backend", "backend_name", default="brevitas", show_default=True, metavar="NAME",
+                 help="Quantization backend (see 'haq-plugin backends list')."),
+    click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+                 help="Override a backend option (see 'haq-plugin backends list')."),
+)
+format_option = click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+no_cache_option = click.option("--no-cache", is_flag=True,
+                               help="Re-simulate the cost table instead of using the cache.")
+
+
+def plugin_options(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    """``--hw-option``/``--backend-option`` KEY=VALUE strings as a dict."""
+    return parse_key_values(values, flag)
+
+
+# -- search settings -------------------------------------------------------------------
+def _setting(name: str, **kwargs: Any) -> Decorator:
+    """The option for SearchSettings field ``name``: ``--name-with-dashes``, help from the field's docstring."""
+    field = next(f for f in dataclasses.fields(SearchSettings) if f.name == name)
+    kwargs.setdefault("default", field.default)
+    kwargs.setdefault("show_default", True)
+    help_text = field_docs(SearchSettings).get(name, "")
+    kwargs["help"] = f"{help_text} {kwargs.get('help', '')}".strip()
+    flag = "--" + name.replace("_", "-")
+    if kwargs.pop("flag_pair", False):
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
+    return click.option(flag, name, **kwargs)
+
+
+def parse_pins(values: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """``--pin NAME=W/A`` values -> {name: (w, a)}."""
+    return {name: parse_bits(bits, f"--pin {name}") for name, bits in parse_key_values(values, "--pin").items()}
+
+
+setting_options = stack(
+    _setting("constraint", type=click.Choice(CONSTRAINTS)),
+    _setting("budget", type=float, default=None, show_default=False,
+             help=f"Default {DEFAULT_BUDGET}, or, where the hardware cannot reach that for this model, halfway "
+                  "between the cheapest reachable fraction and 1 (the search says so)."),
+    _setting("strategy", type=click.Choice(STRATEGIES)),
+    _setting("episodes", type=int, default=DEFAULT_EPISODES),
+    _setting("min_bits", type=int),
+    _setting("max_bits", type=int),
+    _setting("keep_first_layer_8bit", flag_pair=True),
+    _setting("keep_last_layer_8bit", flag_pair=True),
+    click.option("--pin", "pins", multiple=True, metavar="NAME=W/A",
+                 help=f"{field_docs(SearchSettings).get('pins', '')} Repeatable."),
+    _setting("finetune_steps", type=int),
+    _setting("seed", type=int),
+)
+# Settings the command sets by other means: --pin (parsed), the DDPG options, and the task description.
+SETTING_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SearchSettings)
+                             if f.name not in ("pins", "ddpg", "float_accuracy", "task"))
+
+
+def ddpg_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per DDPGConfig field (e.g. --lr-actor, --warmup-episodes), help from its docstring."""
+    docs = field_docs(DDPGConfig)
+    for field in reversed(dataclasses.fields(DDPGConfig)):
+        kind = field.type if isinstance(field.type, type) else {"int": int, "float": float}[field.type]
+        func = click.option("--" + field.name.replace("_", "-"), f"ddpg_{field.name}", type=kind,
+                            default=field.default, show_default=True,
+                            help=docs.get(field.name, f"DDPG hyperparameter '{field.name}'."))(func)
+    return func
+
+
+def ddpg_config(params: Mapping[str, Any]) -> DDPGConfig:
+    return DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in params.items() if k.startswith("ddpg_")})
+
+
+def settings_from_params(params: Mapping[str, Any], task: Mapping[str, Any]) -> SearchSettings:
+    """The :class:`SearchSettings` the ``search`` options describe (budget: the default when not given)."""
+    values = {name: params[name] for name in SETTING_OPTION_NAMES}
+    if values["budget"] is None:
+        values["budget"] = DEFAULT_BUDGET
+    return SearchSettings(**values, pins=parse_pins(params["pins"]), ddpg=ddpg_config(params), task=dict(task))

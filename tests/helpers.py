@@ -1,0 +1,30 @@
+"""Running the ``haq-plugin`` command line in a fresh interpreter, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+CLI = [sys.executable, "-m", "haq_plugin.cli"]
+
+
+def cli_env(path: Sequence[Path] = ()) -> dict[str, str]:
+    """The test's environment (HAQ_PLUGIN_CACHE included), one thread, ``path`` first on PYTHONPATH."""
+    pythonpath = [str(p) for p in path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(pythonpath)}
+
+
+def run_cli(*args: str, cwd: Path | None = None, path: Sequence[Path] = (),
+            timeout: float = 900) -> subprocess.CompletedProcess:
+    """``haq-plugin ARGS`` in a subprocess; stdout and stderr captured separately as text."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=cli_env(path),
+                          timeout=timeout)
+
+
+def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """``haq-plugin ARGS`` started in the background (to interrupt it)."""
+    return subprocess.Popen([*CLI, *args], cwd=cwd, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
