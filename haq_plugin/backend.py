@@ -32,6 +32,7 @@ policy to the next that ``set_policy`` and ``calibrate`` do not reset.
 from __future__ import annotations
 
 import abc
+import functools
 import itertools
 import random
 from dataclasses import dataclass
@@ -87,6 +88,28 @@ class QuantBackend(abc.ABC):
     #: (a sweep sets it while it runs one search per budget; see :func:`prepare_for_search`).
     reuse_prepared: bool = False
     prepared_on: "PreparedOn | None" = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each subclass's ``prepare`` so that a finished prepare always marks the backend prepared.
+
+        A backend written before the guard existed (one that never calls
+        :meth:`mark_prepared`) then works unchanged.
+        """
+        super().__init_subclass__(**kwargs)
+        prepare = cls.__dict__.get("prepare")
+        if prepare is None or getattr(prepare, "marks_prepared", False) or getattr(prepare, "__isabstractmethod__", False):
+            return
+
+        @functools.wraps(prepare)
+        def prepare_and_mark(self: "QuantBackend", *args: Any, **kw: Any) -> Any:
+            self._prepared = False
+            done = prepare(self, *args, **kw)
+            if not self._prepared:
+                self.mark_prepared()
+            return done
+
+        prepare_and_mark.marks_prepared = True  # type: ignore[attr-defined]
+        cls.prepare = prepare_and_mark  # type: ignore[method-assign]
 
     def __init__(self, **options: Any) -> None:
         self.config: dict[str, Any] = resolve_options(f"backend '{self.name}'", self.options, options)
@@ -156,13 +179,17 @@ class QuantBackend(abc.ABC):
         """The bit widths currently set, layer name -> (weight, input); set them in :meth:`set_policy`."""
         return dict(self._bits)
 
+    @bits.setter
+    def bits(self, bits: BitMap) -> None:
+        self._bits = dict(bits)
+
     def mark_prepared(self) -> None:
         """Called at the end of :meth:`prepare`: the per-episode methods may now run."""
         self._prepared, self._snapshot, self._weights_changed = True, None, False
 
     def require_prepared(self) -> None:
         """Raise :class:`HaqError` if :meth:`prepare` has not run (the guard of the per-episode methods)."""
-        if not self._prepared:
+        if not getattr(self, "_prepared", False):
             raise HaqError(f"backend '{self.name}': call prepare(model, example_input, calibration_data) first.")
 
     def check_bits(self, bits: BitMap, names: Sequence[str] | None = None) -> dict[str, BitPair]:
