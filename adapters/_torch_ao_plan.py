@@ -55,7 +55,8 @@ from torch.ao.quantization.quantize_fx import prepare_qat_fx
 from haq_plugin.errors import HaqError
 
 from haq_plugin.adapters._torch_ao_backend_config import backend_config
-from haq_plugin.adapters._torch_ao_qconfig import ACT_OBSERVERS, act_range, make_qconfig, weight_fake_quant
+from haq_plugin.adapters._torch_ao_qconfig import (
+    ACT_OBSERVERS, act_range, leave_weights_unclamped, make_qconfig, weight_fake_quant)
 from haq_plugin.adapters._torch_ao_quiet import quiet_torch_ao
 
 BitMap = Mapping[str, tuple[int, int]]
@@ -266,6 +267,7 @@ def _read_plan(prepared: fx.GraphModule, layers: list[str], observer: str,
             keys[id(module)] = _owner_key(module, node.args[0], scopes, indices)
             instances[id(module)] = module
     input_key, weights = _layer_inputs(prepared, modules, layers, keys)
+    leave_weights_unclamped(weights.values())
     plan = ActivationPlan._from_inputs(layers, input_key, list(dict.fromkeys(keys.values())), observer,
                                        other_act_bits, "fx")
     handles = FxHandles(weights=weights, activations=[(instances[i], key) for i, key in keys.items()])
