@@ -59,8 +59,8 @@ class BrevitasPolicyFile:
     example_input_shape: tuple[int, ...]
 
 
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _class_path(cls: type | None) -> str | None:
+    return None if cls is None else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: QuantSettings,
@@ -77,7 +77,8 @@ def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: Q
         "quantizers": {"weight": _class_path(WEIGHT_QUANT),
                        "signed_input": _class_path(settings.input_quant(signed=True)),
                        "unsigned_input": _class_path(settings.input_quant(signed=False)),
-                       "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile},
+                       "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile,
+                       "quantize": settings.quantize},
         "layers": layers,
         "policy": policy.to_dict(),
     }
@@ -113,7 +114,8 @@ def _read_settings(path: Path, quantizers: Any) -> QuantSettings:
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
         raise HaqError(f"{path}: 'quantizers.act_percentile' must be a number, got {percentile!r}.")
     try:
-        return QuantSettings(act_range=quantizers["act_range"], act_percentile=float(percentile))
+        return QuantSettings(act_range=quantizers["act_range"], act_percentile=float(percentile),
+                             quantize=quantizers.get("quantize", QuantSettings.quantize))
     except HaqError as exc:
         raise HaqError(f"{path}: field 'quantizers': {exc}") from None
 

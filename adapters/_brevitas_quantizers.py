@@ -48,6 +48,8 @@ from brevitas.quant import (
 
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
+
 with warnings.catch_warnings():
     # Importing brevitas.graph warns that the optional fast_hadamard_transform CUDA
     # package is absent and that brevitas.fx (which it imports) is deprecated;
@@ -81,14 +83,23 @@ class QuantSettings:
 
     act_range: str = "percentile"
     act_percentile: float = 99.99
+    quantize: str = WEIGHTS_AND_ACTIVATIONS
 
     def __post_init__(self) -> None:
         if self.act_range not in ACT_RANGES:
             raise HaqError(f"act_range must be one of {', '.join(ACT_RANGES)}; got {self.act_range!r}.")
         if not 0.0 < self.act_percentile <= 100.0:
             raise HaqError(f"act_percentile must be in (0, 100]; got {self.act_percentile!r}.")
+        check_quantize(self.quantize, "Brevitas quantizers")
 
-    def input_quant(self, signed: bool) -> type:
+    @property
+    def weights_only(self) -> bool:
+        """No input quantizer: activations stay float, only the weight bits apply."""
+        return self.quantize == WEIGHTS_ONLY
+
+    def input_quant(self, signed: bool) -> type | None:
+        if self.weights_only:
+            return None
         signed_quant, unsigned_quant = INPUT_QUANTS[self.act_range]
         return signed_quant if signed else unsigned_quant
 
@@ -108,13 +119,14 @@ class LayerHandles:
 
     ``weight_bit_width`` and ``input_bit_width`` are the buffers Brevitas reads
     the bit widths from; ``input_scaling`` is the input quantizer's
-    statistics-initialised scale, reset before each calibration.
+    statistics-initialised scale, reset before each calibration.  Both input
+    handles are ``None`` for weight-only quantization (no input quantizer).
     """
 
     layer: nn.Module
     weight_bit_width: torch.Tensor
-    input_bit_width: torch.Tensor
-    input_scaling: ParameterFromRuntimeStatsScaling
+    input_bit_width: torch.Tensor | None
+    input_scaling: ParameterFromRuntimeStatsScaling | None
 
 
 def quantize_layers(model: nn.Module, plan: Mapping[str, LayerQuant], settings: QuantSettings) -> nn.Module:
@@ -134,7 +146,7 @@ def quantize_layers(model: nn.Module, plan: Mapping[str, LayerQuant], settings: 
         "bias_quant": None,
         "return_quant_tensor": False,
     }
-    if settings.act_range == "percentile":
+    if settings.act_range == "percentile" and not settings.weights_only:
         overrides["input_high_percentile_q"] = settings.act_percentile
     layer_map = {float_cls: (quant_cls, overrides) for float_cls, quant_cls in QUANT_LAYER_CLASSES.items()}
     return layerwise_quantize(model, compute_layer_map=layer_map, name_blacklist=unplanned or None)
@@ -150,11 +162,13 @@ def find_handles(model: nn.Module, names: Iterable[str]) -> dict[str, LayerHandl
             raise HaqError(f"Layer '{name}' was not converted to a Brevitas quant layer "
                            f"(found {type(layer).__name__}); only exact nn.Conv1d, nn.Conv2d and "
                            "nn.Linear modules are converted.")
+        quantized_input = layer.input_quant.is_quant_enabled
         handles[name] = LayerHandles(
             layer=layer,
             weight_bit_width=_bit_width_buffer(layer.weight_quant, name, "weight"),
-            input_bit_width=_bit_width_buffer(layer.input_quant, name, "input"),
-            input_scaling=_single(layer.input_quant, ParameterFromRuntimeStatsScaling, name, "input scaling"),
+            input_bit_width=_bit_width_buffer(layer.input_quant, name, "input") if quantized_input else None,
+            input_scaling=(_single(layer.input_quant, ParameterFromRuntimeStatsScaling, name, "input scaling")
+                           if quantized_input else None),
         )
     return handles
 
@@ -175,7 +189,8 @@ def _bit_width_buffer(proxy: nn.Module, layer: str, what: str) -> torch.Tensor:
 def set_bit_widths(handles: LayerHandles, weight_bits: int, input_bits: int) -> None:
     """Write new bit widths into the quantizers' buffers (takes effect at the next forward)."""
     handles.weight_bit_width.fill_(float(weight_bits))
-    handles.input_bit_width.fill_(float(input_bits))
+    if handles.input_bit_width is not None:
+        handles.input_bit_width.fill_(float(input_bits))
 
 
 def detect_input_signs(model: nn.Module, names: Iterable[str], batches: list[Any]) -> dict[str, bool]:
@@ -221,6 +236,8 @@ def reset_input_scaling(handles: Iterable[LayerHandles]) -> None:
     """
     for handle in handles:
         scaling = handle.input_scaling
+        if scaling is None:
+            continue
         scaling.counter = 0
         with torch.no_grad():
             scaling.buffer.fill_(1.0)

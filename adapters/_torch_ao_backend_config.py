@@ -12,7 +12,7 @@ the op's own module-name (or call) entry, so the plan of
 :mod:`haq_plugin.adapters._torch_ao_plan` gives it the next layer's bits.
 Conv-BN-ReLU fusion is unchanged: a fused ReLU is observed after the ReLU.
 
-A second addition is weight-only quantization: Conv and Linear also accept a
+A second addition is weight-only quantization: every pattern with a ``qint8`` weight (Conv, Linear, fused or not) also accepts a
 float activation with a ``qint8`` weight (:data:`WEIGHT_ONLY_DTYPE_CONFIG`),
 so a QConfig whose activation is a float ``PlaceholderObserver`` fake-quantizes
 the weights and leaves activations in floating point.
@@ -37,7 +37,6 @@ CLAMPING_OPS: tuple[Any, ...] = (
     nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.functional.relu, nn.functional.relu6, nn.functional.hardtanh,
     nn.functional.hardtanh_, torch.relu, torch.clamp, "clamp", "relu", "relu_",
 )
-WEIGHTED_OPS: tuple[Any, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 WEIGHT_ONLY_DTYPE_CONFIG = DTypeConfig(input_dtype=torch.float, output_dtype=torch.float,
                                        weight_dtype=torch.qint8, bias_dtype=torch.float)
 
@@ -60,14 +59,14 @@ def _build() -> BackendConfig:
     for config in native.configs:
         if config.pattern in CLAMPING_OPS:
             config = _own_observer(config)
-        elif config.pattern in WEIGHTED_OPS:
+        elif any(dtype.weight_dtype == torch.qint8 for dtype in config.dtype_configs):
             config = _with_weight_only(config)
         result.set_backend_pattern_config(config)
     return result
 
 
 def backend_config() -> BackendConfig:
-    """torch's native config, with clamping ops observed on their own and weight-only Conv/Linear."""
+    """torch's native config, with clamping ops observed on their own and weight-only weighted ops."""
     return _build()
 
 
@@ -77,5 +76,4 @@ def _names(patterns: tuple[Any, ...]) -> list[str]:
 
 def describe() -> dict[str, Any]:
     """What differs from the native config, for the export file."""
-    return {"name": "haq-plugin", "own_observer_ops": _names(CLAMPING_OPS),
-            "weight_only_ops": _names(WEIGHTED_OPS)}
+    return {"name": "haq-plugin", "own_observer_ops": _names(CLAMPING_OPS)}

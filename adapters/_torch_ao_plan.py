@@ -54,9 +54,11 @@ from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
 from haq_plugin.adapters._torch_ao_backend_config import backend_config
 from haq_plugin.adapters._torch_ao_qconfig import (
-    ACT_OBSERVERS, act_range, leave_weights_unclamped, make_qconfig, weight_fake_quant)
+    ACT_OBSERVERS, act_range, leave_weights_unclamped, make_qconfig,
+    weight_fake_quant, weight_only_qconfig)
 from haq_plugin.adapters._torch_ao_quiet import quiet_torch_ao
 
 BitMap = Mapping[str, tuple[int, int]]
@@ -112,6 +114,7 @@ class ActivationPlan:
     other_act_bits: int = 8
     observer: str = "minmax"
     mode: str = "fx"
+    quantize: str = QUANTIZE_MODES[0]
 
     def act_bits_by_key(self, bits: BitMap) -> dict[OwnerKey, int]:
         """Activation bits of each entry: the smallest of the layers it feeds (8 if one of them keeps 8
@@ -135,6 +138,8 @@ class ActivationPlan:
         QConfig per layer whose activation is the layer's input (applied by
         :func:`~haq_plugin.adapters._torch_ao_eager.prepare_qat_eager`).
         """
+        if self.quantize == WEIGHTS_ONLY:
+            return self._weight_only_mapping(bits)
         if self.mode == "eager":
             mapping = QConfigMapping()
             for layer in self.layers:
@@ -152,6 +157,13 @@ class ActivationPlan:
                 mapping.set_module_name(key.module_name, qconfig)
             elif key.kind == "module_name_object_type_order":
                 mapping.set_module_name_object_type_order(key.module_name, key.object_type, key.index, qconfig)
+        return mapping
+
+    def _weight_only_mapping(self, bits: BitMap) -> QConfigMapping:
+        """Only the layers have a QConfig, with float activations: nothing else is observed."""
+        mapping = QConfigMapping()
+        for layer in self.layers:
+            mapping.set_module_name(layer, weight_only_qconfig(bits[layer][0]))
         return mapping
 
     @classmethod

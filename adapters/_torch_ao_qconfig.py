@@ -38,7 +38,8 @@ from typing import Any, Iterable
 import torch
 from torch.ao.quantization import FakeQuantize, QConfig
 from torch.ao.quantization.observer import (
-    MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver, check_min_max_valid)
+    MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver, PlaceholderObserver,
+    check_min_max_valid)
 
 from haq_plugin.errors import HaqError
 
@@ -136,6 +137,27 @@ def act_fake_quant(bits: int, observer: str = "minmax") -> Any:
 def make_qconfig(weight_bits: int, act_bits: int, observer: str = "minmax") -> QConfig:
     """One QConfig: weights at ``weight_bits``, the activation it observes at ``act_bits``."""
     return QConfig(activation=act_fake_quant(act_bits, observer), weight=weight_fake_quant(weight_bits))
+
+
+def weight_only_qconfig(weight_bits: int) -> QConfig:
+    """Weights at ``weight_bits``, activations left in floating point (a float ``PlaceholderObserver``).
+
+    torch's native backend config has no float-activation, int8-weight Conv or
+    Linear, so apply it with :func:`~haq_plugin.adapters._torch_ao_backend_config.backend_config`.
+    """
+    return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.float32),
+                   weight=weight_fake_quant(weight_bits))
+
+
+def disable_fake_quants(fqs: list[tuple[FakeQuantize, Any]]) -> list[tuple[FakeQuantize, Any]]:
+    """Let the activation fake-quantizers pass their input through, for good (weight-only quantization).
+
+    Returns no handles: an episode has no activation range to set or calibrate.
+    """
+    for fq, _ in fqs:
+        fq.disable_observer()
+        fq.disable_fake_quant()
+    return []
 
 
 def set_fake_quant_range(fq: FakeQuantize, quant_min: int, quant_max: int) -> None:

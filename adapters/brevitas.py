@@ -22,6 +22,7 @@ and then trains, evaluates or exports ``qmodel`` like any Brevitas model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import numbers
 from pathlib import Path
@@ -37,6 +38,7 @@ from haq_plugin.layers import LayerSpec, extract_layers
 from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
+from haq_plugin.adapters._quantize_mode import QuantizeMode
 from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
 from haq_plugin.adapters._brevitas_quantizers import (
     ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles,
@@ -56,7 +58,7 @@ def _check_percentile(value: float) -> str | None:
     return None if 0.0 < value <= 100.0 else "must be in (0, 100]"
 
 
-class BrevitasBackend(QuantBackend):
+class BrevitasBackend(QuantizeMode, QuantBackend):
     """Fake quantization with Brevitas quant layers.
 
     Weights: signed, narrow range, per output channel.  Layer inputs: per
@@ -110,6 +112,7 @@ class BrevitasBackend(QuantBackend):
         self._layers = extract_layers(model, example_input)
         names = [layer.name for layer in self._layers]
         qmodel = copy.deepcopy(model)
+        self._settings = dataclasses.replace(self._settings, quantize=self.quantize)
         self._signs = detect_input_signs(qmodel, names, batches)
         self._bits = {name: (8, 8) for name in names}
         quantize_layers(qmodel, self._plan(), self._settings)
