@@ -25,6 +25,8 @@ larger integers.
 
 from __future__ import annotations
 
+__all__ = ["backend_config", "clamp_weight_integers", "convert_in_range", "weight_ranges"]
+
 from typing import Any
 
 import torch

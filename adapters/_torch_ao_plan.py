@@ -57,7 +57,7 @@ from haq_plugin.errors import HaqError
 from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
 from haq_plugin.adapters._torch_ao_backend_config import backend_config
 from haq_plugin.adapters._torch_ao_qconfig import (
-    ACT_OBSERVERS, act_range, leave_weights_unclamped, make_qconfig,
+    ACT_OBSERVERS, act_range, disable_fake_quants, leave_weights_unclamped, make_qconfig,
     weight_fake_quant, weight_only_qconfig)
 from haq_plugin.adapters._torch_ao_quiet import quiet_torch_ao
 
@@ -158,6 +158,15 @@ class ActivationPlan:
             elif key.kind == "module_name_object_type_order":
                 mapping.set_module_name_object_type_order(key.module_name, key.object_type, key.index, qconfig)
         return mapping
+
+    def apply_quantize(self, quantize: str, activations: list[tuple[FakeQuantize, OwnerKey]]
+                       ) -> list[tuple[FakeQuantize, OwnerKey]]:
+        """Record ``quantize``; for weight-only, turn the activation fake-quantizers off for good.
+
+        Returns the activation handles an episode still sets: none for weight-only.
+        """
+        self.quantize = quantize
+        return disable_fake_quants(activations) if quantize == WEIGHTS_ONLY else activations
 
     def _weight_only_mapping(self, bits: BitMap) -> QConfigMapping:
         """Only the layers have a QConfig, with float activations: nothing else is observed."""

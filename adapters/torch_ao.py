@@ -55,15 +55,12 @@ rebuild it exactly); ``eager`` for eager mode, where each entry's activation
 describes the layer's *input* and the file is applied with
 :func:`prepare_qat_eager`.
 
-Apply an exported policy in your own training script::
+Apply an exported policy with :func:`backend_config` and :func:`convert_in_range` (see their docs)::
 
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx, convert_fx
-    from haq_plugin.adapters.torch_ao import load_qconfig_mapping
-
-    mapping = load_qconfig_mapping("qconfig_mapping.json")
-    qat_model = prepare_qat_fx(model.train(), mapping, (example_input,))
+    mapping = load_qconfig_mapping("qconfig_mapping.json", model, example_input)
+    qat_model = prepare_qat_fx(model.train(), mapping, (example_input,), backend_config=backend_config())
     ...train qat_model as usual...
-    int_model = convert_fx(qat_model.eval())
+    int_model = convert_in_range(qat_model)
 """
 
 from __future__ import annotations
@@ -91,10 +88,8 @@ from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json
 from haq_plugin.adapters._torch_ao_plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
 from haq_plugin.adapters._torch_ao_qconfig import (
-    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, check_bits, disable_fake_quants, set_fake_quant_range,
-    weight_range)
-from haq_plugin.adapters._torch_ao_backend_config import backend_config
-from haq_plugin.adapters._torch_ao_convert import convert_in_range
+    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, check_bits, set_fake_quant_range, weight_range)
+from haq_plugin.adapters._torch_ao_convert import backend_config, convert_in_range
 from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
 
 __all__ = ["TorchAoBackend", "backend_config", "convert_in_range", "load_qconfig_mapping", "prepare_qat_eager", "qconfig_mapping_for",
@@ -247,8 +242,7 @@ class TorchAoBackend(QuantizeMode, QuantBackend):
             self._model = prepare_qat_eager(work, self._plan.mapping(uniform), inplace=True)
             self._weight_fqs, inputs = eager_handles(self._model, names)
             self._act_fqs = [(inputs[name], self._plan.input_key[name]) for name in names]
-        if self.weights_only:
-            self._plan.quantize, self._act_fqs = WEIGHTS_ONLY, disable_fake_quants(self._act_fqs)
+        self._act_fqs = self._plan.apply_quantize(self.quantize, self._act_fqs)
         self._calibration = list(calibration_data)
         self._snapshot = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
         self._weights_changed = False
