@@ -9,11 +9,13 @@ squared error.
 
 Where it is used: at ``MSE_MAX_BITS`` (4) bits or fewer, on channels of at
 least ``MSE_MIN_CHANNEL_SIZE`` (16) weights.  Measured on the demo model
-(``benchmarks/weight_ranges.py``), the squared reconstruction error falls by
-about 40-50% at 2 bits, 25-30% at 3 and 10-15% at 4; at 5 bits and more the
-gain is a few percent and min-max already keeps float accuracy.  Channels of
-fewer weights (a 3x3 depthwise kernel, a one-input 3x3 stem) give the search
-too few samples to estimate a clip from, and keep their min-max range.
+(``benchmarks/weight_ranges.py``): the squared weight error falls by 72% at 2
+bits, 40% at 3, 21% at 4 and 11% at 5; torch.ao validation accuracy at
+uniform weight bits (activations 8) rises from 53.5 to 68.0% at 2 bits, 96.4
+to 97.5% at 3 and 97.8 to 98.1% at 4, and is unchanged at 5 and 6 bits, where
+min-max already keeps float accuracy.  Channels of fewer weights (a 3x3
+depthwise kernel, a one-input 3x3 stem) give the search too few samples to
+estimate a clip from, and keep their min-max range.
 """
 
 from __future__ import annotations

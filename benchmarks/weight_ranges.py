@@ -3,7 +3,9 @@
 Prints, for each bit width, the summed squared error of symmetric per-channel
 fake quantization over the demo's Conv/Linear weights (channels of at least
 16 weights), with the min-max range and with the MSE-clipped range of
-:mod:`haq_plugin.adapters._weight_ranges`, and the relative reduction.
+:mod:`haq_plugin.adapters._weight_ranges`, and the relative reduction; then
+the torch.ao validation accuracy at uniform weight bits (activations 8, first
+and last layer kept at 8/8) with clipping off and on at that width.
 
     python benchmarks/weight_ranges.py
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from haq_plugin.adapters import _weight_ranges
+from haq_plugin.adapters.torch_ao import TorchAoBackend
 from haq_plugin.adapters._weight_ranges import (
     MSE_MIN_CHANNEL_SIZE, mse_clip_ratios, reconstruction_error, symmetric_scale)
 from haq_plugin.demo import load_demo
@@ -30,7 +34,8 @@ def errors(weights: list[torch.Tensor], bits: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    model = load_demo().model
+    demo = load_demo()
+    model = demo.model
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
                and m.weight[0].numel() >= MSE_MIN_CHANNEL_SIZE]
     print(f"{len(weights)} weight tensors; squared reconstruction error, min-max vs MSE-clipped")
@@ -38,6 +43,23 @@ def main() -> None:
     for bits in range(2, 9):
         plain, clipped = errors(weights, bits)
         print(f"{bits:>4}  {plain:10.5f}  {clipped:11.5f}  {100 * (1 - clipped / plain):8.1f}%")
+    accuracy_with_and_without(demo, range(2, 7))
+
+
+def accuracy_with_and_without(demo, widths: range) -> None:
+    backend = TorchAoBackend()
+    backend.prepare(demo.model, demo.example_input, demo.calibration_data)
+    names = backend.plan.layers
+    print("w bits  min-max acc  mse-clipped acc")
+    for bits in widths:
+        policy = {n: (8, 8) if n in (names[0], names[-1]) else (bits, 8) for n in names}
+        results = []
+        for max_bits in (0, 8):  # clipping off, clipping on at every width
+            _weight_ranges.MSE_MAX_BITS = max_bits
+            backend.set_policy(policy)
+            results.append(backend.evaluate(demo.eval_fn))
+        print(f"{bits:>6}  {results[0]:11.2f}  {results[1]:15.2f}")
+    _weight_ranges.MSE_MAX_BITS = 4
 
 
 if __name__ == "__main__":

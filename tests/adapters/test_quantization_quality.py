@@ -286,3 +286,33 @@ def test_an_unknown_quantize_mode_is_refused_with_the_choices(backend_class):
     with pytest.raises(HaqError, match="'weights\\+activations'.*'weights'"):
         backend.quantize = "activations"
     assert backend.quantize == "weights+activations"
+
+
+# -- the embedded demo ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from haq_plugin.demo import load_demo
+
+    return load_demo()
+
+
+@pytest.mark.slow
+def test_demo_torch_ao_within_1_point_of_brevitas_and_layer_inputs_use_their_levels(demo):
+    ao, brevitas = TorchAoBackend(), BrevitasBackend()
+    for backend in (ao, brevitas):
+        backend.prepare(demo.model, demo.example_input, demo.calibration_data)
+    names = ao.plan.layers
+    for bits in (8, 6, 5, 4):
+        policy = {n: (8, 8) if n in (names[0], names[-1]) else (bits, bits) for n in names}
+        accuracy = []
+        for backend in (ao, brevitas):
+            backend.set_policy(policy)
+            accuracy.append(backend.evaluate(demo.eval_fn))
+        assert abs(accuracy[0] - accuracy[1]) <= 1.0, (bits, accuracy)
+        if bits <= 5:  # at 6 bits and more the calibration data does not fill every level
+            levels = _levels(ao, torch.cat(demo.calibration_data))
+            # names[1] reads the kept first layer's output, at 8 bits (one shared observer).
+            assert all(2 ** bits - 2 <= levels[n] <= 2 ** bits for n in names[2:-1]), (bits, levels)
+            assert levels[names[0]] == 17 and levels[names[1]] > 2 ** 6
