@@ -9,7 +9,9 @@ Quantizers (all stock Brevitas 0.13):
 
 * weights: ``Int8WeightPerChannelFloat`` with ``weight_bit_width`` overridden:
   signed, narrow range (``2**w - 1`` levels), one float scale per output
-  channel, computed from the weights' absolute maximum at every forward pass;
+  channel, computed from the weights' absolute maximum at every forward pass,
+  MSE-clipped at 4 bits or fewer (subclass ``ClippedInt8WeightPerChannelFloat``,
+  :mod:`haq_plugin.adapters._brevitas_weight_ranges`);
 * layer inputs: ``Uint8ActPerTensorFloat`` where every calibration input of the
   layer was non-negative (after ReLU/ReLU6, or a non-negative network input),
   ``Int8ActPerTensorFloat`` otherwise (linear bottleneck outputs, residual
@@ -43,11 +45,11 @@ import brevitas.nn as qnn
 from brevitas.core.bit_width import BitWidthConst
 from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
 from brevitas.quant import (
-    Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Int8WeightPerChannelFloat, Uint8ActPerTensorFloat,
-    Uint8ActPerTensorFloatMSE)
+    Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Uint8ActPerTensorFloat, Uint8ActPerTensorFloatMSE)
 
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._brevitas_weight_ranges import ClippedInt8WeightPerChannelFloat, attach_bit_width
 from haq_plugin.adapters._quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
 
 with warnings.catch_warnings():
@@ -64,7 +66,7 @@ QUANT_LAYER_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: qnn.QuantConv2d,
     nn.Linear: qnn.QuantLinear,
 }
-WEIGHT_QUANT = Int8WeightPerChannelFloat
+WEIGHT_QUANT = ClippedInt8WeightPerChannelFloat
 ACT_RANGES = ("percentile", "mse")
 INPUT_QUANTS = {  # act_range -> (signed, unsigned) input quantizer
     "percentile": (Int8ActPerTensorFloat, Uint8ActPerTensorFloat),
@@ -163,9 +165,11 @@ def find_handles(model: nn.Module, names: Iterable[str]) -> dict[str, LayerHandl
                            f"(found {type(layer).__name__}); only exact nn.Conv1d, nn.Conv2d and "
                            "nn.Linear modules are converted.")
         quantized_input = layer.input_quant.is_quant_enabled
+        weight_bit_width = _bit_width_buffer(layer.weight_quant, name, "weight")
+        attach_bit_width(layer.weight_quant, weight_bit_width)
         handles[name] = LayerHandles(
             layer=layer,
-            weight_bit_width=_bit_width_buffer(layer.weight_quant, name, "weight"),
+            weight_bit_width=weight_bit_width,
             input_bit_width=_bit_width_buffer(layer.input_quant, name, "input") if quantized_input else None,
             input_scaling=(_single(layer.input_quant, ParameterFromRuntimeStatsScaling, name, "input scaling")
                            if quantized_input else None),

@@ -316,3 +316,26 @@ def test_demo_torch_ao_within_1_point_of_brevitas_and_layer_inputs_use_their_lev
             # names[1] reads the kept first layer's output, at 8 bits (one shared observer).
             assert all(2 ** bits - 2 <= levels[n] <= 2 ** bits for n in names[2:-1]), (bits, levels)
             assert levels[names[0]] == 17 and levels[names[1]] > 2 ** 6
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_brevitas_clipped_weights_lower_the_error_and_stay_in_the_narrow_range(digits_net, digits, bits):
+    backend = BrevitasBackend()
+    backend.prepare(digits_net, EXAMPLE, [digits["train"][0][:64]])
+    backend.set_policy({n: (bits, 8) for n in LAYERS})
+    level = 2 ** (bits - 1) - 1
+    for name in ("expand.0", "fc"):  # 108 and 48 weights per channel: clipped
+        layer = backend.model.get_submodule(name)
+        weight = layer.weight.detach()
+        with torch.no_grad():
+            quant = layer.quant_weight()
+        amax = weight.flatten(1).abs().amax(1)
+        plain = reconstruction_error(weight, amax / level, -level, level)
+        assert float(((quant.value - weight) ** 2).sum()) < 0.95 * plain, name
+        ints = quant.int()
+        assert int(ints.min()) >= -level and int(ints.max()) <= level, name
+        assert int(ints.abs().max()) == level, name
+    backend.set_policy({n: (6, 8) for n in LAYERS})  # above 4 bits: the plain absolute maximum
+    layer = backend.model.get_submodule("fc")
+    with torch.no_grad():
+        assert torch.allclose(layer.quant_weight().scale.flatten() * 31, layer.weight.abs().amax(1))
