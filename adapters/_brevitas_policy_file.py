@@ -43,7 +43,7 @@ from haq_plugin.files import read_json, require_fields, write_text_atomic
 from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._brevitas_quantizers import (
-    QUANT_LAYER_CLASSES, WEIGHT_QUANT, LayerQuant, QuantSettings)
+    QUANT_LAYER_CLASSES, LayerQuant, QuantSettings)
 
 FORMAT = "haq_plugin.brevitas_policy"
 FORMAT_VERSION = 1
@@ -74,7 +74,7 @@ def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: Q
         "format_version": FORMAT_VERSION,
         "brevitas_version": brevitas.__version__,
         "example_input_shape": [int(s) for s in example_input_shape],
-        "quantizers": {"weight": _class_path(WEIGHT_QUANT),
+        "quantizers": {"weight": _class_path(settings.weight_quant), "clip_weights": settings.clip_weights,
                        "signed_input": _class_path(settings.input_quant(signed=True)),
                        "unsigned_input": _class_path(settings.input_quant(signed=False)),
                        "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile,
@@ -115,7 +115,8 @@ def _read_settings(path: Path, quantizers: Any) -> QuantSettings:
         raise HaqError(f"{path}: 'quantizers.act_percentile' must be a number, got {percentile!r}.")
     try:
         return QuantSettings(act_range=quantizers["act_range"], act_percentile=float(percentile),
-                             quantize=quantizers.get("quantize", QuantSettings.quantize))
+                             quantize=quantizers.get("quantize", QuantSettings.quantize),
+                             clip_weights=quantizers.get("clip_weights") is True)
     except HaqError as exc:
         raise HaqError(f"{path}: field 'quantizers': {exc}") from None
 

@@ -9,9 +9,9 @@ Quantizers (all stock Brevitas 0.13):
 
 * weights: ``Int8WeightPerChannelFloat`` with ``weight_bit_width`` overridden:
   signed, narrow range (``2**w - 1`` levels), one float scale per output
-  channel, computed from the weights' absolute maximum at every forward pass,
-  MSE-clipped at 4 bits or fewer (subclass ``ClippedInt8WeightPerChannelFloat``,
-  :mod:`haq_plugin.adapters._brevitas_weight_ranges`);
+  channel, computed from the weights' absolute maximum at every forward pass;
+  with ``clip_weights``, MSE-clipped at 4 bits or fewer (subclass
+  ``ClippedInt8WeightPerChannelFloat``, :mod:`haq_plugin.adapters._brevitas_weight_ranges`);
 * layer inputs: ``Uint8ActPerTensorFloat`` where every calibration input of the
   layer was non-negative (after ReLU/ReLU6, or a non-negative network input),
   ``Int8ActPerTensorFloat`` otherwise (linear bottleneck outputs, residual
@@ -45,11 +45,12 @@ import brevitas.nn as qnn
 from brevitas.core.bit_width import BitWidthConst
 from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
 from brevitas.quant import (
-    Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Uint8ActPerTensorFloat, Uint8ActPerTensorFloatMSE)
+    Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Int8WeightPerChannelFloat, Uint8ActPerTensorFloat,
+    Uint8ActPerTensorFloatMSE)
 
 from haq_plugin.errors import HaqError
 
-from haq_plugin.adapters._brevitas_weight_ranges import ClippedInt8WeightPerChannelFloat, attach_bit_width
+from haq_plugin.adapters._brevitas_weight_ranges import CLIPPED_WEIGHT_QUANT, attach_bit_width
 from haq_plugin.adapters._quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
 
 with warnings.catch_warnings():
@@ -66,7 +67,7 @@ QUANT_LAYER_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: qnn.QuantConv2d,
     nn.Linear: qnn.QuantLinear,
 }
-WEIGHT_QUANT = ClippedInt8WeightPerChannelFloat
+WEIGHT_QUANT = Int8WeightPerChannelFloat
 ACT_RANGES = ("percentile", "mse")
 INPUT_QUANTS = {  # act_range -> (signed, unsigned) input quantizer
     "percentile": (Int8ActPerTensorFloat, Uint8ActPerTensorFloat),
@@ -86,6 +87,7 @@ class QuantSettings:
     act_range: str = "percentile"
     act_percentile: float = 99.99
     quantize: str = WEIGHTS_AND_ACTIVATIONS
+    clip_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.act_range not in ACT_RANGES:
@@ -98,6 +100,10 @@ class QuantSettings:
     def weights_only(self) -> bool:
         """No input quantizer: activations stay float, only the weight bits apply."""
         return self.quantize == WEIGHTS_ONLY
+
+    @property
+    def weight_quant(self) -> type:
+        return CLIPPED_WEIGHT_QUANT if self.clip_weights else WEIGHT_QUANT
 
     def input_quant(self, signed: bool) -> type | None:
         if self.weights_only:
@@ -141,7 +147,7 @@ def quantize_layers(model: nn.Module, plan: Mapping[str, LayerQuant], settings: 
                  if type(module) in QUANT_LAYER_CLASSES and name not in plan]
     # Brevitas calls each lambda with the original module and its full name.
     overrides: dict[str, Any] = {
-        "weight_quant": WEIGHT_QUANT,
+        "weight_quant": settings.weight_quant,
         "weight_bit_width": lambda module, name: plan[name].weight_bits,
         "input_quant": lambda module, name: settings.input_quant(plan[name].input_signed),
         "input_bit_width": lambda module, name: plan[name].input_bits,

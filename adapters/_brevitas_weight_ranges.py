@@ -57,6 +57,9 @@ class ClippedInt8WeightPerChannelFloat(Int8WeightPerChannelFloat):
     scaling_stats_impl = MseClippedAbsMax
 
 
+CLIPPED_WEIGHT_QUANT = ClippedInt8WeightPerChannelFloat
+
+
 def attach_bit_width(weight_quant: nn.Module, bit_width: torch.Tensor) -> None:
     """Let the clipped statistic of a built weight quantizer read its bit width."""
     for module in weight_quant.modules():

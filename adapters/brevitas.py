@@ -70,6 +70,8 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
     """
 
     name = "brevitas"
+    #: MSE-clipped weight scales at 4 bits or fewer (see ``_brevitas_weight_ranges``); set before prepare.
+    clip_weights = False
     description = ("Brevitas quant layers via layerwise_quantize: per-channel weights, per-tensor signed or "
                    "unsigned inputs, bit widths changed in place")
     export_filename = "brevitas_policy.json"
@@ -112,7 +114,8 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._layers = extract_layers(model, example_input)
         names = [layer.name for layer in self._layers]
         qmodel = copy.deepcopy(model)
-        self._settings = dataclasses.replace(self._settings, quantize=self.quantize)
+        self._settings = dataclasses.replace(self._settings, quantize=self.quantize,
+                                             clip_weights=self.clip_weights)
         self._signs = detect_input_signs(qmodel, names, batches)
         self._bits = {name: (8, 8) for name in names}
         quantize_layers(qmodel, self._plan(), self._settings)

@@ -321,6 +321,7 @@ def test_demo_torch_ao_within_1_point_of_brevitas_and_layer_inputs_use_their_lev
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_brevitas_clipped_weights_lower_the_error_and_stay_in_the_narrow_range(digits_net, digits, bits):
     backend = BrevitasBackend()
+    backend.clip_weights = True
     backend.prepare(digits_net, EXAMPLE, [digits["train"][0][:64]])
     backend.set_policy({n: (bits, 8) for n in LAYERS})
     level = 2 ** (bits - 1) - 1
@@ -339,3 +340,25 @@ def test_brevitas_clipped_weights_lower_the_error_and_stay_in_the_narrow_range(d
     layer = backend.model.get_submodule("fc")
     with torch.no_grad():
         assert torch.allclose(layer.quant_weight().scale.flatten() * 31, layer.weight.abs().amax(1))
+
+
+def test_brevitas_clipped_weights_are_recorded_in_the_policy_file(digits_net, digits, tmp_path):
+    from haq_plugin.layers import extract_layers
+    from haq_plugin.policy import Policy
+
+    x = digits["train"][0][:64]
+    backend = BrevitasBackend()
+    backend.clip_weights = True
+    backend.prepare(digits_net, EXAMPLE, [x])
+    policy = Policy.from_bits(extract_layers(digits_net, EXAMPLE), {n: (3, 8) for n in LAYERS})
+    backend.set_policy(policy.bits)
+    path = backend.export(policy, tmp_path / "brevitas_policy.json")
+    qmodel = apply_policy(digits_net, path, calibration_data=[x])
+    with torch.no_grad():
+        for name in ("expand.0", "fc"):
+            ours = backend.model.get_submodule(name).quant_weight().value
+            assert torch.equal(qmodel.get_submodule(name).quant_weight().value, ours), name
+            plain = BrevitasBackend()
+            plain.prepare(digits_net, EXAMPLE, [x])
+            plain.set_policy({n: (3, 8) for n in LAYERS})
+            assert not torch.equal(plain.model.get_submodule(name).quant_weight().value, ours), name
