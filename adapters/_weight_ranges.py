@@ -1,5 +1,9 @@
 """MSE-clipped per-channel weight ranges for low-bit weights (both built-in backends).
 
+torch.ao applies them by default (its weight observer); Brevitas when
+``BrevitasBackend.clip_weights`` is set before ``prepare`` (its default keeps
+the plain per-channel maximum, which its tests and exported files pin).
+
 A min-max range spends the few levels of a 2- to 4-bit grid on a channel's
 largest weights, which are rare: most weights then round to zero.  Clipping
 the range to ``ratio * max|w|`` and saturating the outliers lowers the mean
@@ -13,7 +17,8 @@ least ``MSE_MIN_CHANNEL_SIZE`` (16) weights.  Measured on the demo model
 bits, 40% at 3, 21% at 4 and 11% at 5; torch.ao validation accuracy at
 uniform weight bits (activations 8) rises from 53.5 to 68.0% at 2 bits, 96.4
 to 97.5% at 3 and 97.8 to 98.1% at 4, and is unchanged at 5 and 6 bits, where
-min-max already keeps float accuracy.  Channels of fewer weights (a 3x3
+min-max already keeps float accuracy.  Brevitas with clipping: 44.6 to
+78.6% at 2 bits, 95.5 to 96.9% at 3, unchanged at 4 and above.  Channels of fewer weights (a 3x3
 depthwise kernel, a one-input 3x3 stem) give the search too few samples to
 estimate a clip from, and keep their min-max range.
 """

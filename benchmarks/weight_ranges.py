@@ -4,8 +4,9 @@ Prints, for each bit width, the summed squared error of symmetric per-channel
 fake quantization over the demo's Conv/Linear weights (channels of at least
 16 weights), with the min-max range and with the MSE-clipped range of
 :mod:`haq_plugin.adapters._weight_ranges`, and the relative reduction; then
-the torch.ao validation accuracy at uniform weight bits (activations 8, first
-and last layer kept at 8/8) with clipping off and on at that width.
+the validation accuracy at uniform weight bits (activations 8, first and last
+layer kept at 8/8) with clipping off and on: torch.ao (clipping forced on at
+every width) and Brevitas (``clip_weights``, which clips at 4 bits or fewer).
 
     python benchmarks/weight_ranges.py
 """
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from haq_plugin.adapters import _weight_ranges
+from haq_plugin.adapters.brevitas import BrevitasBackend
 from haq_plugin.adapters.torch_ao import TorchAoBackend
 from haq_plugin.adapters._weight_ranges import (
     MSE_MIN_CHANNEL_SIZE, mse_clip_ratios, reconstruction_error, symmetric_scale)
@@ -50,7 +52,12 @@ def accuracy_with_and_without(demo, widths: range) -> None:
     backend = TorchAoBackend()
     backend.prepare(demo.model, demo.example_input, demo.calibration_data)
     names = backend.plan.layers
-    print("w bits  min-max acc  mse-clipped acc")
+    brevitas = {}
+    for clip in (False, True):
+        brevitas[clip] = BrevitasBackend()
+        brevitas[clip].clip_weights = clip
+        brevitas[clip].prepare(demo.model, demo.example_input, demo.calibration_data)
+    print("w bits  torch.ao min-max  torch.ao clipped  brevitas min-max  brevitas clipped")
     for bits in widths:
         policy = {n: (8, 8) if n in (names[0], names[-1]) else (bits, 8) for n in names}
         results = []
@@ -58,8 +65,12 @@ def accuracy_with_and_without(demo, widths: range) -> None:
             _weight_ranges.MSE_MAX_BITS = max_bits
             backend.set_policy(policy)
             results.append(backend.evaluate(demo.eval_fn))
-        print(f"{bits:>6}  {results[0]:11.2f}  {results[1]:15.2f}")
-    _weight_ranges.MSE_MAX_BITS = 4
+        _weight_ranges.MSE_MAX_BITS = 4
+        for clip in (False, True):
+            brevitas[clip].set_policy(policy)
+            brevitas[clip].calibrate()
+            results.append(brevitas[clip].evaluate(demo.eval_fn))
+        print(f"{bits:>6}" + "".join(f"  {value:16.2f}" for value in results))
 
 
 if __name__ == "__main__":
