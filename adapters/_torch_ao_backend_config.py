@@ -69,11 +69,3 @@ def backend_config() -> BackendConfig:
     """torch's native config, with clamping ops observed on their own and weight-only weighted ops."""
     return _build()
 
-
-def _names(patterns: tuple[Any, ...]) -> list[str]:
-    return [p if isinstance(p, str) else getattr(p, "__name__", str(p)) for p in patterns]
-
-
-def describe() -> dict[str, Any]:
-    """What differs from the native config, for the export file."""
-    return {"name": "haq-plugin", "own_observer_ops": _names(CLAMPING_OPS)}

@@ -362,3 +362,24 @@ def test_brevitas_clipped_weights_are_recorded_in_the_policy_file(digits_net, di
             plain.prepare(digits_net, EXAMPLE, [x])
             plain.set_policy({n: (3, 8) for n in LAYERS})
             assert not torch.equal(plain.model.get_submodule(name).quant_weight().value, ours), name
+
+
+def test_torch_ao_weight_only_in_eager_mode(digits, tmp_path):
+    from haq_plugin.adapters.torch_ao import prepare_qat_eager
+    from tests.adapters.test_torch_ao import BranchyNet
+
+    x, y = digits["train"]
+    model = _train(BranchyNet(), x, y, steps=40)
+    eval_fn = _accuracy(*digits["val"])
+    backend = TorchAoBackend(mode="eager")
+    backend.quantize = "weights"
+    backend.prepare(model, EXAMPLE, [x[:256]])
+    names = ["stem.0", "body.0", "fc"]
+    backend.set_policy({n: (8, 2) for n in names})
+    assert abs(backend.evaluate(eval_fn) - eval_fn(model)) <= 1.0
+    path = backend.export({n: (4, 2) for n in names}, tmp_path / "q.json")
+    rebuilt = prepare_qat_eager(model, load_qconfig_mapping(path))
+    for name in names:
+        layer = rebuilt.get_submodule(name)
+        assert isinstance(layer.input_fake_quant, PlaceholderObserver)
+        assert int(layer.weight_fake_quant.quant_max) == 7
