@@ -12,9 +12,9 @@ the op's own module-name (or call) entry, so the plan of
 :mod:`haq_plugin.adapters._torch_ao_plan` gives it the next layer's bits.
 Conv-BN-ReLU fusion is unchanged: a fused ReLU is observed after the ReLU.
 
-A second addition is weight-only quantization: every pattern with a ``qint8`` weight (Conv, Linear, fused or not) also accepts a
-float activation with a ``qint8`` weight (:data:`WEIGHT_ONLY_DTYPE_CONFIG`),
-so a QConfig whose activation is a float ``PlaceholderObserver`` fake-quantizes
+A second addition is weight-only quantization: every pattern with a ``qint8``
+weight (Conv, Linear, fused or not) also accepts float activations with a
+``qint8`` weight (:data:`WEIGHT_ONLY_DTYPE_CONFIG`), so a QConfig whose activation is a float ``PlaceholderObserver`` fake-quantizes
 the weights and leaves activations in floating point.
 
 Apply an exported mapping with the same config::

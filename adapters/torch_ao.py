@@ -92,8 +92,8 @@ from haq_plugin.adapters._torch_ao_qconfig import (
 from haq_plugin.adapters._torch_ao_convert import backend_config, convert_in_range
 from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
 
-__all__ = ["TorchAoBackend", "backend_config", "convert_in_range", "load_qconfig_mapping", "prepare_qat_eager", "qconfig_mapping_for",
-           "SUPPORTED_BITS", "BITS_HELP"]
+__all__ = ["TorchAoBackend", "backend_config", "convert_in_range", "load_qconfig_mapping", "prepare_qat_eager",
+           "qconfig_mapping_for", "SUPPORTED_BITS", "BITS_HELP"]
 
 log = logging.getLogger(__name__)
 
