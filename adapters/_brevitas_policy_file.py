@@ -43,7 +43,7 @@ from haq_plugin.files import read_json, require_fields, write_text_atomic
 from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._brevitas_quantizers import (
-    QUANT_LAYER_CLASSES, WEIGHT_QUANT, LayerQuant, QuantSettings)
+    QUANT_LAYER_CLASSES, LayerQuant, QuantSettings)
 
 FORMAT = "haq_plugin.brevitas_policy"
 FORMAT_VERSION = 1
@@ -59,8 +59,8 @@ class BrevitasPolicyFile:
     example_input_shape: tuple[int, ...]
 
 
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _class_path(cls: type | None) -> str | None:
+    return None if cls is None else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: QuantSettings,
@@ -74,10 +74,11 @@ def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: Q
         "format_version": FORMAT_VERSION,
         "brevitas_version": brevitas.__version__,
         "example_input_shape": [int(s) for s in example_input_shape],
-        "quantizers": {"weight": _class_path(WEIGHT_QUANT),
+        "quantizers": {"weight": _class_path(settings.weight_quant), "clip_weights": settings.clip_weights,
                        "signed_input": _class_path(settings.input_quant(signed=True)),
                        "unsigned_input": _class_path(settings.input_quant(signed=False)),
-                       "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile},
+                       "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile,
+                       "quantize": settings.quantize},
         "layers": layers,
         "policy": policy.to_dict(),
     }
@@ -113,7 +114,9 @@ def _read_settings(path: Path, quantizers: Any) -> QuantSettings:
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
         raise HaqError(f"{path}: 'quantizers.act_percentile' must be a number, got {percentile!r}.")
     try:
-        return QuantSettings(act_range=quantizers["act_range"], act_percentile=float(percentile))
+        return QuantSettings(act_range=quantizers["act_range"], act_percentile=float(percentile),
+                             quantize=quantizers.get("quantize", QuantSettings.quantize),
+                             clip_weights=quantizers.get("clip_weights") is True)
     except HaqError as exc:
         raise HaqError(f"{path}: field 'quantizers': {exc}") from None
 

@@ -10,6 +10,8 @@ Quantizers (all stock Brevitas 0.13):
 * weights: ``Int8WeightPerChannelFloat`` with ``weight_bit_width`` overridden:
   signed, narrow range (``2**w - 1`` levels), one float scale per output
   channel, computed from the weights' absolute maximum at every forward pass;
+  with ``clip_weights``, MSE-clipped at 4 bits or fewer (subclass
+  ``ClippedInt8WeightPerChannelFloat``, :mod:`haq_plugin.adapters._brevitas_weight_ranges`);
 * layer inputs: ``Uint8ActPerTensorFloat`` where every calibration input of the
   layer was non-negative (after ReLU/ReLU6, or a non-negative network input),
   ``Int8ActPerTensorFloat`` otherwise (linear bottleneck outputs, residual
@@ -48,6 +50,9 @@ from brevitas.quant import (
 
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._brevitas_weight_ranges import CLIPPED_WEIGHT_QUANT, attach_bit_width
+from haq_plugin.adapters._quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
+
 with warnings.catch_warnings():
     # Importing brevitas.graph warns that the optional fast_hadamard_transform CUDA
     # package is absent and that brevitas.fx (which it imports) is deprecated;
@@ -81,14 +86,28 @@ class QuantSettings:
 
     act_range: str = "percentile"
     act_percentile: float = 99.99
+    quantize: str = WEIGHTS_AND_ACTIVATIONS
+    clip_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.act_range not in ACT_RANGES:
             raise HaqError(f"act_range must be one of {', '.join(ACT_RANGES)}; got {self.act_range!r}.")
         if not 0.0 < self.act_percentile <= 100.0:
             raise HaqError(f"act_percentile must be in (0, 100]; got {self.act_percentile!r}.")
+        check_quantize(self.quantize, "Brevitas quantizers")
 
-    def input_quant(self, signed: bool) -> type:
+    @property
+    def weights_only(self) -> bool:
+        """No input quantizer: activations stay float, only the weight bits apply."""
+        return self.quantize == WEIGHTS_ONLY
+
+    @property
+    def weight_quant(self) -> type:
+        return CLIPPED_WEIGHT_QUANT if self.clip_weights else WEIGHT_QUANT
+
+    def input_quant(self, signed: bool) -> type | None:
+        if self.weights_only:
+            return None
         signed_quant, unsigned_quant = INPUT_QUANTS[self.act_range]
         return signed_quant if signed else unsigned_quant
 
@@ -108,13 +127,14 @@ class LayerHandles:
 
     ``weight_bit_width`` and ``input_bit_width`` are the buffers Brevitas reads
     the bit widths from; ``input_scaling`` is the input quantizer's
-    statistics-initialised scale, reset before each calibration.
+    statistics-initialised scale, reset before each calibration.  Both input
+    handles are ``None`` for weight-only quantization (no input quantizer).
     """
 
     layer: nn.Module
     weight_bit_width: torch.Tensor
-    input_bit_width: torch.Tensor
-    input_scaling: ParameterFromRuntimeStatsScaling
+    input_bit_width: torch.Tensor | None
+    input_scaling: ParameterFromRuntimeStatsScaling | None
 
 
 def quantize_layers(model: nn.Module, plan: Mapping[str, LayerQuant], settings: QuantSettings) -> nn.Module:
@@ -127,14 +147,14 @@ def quantize_layers(model: nn.Module, plan: Mapping[str, LayerQuant], settings: 
                  if type(module) in QUANT_LAYER_CLASSES and name not in plan]
     # Brevitas calls each lambda with the original module and its full name.
     overrides: dict[str, Any] = {
-        "weight_quant": WEIGHT_QUANT,
+        "weight_quant": settings.weight_quant,
         "weight_bit_width": lambda module, name: plan[name].weight_bits,
         "input_quant": lambda module, name: settings.input_quant(plan[name].input_signed),
         "input_bit_width": lambda module, name: plan[name].input_bits,
         "bias_quant": None,
         "return_quant_tensor": False,
     }
-    if settings.act_range == "percentile":
+    if settings.act_range == "percentile" and not settings.weights_only:
         overrides["input_high_percentile_q"] = settings.act_percentile
     layer_map = {float_cls: (quant_cls, overrides) for float_cls, quant_cls in QUANT_LAYER_CLASSES.items()}
     return layerwise_quantize(model, compute_layer_map=layer_map, name_blacklist=unplanned or None)
@@ -150,11 +170,15 @@ def find_handles(model: nn.Module, names: Iterable[str]) -> dict[str, LayerHandl
             raise HaqError(f"Layer '{name}' was not converted to a Brevitas quant layer "
                            f"(found {type(layer).__name__}); only exact nn.Conv1d, nn.Conv2d and "
                            "nn.Linear modules are converted.")
+        quantized_input = layer.input_quant.is_quant_enabled
+        weight_bit_width = _bit_width_buffer(layer.weight_quant, name, "weight")
+        attach_bit_width(layer.weight_quant, weight_bit_width)
         handles[name] = LayerHandles(
             layer=layer,
-            weight_bit_width=_bit_width_buffer(layer.weight_quant, name, "weight"),
-            input_bit_width=_bit_width_buffer(layer.input_quant, name, "input"),
-            input_scaling=_single(layer.input_quant, ParameterFromRuntimeStatsScaling, name, "input scaling"),
+            weight_bit_width=weight_bit_width,
+            input_bit_width=_bit_width_buffer(layer.input_quant, name, "input") if quantized_input else None,
+            input_scaling=(_single(layer.input_quant, ParameterFromRuntimeStatsScaling, name, "input scaling")
+                           if quantized_input else None),
         )
     return handles
 
@@ -175,7 +199,8 @@ def _bit_width_buffer(proxy: nn.Module, layer: str, what: str) -> torch.Tensor:
 def set_bit_widths(handles: LayerHandles, weight_bits: int, input_bits: int) -> None:
     """Write new bit widths into the quantizers' buffers (takes effect at the next forward)."""
     handles.weight_bit_width.fill_(float(weight_bits))
-    handles.input_bit_width.fill_(float(input_bits))
+    if handles.input_bit_width is not None:
+        handles.input_bit_width.fill_(float(input_bits))
 
 
 def detect_input_signs(model: nn.Module, names: Iterable[str], batches: list[Any]) -> dict[str, bool]:
@@ -221,6 +246,8 @@ def reset_input_scaling(handles: Iterable[LayerHandles]) -> None:
     """
     for handle in handles:
         scaling = handle.input_scaling
+        if scaling is None:
+            continue
         scaling.counter = 0
         with torch.no_grad():
             scaling.buffer.fill_(1.0)

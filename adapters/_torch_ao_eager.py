@@ -32,6 +32,7 @@ from torch.ao.quantization.quantization_mappings import get_default_qat_module_m
 
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._torch_ao_qconfig import leave_weights_unclamped
 from haq_plugin.adapters._torch_ao_quiet import quiet_torch_ao
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -121,5 +122,6 @@ def _has_submodule(model: nn.Module, name: str) -> bool:
 def eager_handles(model: nn.Module, layers: list[str]) -> tuple[dict[str, FakeQuantize], dict[str, FakeQuantize]]:
     """The weight and input fake-quantizers of each layer of a :func:`prepare_qat_eager` model."""
     weights = {name: model.get_submodule(name).weight_fake_quant for name in layers}
+    leave_weights_unclamped(weights.values())
     inputs = {name: model.get_submodule(name).input_fake_quant for name in layers}
     return weights, inputs

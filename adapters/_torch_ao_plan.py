@@ -25,9 +25,19 @@ One QConfig serves several inputs in two cases, and FX cannot separate them:
 * a tensor read by several layers (a ResNet block input feeds ``conv1`` and the
   ``downsample`` conv) has one observer.
 
-Such an entry gets the *smallest* activation width of the layers it feeds.  The
-model that is evaluated is then exactly the one the exported mapping builds,
-and no layer runs with more bits than the policy pays for in the cost model.
+Such an entry gets the *smallest* activation width of the layers it feeds, so
+that no layer runs with more bits than the policy pays for in the cost model,
+with one exception: a layer whose input is kept at 8 bits (``KEPT_BITS``, the
+first layer by default) is never lowered, and its group then runs at 8 bits.
+The model that is evaluated is exactly the one the exported mapping builds.
+
+Clamping activations (ReLU, ReLU6, Hardtanh, ``clamp``) that FX does not fuse
+into the layer before them get their own observer
+(:mod:`haq_plugin.adapters._torch_ao_backend_config`), so a layer reading a
+ReLU6 output is quantized on the range it reads.  The observer in front of
+that clamp (the pre-activation) belongs to the producing layer's QConfig; it
+feeds no layer and takes ``other_act_bits``, except after the first layer,
+whose QConfig also builds the network input's observer.
 :meth:`ActivationPlan.shared` lists these groups and :meth:`ActivationPlan.effective_act_bits`
 the bits each layer's input really gets.
 """
@@ -44,11 +54,16 @@ from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
 from haq_plugin.errors import HaqError
 
-from haq_plugin.adapters._torch_ao_qconfig import ACT_OBSERVERS, act_range, make_qconfig, weight_fake_quant
+from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
+from haq_plugin.adapters._torch_ao_backend_config import backend_config
+from haq_plugin.adapters._torch_ao_qconfig import (
+    ACT_OBSERVERS, act_range, disable_fake_quants, leave_weights_unclamped, make_qconfig,
+    weight_fake_quant, weight_only_qconfig)
 from haq_plugin.adapters._torch_ao_quiet import quiet_torch_ao
 
 BitMap = Mapping[str, tuple[int, int]]
 PROBE_BITS = 8
+KEPT_BITS = 8
 
 
 class OwnedFakeQuantize(FakeQuantize):
@@ -76,6 +91,13 @@ class OwnerKey:
 GLOBAL = OwnerKey("global")
 
 
+def _group_bits(widths: list[int], default: int) -> int:
+    """One observer for several layer inputs: the smallest width, unless one of them is kept at 8."""
+    if not widths:
+        return default
+    return KEPT_BITS if KEPT_BITS in widths else min(widths)
+
+
 @dataclass
 class ActivationPlan:
     """Which QConfigMapping entry quantizes each layer's input, independent of the bit widths.
@@ -92,10 +114,12 @@ class ActivationPlan:
     other_act_bits: int = 8
     observer: str = "minmax"
     mode: str = "fx"
+    quantize: str = QUANTIZE_MODES[0]
 
     def act_bits_by_key(self, bits: BitMap) -> dict[OwnerKey, int]:
-        """Activation bits of each entry: the smallest of the layers it feeds, else ``other_act_bits``."""
-        return {key: min((bits[layer][1] for layer in self.feeds.get(key, [])), default=self.other_act_bits)
+        """Activation bits of each entry: the smallest of the layers it feeds (8 if one of them keeps 8
+        bits), else ``other_act_bits``."""
+        return {key: _group_bits([bits[layer][1] for layer in self.feeds.get(key, [])], self.other_act_bits)
                 for key in self.owners}
 
     def effective_act_bits(self, bits: BitMap) -> dict[str, int]:
@@ -114,6 +138,8 @@ class ActivationPlan:
         QConfig per layer whose activation is the layer's input (applied by
         :func:`~haq_plugin.adapters._torch_ao_eager.prepare_qat_eager`).
         """
+        if self.quantize == WEIGHTS_ONLY:
+            return self._weight_only_mapping(bits)
         if self.mode == "eager":
             mapping = QConfigMapping()
             for layer in self.layers:
@@ -131,6 +157,22 @@ class ActivationPlan:
                 mapping.set_module_name(key.module_name, qconfig)
             elif key.kind == "module_name_object_type_order":
                 mapping.set_module_name_object_type_order(key.module_name, key.object_type, key.index, qconfig)
+        return mapping
+
+    def apply_quantize(self, quantize: str, activations: list[tuple[FakeQuantize, OwnerKey]]
+                       ) -> list[tuple[FakeQuantize, OwnerKey]]:
+        """Record ``quantize``; for weight-only, turn the activation fake-quantizers off for good.
+
+        Returns the activation handles an episode still sets: none for weight-only.
+        """
+        self.quantize = quantize
+        return disable_fake_quants(activations) if quantize == WEIGHTS_ONLY else activations
+
+    def _weight_only_mapping(self, bits: BitMap) -> QConfigMapping:
+        """Only the layers have a QConfig, with float activations: nothing else is observed."""
+        mapping = QConfigMapping()
+        for layer in self.layers:
+            mapping.set_module_name(layer, weight_only_qconfig(bits[layer][0]))
         return mapping
 
     @classmethod
@@ -204,7 +246,8 @@ def prepare_probed(model: nn.Module, example_input: Any, layers: list[str], obse
     model.train()
     try:
         with quiet_torch_ao():
-            prepared = prepare_qat_fx(model, probe_mapping(model, observer), example)
+            prepared = prepare_qat_fx(model, probe_mapping(model, observer), example,
+                                      backend_config=backend_config())
     finally:
         model.train(was_training)
     plan, handles = _read_plan(prepared, layers, observer, other_act_bits)
@@ -245,6 +288,7 @@ def _read_plan(prepared: fx.GraphModule, layers: list[str], observer: str,
             keys[id(module)] = _owner_key(module, node.args[0], scopes, indices)
             instances[id(module)] = module
     input_key, weights = _layer_inputs(prepared, modules, layers, keys)
+    leave_weights_unclamped(weights.values())
     plan = ActivationPlan._from_inputs(layers, input_key, list(dict.fromkeys(keys.values())), observer,
                                        other_act_bits, "fx")
     handles = FxHandles(weights=weights, activations=[(instances[i], key) for i, key in keys.items()])

@@ -33,15 +33,18 @@ computes scale and zero point for the new range.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch.ao.quantization import FakeQuantize, QConfig
 from torch.ao.quantization.observer import (
-    MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver, check_min_max_valid)
+    MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver, PlaceholderObserver,
+    check_min_max_valid)
 
 from haq_plugin.bits import check_width
 from haq_plugin.errors import HaqError
+
+from haq_plugin.adapters._weight_ranges import clips, mse_clip_ratios, symmetric_scale
 
 SUPPORTED_BITS = tuple(range(2, 9))
 BITS_HELP = (
@@ -64,12 +67,37 @@ class FullRangeSymmetricObserver(PerChannelMinMaxObserver):
     ``quant_min``.
     """
 
+    clamp_weights: bool = True
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        """Min-max statistics, or at low bits an MSE-clipped range (see :mod:`._weight_ranges`).
+
+        A clipped range saturates the outlying weights.  Fake quantization
+        clamps them anyway; with ``clamp_weights`` (the default) they are also
+        clamped in place (``.data``: the forward value is unchanged), because
+        ``convert_fx`` quantizes the weight tensor again with int8 limits, not
+        the policy's.  The search backend turns this off on its own model, so
+        that no episode changes the weights the next one starts from.
+        """
+        if not clips(x_orig, int(self.quant_min), int(self.quant_max), self.ch_axis):
+            return super().forward(x_orig)
+        ratio = mse_clip_ratios(x_orig, int(self.quant_min), int(self.quant_max), self.ch_axis)
+        rows = x_orig.detach().transpose(0, self.ch_axis).reshape(x_orig.shape[self.ch_axis], -1)
+        self.min_val.resize_(ratio.shape).copy_(rows.amin(1) * ratio)
+        self.max_val.resize_(ratio.shape).copy_(rows.amax(1) * ratio)
+        scale, _ = self.calculate_qparams()
+        shape = [1] * x_orig.dim()
+        shape[self.ch_axis] = -1
+        step = scale.to(x_orig.dtype).reshape(shape)
+        if self.clamp_weights:
+            x_orig.data.copy_(torch.max(torch.min(x_orig.data, step * self.quant_max), step * self.quant_min))
+        return x_orig
+
     def _calculate_qparams(self, min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not check_min_max_valid(min_val, max_val):
             return super()._calculate_qparams(min_val, max_val)
-        positive = torch.clamp(max_val, min=0) / float(self.quant_max)
-        negative = torch.clamp(min_val, max=0) / float(self.quant_min)
-        scale = torch.max(torch.max(positive, negative), self.eps.to(min_val.device))
+        scale = torch.max(symmetric_scale(min_val, max_val, int(self.quant_min), int(self.quant_max)),
+                          self.eps.to(min_val.device))
         return scale, torch.zeros(scale.shape, dtype=torch.int64, device=scale.device)
 
 
@@ -113,6 +141,27 @@ def make_qconfig(weight_bits: int, act_bits: int, observer: str = "minmax") -> Q
     return QConfig(activation=act_fake_quant(act_bits, observer), weight=weight_fake_quant(weight_bits))
 
 
+def weight_only_qconfig(weight_bits: int) -> QConfig:
+    """Weights at ``weight_bits``, activations left in floating point (a float ``PlaceholderObserver``).
+
+    torch's native backend config has no float-activation, int8-weight Conv or
+    Linear, so apply it with :func:`~haq_plugin.adapters._torch_ao_backend_config.backend_config`.
+    """
+    return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.float32),
+                   weight=weight_fake_quant(weight_bits))
+
+
+def disable_fake_quants(fqs: list[tuple[FakeQuantize, Any]]) -> list[tuple[FakeQuantize, Any]]:
+    """Let the activation fake-quantizers pass their input through, for good (weight-only quantization).
+
+    Returns no handles: an episode has no activation range to set or calibrate.
+    """
+    for fq, _ in fqs:
+        fq.disable_observer()
+        fq.disable_fake_quant()
+    return []
+
+
 def set_fake_quant_range(fq: FakeQuantize, quant_min: int, quant_max: int) -> None:
     """Give ``fq`` a new integer range and forget what its observer has seen."""
     observer = fq.activation_post_process
@@ -121,6 +170,13 @@ def set_fake_quant_range(fq: FakeQuantize, quant_min: int, quant_max: int) -> No
     observer.reset_min_max_vals()
     # A range from before the change must never quantize with the new bounds.
     fq.zero_point.clamp_(quant_min, quant_max)
+
+
+def leave_weights_unclamped(fqs: Iterable[FakeQuantize]) -> None:
+    """Make weight observers of a search model read the weights without ever clamping them in place."""
+    for fq in fqs:
+        if isinstance(fq.activation_post_process, FullRangeSymmetricObserver):
+            fq.activation_post_process.clamp_weights = False
 
 
 def fake_quant_range(fq: FakeQuantize) -> tuple[int, int]:

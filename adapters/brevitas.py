@@ -22,6 +22,7 @@ and then trains, evaluates or exports ``qmodel`` like any Brevitas model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -35,6 +36,7 @@ from haq_plugin.layers import LayerSpec, extract_layers
 from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
+from haq_plugin.adapters._quantize_mode import QuantizeMode
 from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
 from haq_plugin.adapters._brevitas_quantizers import (
     ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles,
@@ -54,7 +56,7 @@ def _check_percentile(value: float) -> str | None:
     return None if 0.0 < value <= 100.0 else "must be in (0, 100]"
 
 
-class BrevitasBackend(QuantBackend):
+class BrevitasBackend(QuantizeMode, QuantBackend):
     """Fake quantization with Brevitas quant layers.
 
     Weights: signed, narrow range, per output channel.  Layer inputs: per
@@ -66,6 +68,8 @@ class BrevitasBackend(QuantBackend):
     """
 
     name = "brevitas"
+    #: MSE-clipped weight scales at 4 bits or fewer (see ``_brevitas_weight_ranges``); set before prepare.
+    clip_weights = False
     description = ("Brevitas quant layers via layerwise_quantize: per-channel weights, per-tensor signed or "
                    "unsigned inputs, bit widths changed in place")
     export_filename = "brevitas_policy.json"
@@ -105,6 +109,8 @@ class BrevitasBackend(QuantBackend):
                            "that activation ranges and input signs can be measured.")
         names = [layer.name for layer in self.use_layers(model, example_input, layers)]
         qmodel = copy.deepcopy(model)
+        self._settings = dataclasses.replace(self._settings, quantize=self.quantize,
+                                             clip_weights=self.clip_weights)
         self._signs = detect_input_signs(qmodel, names, batches)
         self._bits = {name: (8, 8) for name in names}
         quantize_layers(qmodel, self._plan(), self._settings)

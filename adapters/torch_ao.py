@@ -55,15 +55,12 @@ rebuild it exactly); ``eager`` for eager mode, where each entry's activation
 describes the layer's *input* and the file is applied with
 :func:`prepare_qat_eager`.
 
-Apply an exported policy in your own training script::
+Apply an exported policy with :func:`backend_config` and :func:`convert_in_range` (see their docs)::
 
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx, convert_fx
-    from haq_plugin.adapters.torch_ao import load_qconfig_mapping
-
-    mapping = load_qconfig_mapping("qconfig_mapping.json")
-    qat_model = prepare_qat_fx(model.train(), mapping, (example_input,))
+    mapping = load_qconfig_mapping("qconfig_mapping.json", model, example_input)
+    qat_model = prepare_qat_fx(model.train(), mapping, (example_input,), backend_config=backend_config())
     ...train qat_model as usual...
-    int_model = convert_fx(qat_model.eval())
+    int_model = convert_in_range(qat_model)
 """
 
 from __future__ import annotations
@@ -92,9 +89,11 @@ from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_jso
 from haq_plugin.adapters._torch_ao_plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
 from haq_plugin.adapters._torch_ao_qconfig import (
     ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, set_fake_quant_range, weight_range)
+from haq_plugin.adapters._torch_ao_convert import backend_config, convert_in_range
+from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
 
-__all__ = ["TorchAoBackend", "load_qconfig_mapping", "prepare_qat_eager", "qconfig_mapping_for",
-           "SUPPORTED_BITS", "BITS_HELP"]
+__all__ = ["TorchAoBackend", "backend_config", "convert_in_range", "load_qconfig_mapping", "prepare_qat_eager",
+           "qconfig_mapping_for", "SUPPORTED_BITS", "BITS_HELP"]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ def _layer_names(model: nn.Module, example_input: Any) -> list[str]:
 
 
 def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, act_observer: str = "minmax",
-                        other_act_bits: int = 8) -> QConfigMapping:
+                        other_act_bits: int = 8, quantize: str = QUANTIZE_MODES[0]) -> QConfigMapping:
     """The QConfigMapping that makes ``prepare_qat_fx(model, mapping, ...)`` apply ``bits``.
 
     ``bits`` maps layer name -> (weight_bits, activation_bits of the layer's
@@ -133,6 +132,7 @@ def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, a
                        "QConfigMapping applies; use the torch.ao backend's eager mode and prepare_qat_eager.") from None
     # prepare_qat_fx writes .qconfig attributes into the modules it is given: trace a copy.
     _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, layers, act_observer, other_act_bits)
+    plan.quantize = check_quantize(quantize, "qconfig_mapping_for")
     return plan.mapping(checked)
 
 
@@ -150,7 +150,8 @@ def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
     bits = {entry["name"]: (int(entry["weight_bits"]), int(entry["activation_bits"])) for entry in data["layers"]}
     observer = _stored_observer(data)
     return qconfig_mapping_for(bits, model, example_input, act_observer=observer,
-                               other_act_bits=int(data.get("other_activation_bits", 8)))
+                               other_act_bits=int(data.get("other_activation_bits", 8)),
+                               quantize=data.get("quantize", QUANTIZE_MODES[0]))
 
 
 def _stored_observer(data: Mapping[str, Any]) -> str:
@@ -195,7 +196,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-class TorchAoBackend(QuantBackend):
+class TorchAoBackend(QuantizeMode, QuantBackend):
     """Fake quantization with torch.ao QConfigs, FX graph mode or eager mode (see module docstring)."""
 
     name = "torch.ao"
@@ -241,6 +242,7 @@ class TorchAoBackend(QuantBackend):
             self._model = prepare_qat_eager(work, self._plan.mapping(uniform), inplace=True)
             self._weight_fqs, inputs = eager_handles(self._model, names)
             self._act_fqs = [(inputs[name], self._plan.input_key[name]) for name in names]
+        self._act_fqs = self._plan.apply_quantize(self.quantize, self._act_fqs)
         self._calibration = list(calibration_data)
         self.mark_prepared()
         self.set_policy({name: (8, 8) for name in names})
@@ -355,7 +357,7 @@ class TorchAoBackend(QuantBackend):
             plan, graph = self._plan, ("eager" if self._plan.mode == "eager" else "traced")
         else:
             plan = ActivationPlan.chain(list(bits), self.config["act_observer"], self.config["other_act_bits"])
-            graph = "assumed-chain"
+            plan.quantize, graph = self.quantize, "assumed-chain"
             log.warning("torch.ao: exporting without the model, so each layer is assumed to read the previous "
                         "layer's output; pass the model to load_qconfig_mapping(path, model, example_input) to "
                         "rebuild the mapping exactly.")
@@ -375,6 +377,7 @@ def export_document(plan: ActivationPlan, bits: BitMap, shapes: Mapping[str, str
         "graph": graph,
         "activation_observer": plan.observer,
         "other_activation_bits": plan.other_act_bits,
+        "quantize": plan.quantize,
         "layers": [{"name": name, "shape": shapes.get(name, ""), "weight_bits": bits[name][0],
                     "activation_bits": bits[name][1], "effective_activation_bits": effective[name]}
                    for name in plan.layers],
