@@ -51,7 +51,7 @@ from brevitas.quant import (
 from haq_plugin.errors import HaqError
 
 from haq_plugin.adapters._brevitas_weight_ranges import CLIPPED_WEIGHT_QUANT, attach_bit_width
-from haq_plugin.adapters._quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
+from haq_plugin.quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
 
 with warnings.catch_warnings():
     # Importing brevitas.graph warns that the optional fast_hadamard_transform CUDA

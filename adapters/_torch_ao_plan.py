@@ -54,7 +54,7 @@ from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
 from haq_plugin.errors import HaqError
 
-from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
+from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
 from haq_plugin.adapters._torch_ao_backend_config import backend_config
 from haq_plugin.adapters._torch_ao_qconfig import (
     ACT_OBSERVERS, act_range, disable_fake_quants, leave_weights_unclamped, make_qconfig,

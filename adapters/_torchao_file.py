@@ -12,10 +12,10 @@ from haq_plugin.errors import HaqError
 from haq_plugin.files import read_json, require_fields, write_text_atomic
 
 from haq_plugin.adapters._torchao_quantizer import SpecFields
+from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS
 
 FORMAT = "haq-plugin torchao PT2E quantizer"
 SCHEMA_VERSION = 1
-QUANTIZE_MODES = ("weights_and_activations", "weights")
 SUPPORTED_BITS = tuple(range(2, 9))
 
 
@@ -52,7 +52,7 @@ def read_quantizer_file(path: str | Path) -> QuantizerFile:
     if data.get("schema_version") != SCHEMA_VERSION:
         raise HaqError(f"{path}: schema_version {data.get('schema_version')!r}; this haq-plugin reads "
                        f"schema_version {SCHEMA_VERSION}.")
-    quantize = data.get("quantize", "weights_and_activations")
+    quantize = data.get("quantize", WEIGHTS_AND_ACTIVATIONS)
     if quantize not in QUANTIZE_MODES:
         raise HaqError(f"{path}: quantize {quantize!r} is unknown; use one of {', '.join(QUANTIZE_MODES)}.")
     if not isinstance(data.get("layers"), list) or not data["layers"]:

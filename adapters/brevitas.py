@@ -36,7 +36,7 @@ from haq_plugin.layers import LayerSpec, extract_layers
 from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
-from haq_plugin.adapters._quantize_mode import QuantizeMode
+from haq_plugin.quantize_mode import QuantizeMode
 from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
 from haq_plugin.adapters._brevitas_quantizers import (
     ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles,

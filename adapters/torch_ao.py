@@ -90,7 +90,7 @@ from haq_plugin.adapters._torch_ao_plan import ActivationPlan, OwnerKey, check_t
 from haq_plugin.adapters._torch_ao_qconfig import (
     ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, set_fake_quant_range, weight_range)
 from haq_plugin.adapters._torch_ao_convert import backend_config, convert_in_range
-from haq_plugin.adapters._quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
+from haq_plugin.quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
 
 __all__ = ["TorchAoBackend", "backend_config", "convert_in_range", "load_qconfig_mapping", "prepare_qat_eager",
            "qconfig_mapping_for", "SUPPORTED_BITS", "BITS_HELP"]

@@ -22,7 +22,7 @@ Export file (``torchao_quantizer.json``, ``schema_version`` 1)::
     {
       "format": "haq-plugin torchao PT2E quantizer",
       "schema_version": 1,
-      "quantize": "weights_and_activations" | "weights",
+      "quantize": "weights+activations" | "weights",
       "layers": [{"name": "features.0.0", "shape": "conv:...",
                   "weight_bits": 4, "activation_bits": 3,        # null when quantize is "weights"
                   "weight": {"dtype": "int8", "quant_min": -8, "quant_max": 7,
@@ -68,7 +68,8 @@ from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._torchao_file import (
-    QUANTIZE_MODES, SUPPORTED_BITS, export_document, read_quantizer_file, write_document)
+    SUPPORTED_BITS, export_document, read_quantizer_file, write_document)
+from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, QuantizeMode
 from haq_plugin.adapters._torchao_quantizer import (
     LayerBitsQuantizer, LayerFakeQuants, act_range, layer_fake_quants, set_range, weight_range)
 from haq_plugin.adapters._torchao_quiet import quiet_export, quiet_torchao_import
@@ -155,7 +156,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-class TorchaoBackend(QuantBackend):
+class TorchaoBackend(QuantizeMode, QuantBackend):
     """Fake quantization with torchao PT2E (``prepare_qat_pt2e``); see the module docstring."""
 
     name = "torchao"
@@ -165,7 +166,7 @@ class TorchaoBackend(QuantBackend):
     supported_bits = SUPPORTED_BITS
     bits_help = BITS_HELP
     options = (
-        Option("quantize", str, "weights_and_activations", choices=QUANTIZE_MODES,
+        Option("quantize", str, WEIGHTS_AND_ACTIVATIONS, choices=QUANTIZE_MODES,
                help="What is quantized: weights and layer inputs, or weights only (inputs stay float and the "
                     "activation bits of a policy are ignored)."),
     )
@@ -177,10 +178,7 @@ class TorchaoBackend(QuantBackend):
         self._calibration: list[Any] = []
         self._bits: dict[str, tuple[int, int]] = {}
         self._calibrated = False
-
-    @property
-    def weights_only(self) -> bool:
-        return self.config["quantize"] == "weights"
+        self.quantize = self.config["quantize"]
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
                 layers: Sequence[LayerSpec] | None = None) -> None:
@@ -264,7 +262,7 @@ class TorchaoBackend(QuantBackend):
         self.require_prepared()
         bits = self.policy_bits(policy)
         shapes = {layer.name: layer.shape_key() for layer in self.layers}
-        return write_document(self.export_path(path), export_document(bits, shapes, self.config["quantize"]))
+        return write_document(self.export_path(path), export_document(bits, shapes, self.quantize))
 
 
 @hookimpl

@@ -270,7 +270,7 @@ def test_export_writes_the_documented_file_and_reload_gives_the_same_annotations
     assert path.name == "torchao_quantizer.json"
     data = json.loads(path.read_text())
     assert (data["format"], data["schema_version"], data["quantize"]) == \
-        ("haq-plugin torchao PT2E quantizer", 1, "weights_and_activations")
+        ("haq-plugin torchao PT2E quantizer", 1, "weights+activations")
     stem = data["layers"][0]
     assert stem["name"] == "stem.0" and (stem["weight_bits"], stem["activation_bits"]) == (4, 3)
     assert stem["weight"] == {"dtype": "int8", "quant_min": -8, "quant_max": 7,
