@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +35,9 @@ import torch
 from torch import nn
 
 from haq_plugin.errors import HaqError
+
+# Draws of the truncated exploration noise before giving up and clipping (see DDPGAgent._truncated_normal).
+REJECTION_TRIES = 1000
 
 
 @dataclass(frozen=True)
@@ -53,18 +58,20 @@ class DDPGConfig:
     final_layer_init: float = 3e-3
 
     def __post_init__(self) -> None:
-        positive = ("hidden", "lr_actor", "lr_critic", "batch_size", "buffer_episodes")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise HaqError(f"DDPGConfig.{name} must be > 0, got {getattr(self, name)!r}.")
-        unit = ("tau", "sigma_decay", "baseline_alpha", "gamma")
-        for name in unit:
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise HaqError(f"DDPGConfig.{name} must be in [0, 1], got {getattr(self, name)!r}.")
-        if self.warmup_episodes < 0 or self.initial_sigma < 0 or self.final_layer_init <= 0:
-            raise HaqError("DDPGConfig: warmup_episodes and initial_sigma must be >= 0 and "
-                           f"final_layer_init > 0; got {self.warmup_episodes}, {self.initial_sigma}, "
-                           f"{self.final_layer_init}.")
+        # name -> (allowed range in words, test); every value must also be a finite number
+        rules = {name: ("> 0", lambda v: v > 0) for name in (
+            "hidden", "lr_actor", "lr_critic", "batch_size", "buffer_episodes", "final_layer_init")}
+        rules.update({name: ("in [0, 1]", lambda v: 0.0 <= v <= 1.0) for name in (
+            "tau", "sigma_decay", "baseline_alpha", "gamma")})
+        rules.update({name: (">= 0", lambda v: v >= 0) for name in ("warmup_episodes", "initial_sigma")})
+        integers = ("hidden", "batch_size", "buffer_episodes", "warmup_episodes")
+        for name, (allowed, test) in rules.items():
+            value = getattr(self, name)
+            kind = numbers.Integral if name in integers else numbers.Real
+            if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
+                    or not test(value)):
+                what = "an integer" if name in integers else "a finite number"
+                raise HaqError(f"DDPGConfig.{name} must be {what} {allowed}, got {value!r}.")
 
 
 def _linear(n_in: int, n_out: int, bound: float, generator: torch.Generator) -> nn.Linear:
@@ -183,6 +190,7 @@ class DDPGAgent:
         self.baseline: float | None = None
         self.episodes_seen = 0
         self.updates = 0
+        self._warned_clipping = False
 
     # -- acting -----------------------------------------------------------------------
     @property
@@ -214,14 +222,27 @@ class DDPGAgent:
 
         With mean in [0, 1] and sigma <= 0.5 at least 47% of draws land in
         [0, 1], so the loop is short; it is exact, unlike clipping, which would
-        pile probability on the end points.
+        pile probability on the end points.  The loop is bounded all the same
+        (a diverged actor gives a NaN mean, a huge sigma almost never lands):
+        after ``REJECTION_TRIES`` misses the last draw is clipped, with one
+        warning per agent.
         """
-        if sigma <= 0.0:
-            return min(max(mean, 0.0), 1.0)
-        while True:
+        if sigma <= 0.0 or not math.isfinite(mean):
+            return min(max(mean, 0.0), 1.0) if math.isfinite(mean) else self._clipped(0.5, mean, sigma)
+        x = mean
+        for _ in range(REJECTION_TRIES):
             x = float(self.rng.normal(mean, sigma))
             if 0.0 <= x <= 1.0:
                 return x
+        return self._clipped(x, mean, sigma)
+
+    def _clipped(self, x: float, mean: float, sigma: float) -> float:
+        if not self._warned_clipping:
+            self._warned_clipping = True
+            warnings.warn(f"DDPG exploration: no draw of Normal({mean:g}, {sigma:g}) landed in [0, 1] after "
+                          f"{REJECTION_TRIES} tries; the action is clipped (the actor may have diverged: "
+                          "check lr_actor, lr_critic and initial_sigma).", RuntimeWarning, stacklevel=3)
+        return min(max(x, 0.0), 1.0) if math.isfinite(x) else 0.5
 
     # -- learning ---------------------------------------------------------------------
     def observe_episode(self, states: np.ndarray, actions: np.ndarray, reward: float) -> None:
