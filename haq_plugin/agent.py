@@ -56,6 +56,8 @@ class DDPGConfig:
     baseline_alpha: float = 0.5
     gamma: float = 1.0
     final_layer_init: float = 3e-3
+    # 0: one gradient update per stored transition (HAQ); n > 0: n updates per learning episode
+    updates_per_episode: int = 0
 
     def __post_init__(self) -> None:
         # name -> (allowed range in words, test); every value must also be a finite number
@@ -63,8 +65,9 @@ class DDPGConfig:
             "hidden", "lr_actor", "lr_critic", "batch_size", "buffer_episodes", "final_layer_init")}
         rules.update({name: ("in [0, 1]", lambda v: 0.0 <= v <= 1.0) for name in (
             "tau", "sigma_decay", "baseline_alpha", "gamma")})
-        rules.update({name: (">= 0", lambda v: v >= 0) for name in ("warmup_episodes", "initial_sigma")})
-        integers = ("hidden", "batch_size", "buffer_episodes", "warmup_episodes")
+        rules.update({name: (">= 0", lambda v: v >= 0) for name in (
+            "warmup_episodes", "initial_sigma", "updates_per_episode")})
+        integers = ("hidden", "batch_size", "buffer_episodes", "warmup_episodes", "updates_per_episode")
         for name, (allowed, test) in rules.items():
             value = getattr(self, name)
             kind = numbers.Integral if name in integers else numbers.Real
@@ -187,6 +190,9 @@ class DDPGAgent:
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=c.lr_actor, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=c.lr_critic, fused=True)
         self.buffer = ReplayBuffer(c.buffer_episodes * steps_per_episode, state_dim)
+        self._actor_params = list(self.actor.parameters())
+        self._soft_pairs = [(list(target.parameters()), list(net.parameters()))
+                            for target, net in ((self.actor_target, self.actor), (self.critic_target, self.critic))]
         self.baseline: float | None = None
         self.episodes_seen = 0
         self.updates = 0
@@ -249,7 +255,10 @@ class DDPGAgent:
         """Store an episode (every step gets the final reward) and train after warmup.
 
         The next state of step t is the state of step t+1; the last step is
-        terminal.  One gradient update per stored transition, as in HAQ.
+        terminal.  One gradient update per stored transition, as in HAQ, unless
+        ``config.updates_per_episode`` asks for a fixed number: on small models
+        the updates cost more than evaluating a policy, and a few updates per
+        episode learn about as well (``benchmarks/search_overhead.py``).
         """
         states_t = torch.as_tensor(np.asarray(states), dtype=torch.float32)
         n = len(states_t)
@@ -262,7 +271,7 @@ class DDPGAgent:
         train = not self.warming_up
         self.episodes_seen += 1
         if train:
-            for _ in range(n):
+            for _ in range(self.config.updates_per_episode or n):
                 self.update()
 
     def update(self) -> None:
@@ -283,16 +292,15 @@ class DDPGAgent:
         critic_loss.backward()
         self.critic_optim.step()
 
-        actor_params = list(self.actor.parameters())
         actor_loss = -self.critic(s, self.actor(s)).mean()
-        grads = torch.autograd.grad(actor_loss, actor_params)  # no critic weight gradients needed
-        for p, g in zip(actor_params, grads):
+        grads = torch.autograd.grad(actor_loss, self._actor_params)  # no critic weight gradients needed
+        for p, g in zip(self._actor_params, grads):
             p.grad = g
         self.actor_optim.step()
 
         with torch.no_grad():
-            for target_net, net in ((self.actor_target, self.actor), (self.critic_target, self.critic)):
-                torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), c.tau)
+            for target_params, params in self._soft_pairs:
+                torch._foreach_lerp_(target_params, params, c.tau)
         self.updates += 1
 
     # -- checkpointing ----------------------------------------------------------------
