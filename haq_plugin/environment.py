@@ -43,13 +43,13 @@ Budget enforcement is described in :meth:`QuantizationEnv.enforce_budget`.
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from haq_plugin import enforcement
 from haq_plugin.costs import CostTable
 from haq_plugin.errors import HaqError, InfeasibleBudget
 from haq_plugin.layers import LayerSpec
@@ -314,87 +314,11 @@ class QuantizationEnv:
         if self.budget.fits(math.fsum(per_layer)):
             return [tuple(pair) for pair in current]  # type: ignore[misc]
         proposed = [list(pair) for pair in bits]
-        if not self._lower_in_rounds(current, per_layer):
-            for i in self._switch_to_cheapest(current, per_layer):
+        if not enforcement.lower_in_rounds(self, current, per_layer):
+            for i in enforcement.switch_to_cheapest(self, current, per_layer):
                 proposed[i] = list(current[i])  # a switched layer stays at its cheapest pair
-        self._give_back(current, per_layer, proposed)
+        enforcement.give_back(self, current, per_layer, proposed)
         return [tuple(pair) for pair in current]  # type: ignore[misc]
-
-    def _cheaper_width(self, layer: int, slot: int, pair: Sequence[int]) -> tuple[int, float] | None:
-        """The widest allowed width below ``pair[slot]`` that lowers the layer's cost, and the saving."""
-        if self.fixed[layer][slot] is not None:
-            return None
-        now = self.layer_cost(layer, *pair)
-        trial = list(pair)
-        for width in reversed(self.allowed[:bisect.bisect_left(self.allowed, pair[slot])]):
-            trial[slot] = width
-            saving = now - self.layer_cost(layer, *trial)
-            if saving > 0.0:
-                return width, saving
-        return None
-
-    def _lower_in_rounds(self, current: list[list[int]], per_layer: list[float]) -> bool:
-        """Step 2 of :meth:`enforce_budget`; True once the policy fits, False if stuck over budget."""
-        n = len(current)
-        while True:
-            order = []
-            for i in range(n):
-                for slot in (1, 0):
-                    found = self._cheaper_width(i, slot, current[i])
-                    if found is not None:
-                        order.append((-found[1] / (current[i][slot] - found[0]), -i, -slot, i, slot))
-            if not order:
-                return False
-            for *_, i, slot in sorted(order):
-                found = self._cheaper_width(i, slot, current[i])  # the layer's other slot may have moved
-                if found is None:
-                    continue
-                current[i][slot] = found[0]
-                per_layer[i] = self.layer_cost(i, *current[i])
-                if self.budget.fits(math.fsum(per_layer)):
-                    return True
-
-    def _switch_to_cheapest(self, current: list[list[int]], per_layer: list[float]) -> list[int]:
-        """Non-monotone hardware: move layers to their cheapest pair, largest saving first, until it fits.
-
-        Returns the layers switched.
-        """
-        savings = sorted((per_layer[i] - self.layer_cost(i, *self.cheapest[i]), -i, i) for i in range(len(current)))
-        switched = []
-        for saving, _, i in reversed(savings):
-            if saving <= 0.0:
-                break
-            current[i] = list(self.cheapest[i])
-            per_layer[i] = self.layer_cost(i, *current[i])
-            switched.append(i)
-            if self.budget.fits(math.fsum(per_layer)):
-                return switched
-        raise RuntimeError("budget enforcement reached the cheapest policy without fitting")
-
-    def _give_back(self, current: list[list[int]], per_layer: list[float], proposed: list[list[int]]) -> None:
-        """Step 3 of :meth:`enforce_budget`: raise slots back towards the proposal while the policy fits."""
-        refused: set[tuple[int, int]] = set()
-        while True:
-            total = math.fsum(per_layer)
-            best = None
-            for i, pair in enumerate(current):
-                for slot in (0, 1):
-                    if pair[slot] >= proposed[i][slot] or self.fixed[i][slot] is not None or (i, slot) in refused:
-                        continue
-                    raised = list(pair)
-                    raised[slot] = self.allowed[bisect.bisect_right(self.allowed, pair[slot])]
-                    extra = self.layer_cost(i, *raised) - per_layer[i]
-                    key = (pair[slot], extra / (raised[slot] - pair[slot]), i, slot)
-                    if self.budget.fits(total + extra) and (best is None or key < best[0]):
-                        best = (key, i, raised)
-            if best is None:
-                return
-            _, i, raised = best
-            before = current[i], per_layer[i]
-            current[i], per_layer[i] = raised, self.layer_cost(i, *raised)
-            if not self.budget.fits(math.fsum(per_layer)):  # the quick sum above was off by rounding
-                current[i], per_layer[i] = before
-                refused.add((i, best[0][3]))
 
     # -- reference policies -----------------------------------------------------------
     def uniform_bits(self, bits: int) -> list[BitPair]:
