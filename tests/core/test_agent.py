@@ -204,3 +204,14 @@ def test_config_defaults_are_the_reference_values():
     assert (c.hidden, c.lr_actor, c.lr_critic, c.batch_size, c.tau) == (300, 1e-4, 1e-3, 64, 0.01)
     assert (c.buffer_episodes, c.warmup_episodes, c.initial_sigma, c.sigma_decay) == (128, 20, 0.5, 0.99)
     assert (c.baseline_alpha, c.gamma) == (0.5, 1.0)
+
+
+def test_updates_per_episode_sets_the_number_of_gradient_updates():
+    default = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=1), seed=2)
+    fewer = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=1, updates_per_episode=3), seed=2)
+    for agent in (default, fewer):
+        run_episodes(agent, 3, 0.5)
+    assert (default.updates, fewer.updates) == (2 * STEPS, 2 * 3)
+    assert DDPGConfig().updates_per_episode == 0, "default: one update per stored transition, as in HAQ"
+    with pytest.raises(HaqError, match="updates_per_episode must be an integer >= 0"):
+        DDPGConfig(updates_per_episode=-1)
