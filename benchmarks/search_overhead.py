@@ -10,6 +10,12 @@ update per step) are reported separately, because they differ.
 
     python -m benchmarks.search_overhead            # 60 episodes, 20 of them warmup
     python -m benchmarks.search_overhead --quick    # 24 episodes, 8 of them warmup
+    python -m benchmarks.search_overhead --updates-per-episode 0 6   # compare DDPG update counts
+
+The DDPG learning time of each learning episode (storing it and the gradient
+updates) is timed around ``DDPGAgent.observe_episode`` and reported as a
+median against the median evaluation time: the figure the updates must keep
+small.  ``--updates-per-episode 0`` is HAQ's one update per stored transition.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from haq_plugin.agent import DDPGConfig
+from haq_plugin.agent import DDPGAgent, DDPGConfig
 from haq_plugin.demo import load_demo
 from haq_plugin.formatting import markdown_table
 from haq_plugin.plugins import get_plugin_manager
@@ -40,17 +46,40 @@ def pick_backend() -> str:
     sys.exit(f"no torch.ao or brevitas backend is registered (found: {', '.join(names) or 'none'})")
 
 
+class LearningTimer:
+    """Times every ``DDPGAgent.observe_episode`` call while active (the agent's whole learning step)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._original = DDPGAgent.observe_episode
+
+    def __enter__(self) -> "LearningTimer":
+        original, seconds = self._original, self.seconds
+
+        def timed(agent, *args, **kwargs):
+            start = time.perf_counter()
+            original(agent, *args, **kwargs)
+            seconds.append(time.perf_counter() - start)
+
+        DDPGAgent.observe_episode = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        DDPGAgent.observe_episode = self._original
+
+
 def measure(backend: str, hardware: str, constraint: str, budget: float, episodes: int, warmup: int,
-            threads: int) -> dict:
+            threads: int, updates_per_episode: int = 0) -> dict:
     """One search; per-episode timing split into evaluation and overhead."""
     torch.set_num_threads(threads)
     demo = load_demo()
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, LearningTimer() as learning:
         start = time.perf_counter()
         result = search(demo.model, demo.example_input, hardware=hardware, backend=backend,
                         constraint=constraint, budget=budget, eval_fn=demo.eval_fn,
                         calibration_data=demo.calibration_data, episodes=episodes,
-                        ddpg=DDPGConfig(warmup_episodes=warmup), output_dir=Path(out), progress=False)
+                        ddpg=DDPGConfig(warmup_episodes=warmup, updates_per_episode=updates_per_episode),
+                        output_dir=Path(out), progress=False)
         total = time.perf_counter() - start
         checkpoint_bytes = (Path(out) / "checkpoint.pt").stat().st_size
     t = result.timings
@@ -65,10 +94,16 @@ def measure(backend: str, hardware: str, constraint: str, budget: float, episode
         phases[phase] = {"episodes": len(records), "eval_ms": 1e3 * statistics.median(evals),
                          "overhead_ms": 1e3 * statistics.median(overheads),
                          "overhead_share": statistics.median(overheads) / statistics.median(evals)}
+    learn = learning.seconds[warmup:]
+    learning_evals = [r.eval_seconds for r in result.history[warmup:]]
+    if learn and learning_evals:
+        phases["learning"]["ddpg_ms"] = 1e3 * statistics.median(learn)
+        phases["learning"]["ddpg_share"] = statistics.median(learn) / statistics.median(learning_evals)
     loop_overhead = t["loop"] - t["eval"]
     return {
         "backend": backend, "hardware": hardware, "constraint": constraint, "budget": budget,
         "episodes": episodes, "warmup": warmup, "threads": threads, "layers": len(result.layers),
+        "updates_per_episode": updates_per_episode or 2 * len(result.layers),
         "steps_per_episode": 2 * len(result.layers), "total_s": total, "setup_s": t["setup"],
         "loop_s": t["loop"], "eval_s": t["eval"], "agent_s": t["agent"], "checkpoint_s": t["checkpoint"],
         "overhead_share": loop_overhead / t["eval"], "episodes_per_minute": 60 * episodes / t["loop"],
@@ -88,6 +123,11 @@ def to_markdown(record: dict) -> str:
              f"{100 * p['overhead_share']:.1f}%"] for phase, p in r["phases"].items()]
     table = markdown_table(["episodes", "count", "evaluation (median)", "overhead (median)", "overhead / evaluation"],
                            rows)
+    learning = r["phases"].get("learning", {})
+    if "ddpg_ms" in learning:
+        table += (f"\nDDPG learning per learning episode ({r['updates_per_episode']} updates): "
+                  f"{learning['ddpg_ms']:.1f} ms (median) = {100 * learning['ddpg_share']:.1f}% of the median "
+                  "evaluation.\n")
     tail = (f"\nWhole loop: overhead {100 * r['overhead_share']:.1f}% of evaluation time, "
             f"{r['episodes_per_minute']:.0f} episodes per minute; DDPG learning {r['agent_s']:.2f} s in total, "
             f"checkpoint {r['checkpoint_ms']:.1f} ms per episode ({r['checkpoint_mb']:.1f} MB); "
@@ -104,14 +144,17 @@ def main() -> None:
     parser.add_argument("--constraint", default="latency")
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--updates-per-episode", type=int, nargs="+", default=[0],
+                        help="DDPGConfig.updates_per_episode values to measure (0: one per step, HAQ)")
     parser.add_argument("--json", type=Path, help="also write the record as JSON")
     args = parser.parse_args()
     episodes, warmup = (24, 8) if args.quick else (60, 20)
-    record = measure(args.backend or pick_backend(), args.hw, args.constraint, args.budget, episodes, warmup,
-                     args.threads)
-    print(to_markdown(record))
+    records = [measure(args.backend or pick_backend(), args.hw, args.constraint, args.budget, episodes, warmup,
+                       args.threads, updates) for updates in args.updates_per_episode]
+    for record in records:
+        print(to_markdown(record))
     if args.json:
-        args.json.write_text(json.dumps(record, indent=2))
+        args.json.write_text(json.dumps(records[0] if len(records) == 1 else records, indent=2))
 
 
 if __name__ == "__main__":

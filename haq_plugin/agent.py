@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +35,9 @@ import torch
 from torch import nn
 
 from haq_plugin.errors import HaqError
+
+# Draws of the truncated exploration noise before giving up and clipping (see DDPGAgent._truncated_normal).
+REJECTION_TRIES = 1000
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,26 @@ class DDPGConfig:
     """Discount of future rewards; 1 because the only reward comes at the end of an episode."""
     final_layer_init: float = 3e-3
     """Bound of the uniform initialisation of the output layers, so that first actions sit near 0.5."""
+    updates_per_episode: int = 0
+    """Gradient updates per learning episode: 0 means one per stored transition (HAQ's reference); n > 0
+    does n updates, which is faster on small models but changes the search."""
 
     def __post_init__(self) -> None:
-        positive = ("hidden", "lr_actor", "lr_critic", "batch_size", "buffer_episodes")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise HaqError(f"DDPGConfig.{name} must be > 0, got {getattr(self, name)!r}.")
-        unit = ("tau", "sigma_decay", "baseline_alpha", "gamma")
-        for name in unit:
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise HaqError(f"DDPGConfig.{name} must be in [0, 1], got {getattr(self, name)!r}.")
-        if self.warmup_episodes < 0 or self.initial_sigma < 0 or self.final_layer_init <= 0:
-            raise HaqError("DDPGConfig: warmup_episodes and initial_sigma must be >= 0 and "
-                           f"final_layer_init > 0; got {self.warmup_episodes}, {self.initial_sigma}, "
-                           f"{self.final_layer_init}.")
+        # name -> (allowed range in words, test); every value must also be a finite number
+        rules = {name: ("> 0", lambda v: v > 0) for name in (
+            "hidden", "lr_actor", "lr_critic", "batch_size", "buffer_episodes", "final_layer_init")}
+        rules.update({name: ("in [0, 1]", lambda v: 0.0 <= v <= 1.0) for name in (
+            "tau", "sigma_decay", "baseline_alpha", "gamma")})
+        rules.update({name: (">= 0", lambda v: v >= 0) for name in (
+            "warmup_episodes", "initial_sigma", "updates_per_episode")})
+        integers = ("hidden", "batch_size", "buffer_episodes", "warmup_episodes", "updates_per_episode")
+        for name, (allowed, test) in rules.items():
+            value = getattr(self, name)
+            kind = numbers.Integral if name in integers else numbers.Real
+            if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
+                    or not test(value)):
+                what = "an integer" if name in integers else "a finite number"
+                raise HaqError(f"DDPGConfig.{name} must be {what} {allowed}, got {value!r}.")
 
 
 def _linear(n_in: int, n_out: int, bound: float, generator: torch.Generator) -> nn.Linear:
@@ -194,9 +205,13 @@ class DDPGAgent:
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=c.lr_actor, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=c.lr_critic, fused=True)
         self.buffer = ReplayBuffer(c.buffer_episodes * steps_per_episode, state_dim)
+        self._actor_params = list(self.actor.parameters())
+        self._soft_pairs = [(list(target.parameters()), list(net.parameters()))
+                            for target, net in ((self.actor_target, self.actor), (self.critic_target, self.critic))]
         self.baseline: float | None = None
         self.episodes_seen = 0
         self.updates = 0
+        self._warned_clipping = False
 
     # -- acting -----------------------------------------------------------------------
     @property
@@ -228,21 +243,37 @@ class DDPGAgent:
 
         With mean in [0, 1] and sigma <= 0.5 at least 47% of draws land in
         [0, 1], so the loop is short; it is exact, unlike clipping, which would
-        pile probability on the end points.
+        pile probability on the end points.  The loop is bounded all the same
+        (a diverged actor gives a NaN mean, a huge sigma almost never lands):
+        after ``REJECTION_TRIES`` misses the last draw is clipped, with one
+        warning per agent.
         """
-        if sigma <= 0.0:
-            return min(max(mean, 0.0), 1.0)
-        while True:
+        if sigma <= 0.0 or not math.isfinite(mean):
+            return min(max(mean, 0.0), 1.0) if math.isfinite(mean) else self._clipped(0.5, mean, sigma)
+        x = mean
+        for _ in range(REJECTION_TRIES):
             x = float(self.rng.normal(mean, sigma))
             if 0.0 <= x <= 1.0:
                 return x
+        return self._clipped(x, mean, sigma)
+
+    def _clipped(self, x: float, mean: float, sigma: float) -> float:
+        if not self._warned_clipping:
+            self._warned_clipping = True
+            warnings.warn(f"DDPG exploration: no draw of Normal({mean:g}, {sigma:g}) landed in [0, 1] after "
+                          f"{REJECTION_TRIES} tries; the action is clipped (the actor may have diverged: "
+                          "check lr_actor, lr_critic and initial_sigma).", RuntimeWarning, stacklevel=3)
+        return min(max(x, 0.0), 1.0) if math.isfinite(x) else 0.5
 
     # -- learning ---------------------------------------------------------------------
     def observe_episode(self, states: np.ndarray, actions: np.ndarray, reward: float) -> None:
         """Store an episode (every step gets the final reward) and train after warmup.
 
         The next state of step t is the state of step t+1; the last step is
-        terminal.  One gradient update per stored transition, as in HAQ.
+        terminal.  One gradient update per stored transition, as in HAQ, unless
+        ``config.updates_per_episode`` asks for a fixed number: on small models
+        the updates cost more than evaluating a policy, and a few updates per
+        episode learn about as well (``benchmarks/search_overhead.py``).
         """
         states_t = torch.as_tensor(np.asarray(states), dtype=torch.float32)
         n = len(states_t)
@@ -255,7 +286,7 @@ class DDPGAgent:
         train = not self.warming_up
         self.episodes_seen += 1
         if train:
-            for _ in range(n):
+            for _ in range(self.config.updates_per_episode or n):
                 self.update()
 
     def update(self) -> None:
@@ -276,16 +307,15 @@ class DDPGAgent:
         critic_loss.backward()
         self.critic_optim.step()
 
-        actor_params = list(self.actor.parameters())
         actor_loss = -self.critic(s, self.actor(s)).mean()
-        grads = torch.autograd.grad(actor_loss, actor_params)  # no critic weight gradients needed
-        for p, g in zip(actor_params, grads):
+        grads = torch.autograd.grad(actor_loss, self._actor_params)  # no critic weight gradients needed
+        for p, g in zip(self._actor_params, grads):
             p.grad = g
         self.actor_optim.step()
 
         with torch.no_grad():
-            for target_net, net in ((self.actor_target, self.actor), (self.critic_target, self.critic)):
-                torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), c.tau)
+            for target_params, params in self._soft_pairs:
+                torch._foreach_lerp_(target_params, params, c.tau)
         self.updates += 1
 
     # -- checkpointing ----------------------------------------------------------------

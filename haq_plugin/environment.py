@@ -24,20 +24,36 @@ State features (each min-max normalised over the layers, so they lie in [0, 1]):
 
 Fixed bits (first/last layer kept at 8 bits, user pins) still take their steps,
 so every episode has the same length, but the agent's action is ignored there.
+
+Two quantization modes (``quantize``):
+
+* ``"weights+activations"`` (HAQ's setting): two steps per layer, as above.
+* ``"weights"``: weight-only quantization.  Activations stay in floating point
+  in the backend, so the episode has one step per layer, the weight step
+  (feature 8 is always 1, feature 9 holds the previous layer's weight bits).
+  In every policy this environment returns, each activation slot holds
+  ``KEPT_BITS`` (8): the value the cost model charges for an input that is not
+  quantized below 8 bits, fixed like a kept layer, so budget enforcement never
+  touches it.  Under ``size`` this changes nothing (activations cost nothing);
+  under latency or energy it charges 8-bit inputs.  A backend that is told
+  the mode reads these 8s as "not quantized".
+
+Budget enforcement is described in :meth:`QuantizationEnv.enforce_budget`.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from haq_plugin import enforcement
 from haq_plugin.costs import CostTable
 from haq_plugin.errors import HaqError, InfeasibleBudget
 from haq_plugin.layers import LayerSpec
+from haq_plugin.quantize_mode import check_quantize
 
 STATE_FEATURES = (
     "layer_index", "in_channels", "out_channels", "kernel_size", "stride", "input_area",
@@ -51,6 +67,7 @@ KEPT_BITS = 8
 REWARD_SCALE = 0.1
 # Costs are sums of floats: a policy "fits" when within this relative rounding margin.
 BUDGET_RTOL = 1e-9
+
 
 BitPair = tuple[int, int]
 FixedPair = tuple["int | None", "int | None"]
@@ -146,7 +163,9 @@ class QuantizationEnv:
     """Episodes of bit choices for ``layers`` under a budget on one cost table metric."""
 
     def __init__(self, layers: Sequence[LayerSpec], table: CostTable, constraint: str, budget: float,
-                 allowed_bits: Sequence[int], fixed_bits: Mapping[str, BitPair] | None = None) -> None:
+                 allowed_bits: Sequence[int], fixed_bits: Mapping[str, BitPair] | None = None,
+                 quantize: str = "weights+activations") -> None:
+        check_quantize(quantize, "quantize")
         if not 0.0 < budget <= 1.0:
             raise HaqError(f"budget must be a fraction of the 8-bit cost in (0, 1], got {budget!r} "
                            "(e.g. 0.5 for half the 8-bit latency).")
@@ -158,18 +177,24 @@ class QuantizationEnv:
             raise HaqError("No bit width is allowed for the search (check min_bits/max_bits against the "
                            "bit widths of the hardware and the backend).")
         fixed = dict(fixed_bits or {})
+        self.quantize = quantize
+        self.weights_only = quantize == "weights"
+        if self.weights_only:  # activations are not quantized: fixed at the 8 bits the cost model charges
+            fixed = {layer.name: (fixed.get(layer.name, (None, None))[0], KEPT_BITS) for layer in self.layers}
         self.fixed: list[FixedPair] = [fixed.get(layer.name, (None, None)) for layer in self.layers]
+        # (layer, slot) decided at each step: slot 0 is the weight, 1 the activation
+        self._slots = [(i, slot) for i in range(len(self.layers)) for slot in ((0,) if self.weights_only else (0, 1))]
         self._check_bits_in_table(fixed)
         self.budget = Budget(constraint, float(budget), self.cost([(KEPT_BITS, KEPT_BITS)] * len(self.layers)))
-        self.n_steps = 2 * len(self.layers)
-        self.bits_scale = float(max([*self.allowed, *(b for pair in fixed.values() for b in pair)]))
+        self.n_steps = len(self._slots)
+        self.bits_scale = float(max([*self.allowed, *(b for pair in fixed.values() for b in pair if b is not None)]))
         self._states = self._static_states()
         self._check_feasible()
         self.reset()
 
     # -- set-up -----------------------------------------------------------------------
     def _check_bits_in_table(self, fixed: Mapping[str, BitPair]) -> None:
-        needed = set(self.allowed) | {KEPT_BITS} | {b for pair in fixed.values() for b in pair}
+        needed = set(self.allowed) | {KEPT_BITS} | {b for pair in fixed.values() for b in pair if b is not None}
         missing = sorted(needed - set(self.table.bits))
         if missing:
             raise HaqError(f"{', '.join(map(str, missing))}-bit costs are not in the cost table of hardware "
@@ -181,8 +206,9 @@ class QuantizationEnv:
     def _static_states(self) -> np.ndarray:
         per_layer = min_max_normalise(layer_features(self.layers))
         states = np.zeros((self.n_steps, STATE_DIM), dtype=np.float64)
-        states[:, :LAYER_FEATURES] = np.repeat(per_layer, 2, axis=0)
-        states[0::2, IS_WEIGHT_STEP] = 1.0
+        layer_of_step = [i for i, _ in self._slots]
+        states[:, :LAYER_FEATURES] = per_layer[layer_of_step]
+        states[:, IS_WEIGHT_STEP] = [1.0 if slot == 0 else 0.0 for _, slot in self._slots]
         return states
 
     def _cheapest_pairs(self) -> list[BitPair]:
@@ -225,8 +251,8 @@ class QuantizationEnv:
 
     def step(self, action: float) -> np.ndarray | None:
         """Apply ``action`` to the current step; return the next state, or None after the last step."""
-        layer, is_act = divmod(self._step, 2)
-        bits = self.fixed[layer][is_act]
+        layer, slot = self._slots[self._step]
+        bits = self.fixed[layer][slot]
         if bits is None:
             bits = action_to_bits(action, self.allowed)
         self._chosen.append(bits)
@@ -241,7 +267,10 @@ class QuantizationEnv:
         """The (weight, activation) bits of the finished episode, before budget enforcement."""
         if len(self._chosen) != self.n_steps:
             raise RuntimeError("the episode is not finished")
-        return [(self._chosen[2 * i], self._chosen[2 * i + 1]) for i in range(len(self.layers))]
+        pairs = [list(pair) for pair in self.fixed]
+        for (layer, slot), bits in zip(self._slots, self._chosen):
+            pairs[layer][slot] = bits
+        return [(int(w), int(a)) for w, a in pairs]
 
     # -- costs and budget -------------------------------------------------------------
     def layer_cost(self, i: int, w: int, a: int) -> float:
@@ -259,51 +288,47 @@ class QuantizationEnv:
         return self.budget.fits(self.cost(bits))
 
     def enforce_budget(self, bits: Sequence[BitPair]) -> list[BitPair]:
-        """Lower bits until the policy fits the budget (HAQ's action adjustment).
+        """Lower bits until the policy fits the budget, then give back what is left over.
 
-        Sweeps layers from last to first; per layer, activation bits go one
-        allowed width down, then the budget is checked, then weight bits, then the
-        check again.  Sweeps repeat until the budget holds.  Fixed bits and bits
-        already at the minimum are never touched.
+        The rule (HAQ's action adjustment, made cost-aware):
 
-        On hardware where cost falls with bits everywhere (the usual case) the
-        sweeps always succeed, because the all-minimum policy is the cheapest
-        and was checked to fit.  Where some width below another costs more, the
-        sweeps can end at minimum bits still over budget; then layers, last to
-        first, switch to their cheapest bits until the policy fits.
+        1. A policy that fits is returned unchanged.
+        2. Rounds of lowering.  In each round every free slot (a layer's weight
+           or activation bits) whose next cheaper width actually reduces the
+           constrained cost is lowered once, to the widest allowed width below
+           it that costs less.  Within a round the slots go in order of cost
+           saved per bit given up, largest first (ties: later layer first,
+           activation before weight), and the round order is recomputed from
+           the current bits at its start.  A slot whose lowering saves nothing
+           (activations under ``size``; widths the hardware pads to the same
+           cost) is never lowered.  Lowering stops at the first policy that fits.
+        3. Give back: while some slot below its proposed width can be raised one
+           allowed width and the policy still fits, one is taken: the slot with
+           the fewest bits first (a step up there removes the most rounding
+           error), among those the raise that costs least per bit, then layer
+           order.
+           The result is maximal: no single step back towards the proposal fits.
+
+        Rounds keep HAQ's even descent (every layer loses about as many steps),
+        so a higher action still means more bits after enforcement; ordering by
+        saving makes the layers that save most pay first within a round instead
+        of whichever sits last.  Fixed bits are never touched, and bits only go
+        down from the proposal, with one exception: on hardware where a width
+        below another costs more (BitFusion-style padding, see
+        :meth:`_cheapest_pairs`), lowering can get stuck over budget; then
+        layers switch to their cheapest pair, largest saving first, until the
+        policy fits; the give-back step then leaves those layers as they are.
         """
         current = [list(pair) for pair in bits]
         per_layer = [self.layer_cost(i, w, a) for i, (w, a) in enumerate(current)]
         if self.budget.fits(math.fsum(per_layer)):
             return [tuple(pair) for pair in current]  # type: ignore[misc]
-        lowered = True
-        while lowered:
-            lowered = False
-            for i in reversed(range(len(current))):
-                for slot in (1, 0):  # activation first, then weight
-                    lower = self._lower(i, slot, current[i][slot])
-                    if lower is None:
-                        continue
-                    current[i][slot] = lower
-                    per_layer[i] = self.layer_cost(i, *current[i])
-                    lowered = True
-                    if self.budget.fits(math.fsum(per_layer)):
-                        return [tuple(pair) for pair in current]  # type: ignore[misc]
-        for i in reversed(range(len(current))):
-            cheapest = self.cheapest[i]
-            if self.layer_cost(i, *cheapest) < per_layer[i]:
-                current[i] = list(cheapest)
-                per_layer[i] = self.layer_cost(i, *cheapest)
-                if self.budget.fits(math.fsum(per_layer)):
-                    return [tuple(pair) for pair in current]  # type: ignore[misc]
-        raise RuntimeError("budget enforcement reached the cheapest policy without fitting")
-
-    def _lower(self, layer: int, slot: int, bits: int) -> int | None:
-        """The next allowed width below ``bits`` for a free slot, or None (fixed or minimal)."""
-        if self.fixed[layer][slot] is not None:
-            return None
-        position = bisect.bisect_left(self.allowed, bits)
-        return self.allowed[position - 1] if position > 0 else None
+        proposed = [list(pair) for pair in bits]
+        if not enforcement.lower_in_rounds(self, current, per_layer):
+            for i in enforcement.switch_to_cheapest(self, current, per_layer):
+                proposed[i] = list(current[i])  # a switched layer stays at its cheapest pair
+        enforcement.give_back(self, current, per_layer, proposed)
+        return [tuple(pair) for pair in current]  # type: ignore[misc]
 
     # -- reference policies -----------------------------------------------------------
     def uniform_bits(self, bits: int) -> list[BitPair]:

@@ -164,8 +164,54 @@ def test_config_rejects_impossible_values(field, value):
         DDPGConfig(**{field: value})
 
 
+@pytest.mark.parametrize("field,value,allowed", [
+    ("lr_actor", math.inf, "a finite number > 0"), ("lr_critic", math.nan, "a finite number > 0"),
+    ("initial_sigma", math.inf, "a finite number >= 0"), ("tau", math.nan, "a finite number in \\[0, 1\\]"),
+    ("final_layer_init", -math.inf, "a finite number > 0"), ("hidden", 2.5, "an integer > 0"),
+    ("batch_size", True, "an integer > 0"), ("lr_actor", "0.1", "a finite number > 0")])
+def test_config_rejects_non_finite_values_naming_the_range(field, value, allowed):
+    with pytest.raises(HaqError, match=f"DDPGConfig.{field} must be {allowed}, got"):
+        DDPGConfig(**{field: value})
+
+
+def test_config_accepts_numpy_numbers():
+    c = DDPGConfig(hidden=np.int64(16), lr_actor=np.float64(1e-3))
+    assert (c.hidden, c.lr_actor) == (16, 1e-3)
+
+
+@pytest.mark.parametrize("mean,sigma", [(math.nan, 0.5), (0.5, 1e300), (40.0, 1e-3), (math.inf, 0.2)])
+def test_exploration_noise_never_hangs_and_warns_once(mean, sigma):
+    agent = DDPGAgent(10, STEPS, DDPGConfig(), seed=0)
+    with pytest.warns(RuntimeWarning, match="clipped") as caught:
+        draws = [agent._truncated_normal(mean, sigma) for _ in range(3)]
+    assert len(caught) == 1
+    assert all(0.0 <= x <= 1.0 for x in draws)
+    if mean == 40.0:
+        assert draws == [1.0, 1.0, 1.0], "far above the range: clipped to the upper end"
+
+
+def test_exploration_noise_in_range_does_not_warn():
+    agent = DDPGAgent(10, STEPS, DDPGConfig(), seed=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        draws = [agent._truncated_normal(0.9, 0.5) for _ in range(200)]
+    assert 0.0 < min(draws) and max(draws) < 1.0
+
+
 def test_config_defaults_are_the_reference_values():
     c = DDPGConfig()
     assert (c.hidden, c.lr_actor, c.lr_critic, c.batch_size, c.tau) == (300, 1e-4, 1e-3, 64, 0.01)
     assert (c.buffer_episodes, c.warmup_episodes, c.initial_sigma, c.sigma_decay) == (128, 20, 0.5, 0.99)
     assert (c.baseline_alpha, c.gamma) == (0.5, 1.0)
+
+
+def test_updates_per_episode_sets_the_number_of_gradient_updates():
+    default = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=1), seed=2)
+    fewer = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=1, updates_per_episode=3), seed=2)
+    for agent in (default, fewer):
+        run_episodes(agent, 3, 0.5)
+    assert (default.updates, fewer.updates) == (2 * STEPS, 2 * 3)
+    assert DDPGConfig().updates_per_episode == 0, "default: one update per stored transition, as in HAQ"
+    with pytest.raises(HaqError, match="updates_per_episode must be an integer >= 0"):
+        DDPGConfig(updates_per_episode=-1)

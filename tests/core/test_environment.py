@@ -157,28 +157,32 @@ def test_enforcement_always_returns_a_policy_within_budget(table, mobilenet_laye
     assert checked == 3 * 3 * 8 * 5
 
 
-def test_enforcement_keeps_a_fitting_policy_and_sweeps_from_the_last_layer(mobilenet_layers):
+def test_enforcement_keeps_a_fitting_policy_and_lowers_the_largest_saving_first(mobilenet_layers):
     layers = mobilenet_layers
     table = roofline_table(layers)
     env = QuantizationEnv(layers, table, "size", 0.999, range(2, 9), {})
     eight = [(8, 8)] * len(layers)
-    # size depends on weight bits only: the first change that fits is the last layer's weights
+    # size depends on weight bits only: the largest layer (the 1280x1000 classifier) saves most per bit,
+    # and its activation, which saves nothing, stays at 8
+    assert max(range(len(layers)), key=lambda i: layers[i].params) == len(layers) - 1
     enforced = env.enforce_budget(eight)
     assert enforced[:-1] == eight[:-1]
-    assert enforced[-1] == (7, 7), "activation lowered first, then weight, of the last layer"
+    assert enforced[-1] == (7, 8), "only the weight of the layer saving most is lowered"
     fitting = [(4, 4)] * len(layers)
     assert env.enforce_budget(fitting) == fitting
 
 
-def test_enforcement_repeats_sweeps_until_the_budget_holds(mobilenet_layers):
+def test_enforcement_lowers_in_rounds_and_gives_back_the_rest(mobilenet_layers):
     layers = mobilenet_layers
     env = QuantizationEnv(layers, roofline_table(layers), "size", 0.3, range(2, 9), {})
     enforced = env.enforce_budget([(8, 8)] * len(layers))
     assert env.fits(enforced)
+    assert all(a == 8 for _, a in enforced), "activations cost nothing under size: never lowered"
     weights = [w for w, _ in enforced]
-    # size 0.3 of 8-bit is below 3/8: every layer goes down by at least 5 steps of full sweeps
-    assert max(weights) - min(weights) <= 1, "sweeps lower all layers evenly, one step per sweep"
-    assert min(a for _, a in enforced) == 2
+    # size 0.3 of 8-bit is below 3/8: rounds take every layer to 2 or 3 bits, then the budget left over
+    # goes back to the slots with the fewest bits, cheapest first, so small layers end higher
+    assert min(weights) == 2 and max(weights) > 3
+    assert_maximal(env, enforced, [(8, 8)] * len(layers))
 
 
 def test_infeasible_budget_states_the_smallest_feasible_fraction(mobilenet_layers):
@@ -270,3 +274,146 @@ def test_best_uniform_is_the_highest_width_that_fits(table, mobilenet_layers):
             assert not env.fits(env.uniform_bits(bits + 1))
         if budget == 1.0:
             assert bits == 8
+
+
+# -- cost-aware enforcement ------------------------------------------------------------------
+def assert_maximal(env: QuantizationEnv, enforced, proposed, skip=()) -> None:
+    """No single one-width raise of a lowered free slot, back towards the proposal, still fits."""
+    raises = 0
+    for i, (now, asked) in enumerate(zip(enforced, proposed)):
+        for slot in (0, 1):
+            if i in skip or env.fixed[i][slot] is not None or now[slot] >= asked[slot]:
+                continue
+            raised = list(enforced)
+            pair = list(now)
+            pair[slot] = min(b for b in env.allowed if b > now[slot])
+            raised[i] = tuple(pair)
+            assert not env.fits(raised), f"layer {i} slot {slot}: {now} -> {pair} still fits"
+            raises += 1
+    assert raises > 0, "the check examined no lowered slot"
+
+
+def random_policy(env: QuantizationEnv, rng: np.random.Generator, low: int = 6) -> list[tuple[int, int]]:
+    """Random free bits of at least ``low`` (so that the tested budgets are exceeded)."""
+    wide = [b for b in env.allowed if b >= low]
+    return [(env.fixed[i][0] or int(rng.choice(wide)), env.fixed[i][1] or int(rng.choice(wide)))
+            for i in range(len(env.layers))]
+
+
+def test_slots_that_save_nothing_are_never_lowered(table, mobilenet_layers):
+    """Under size activations cost nothing; on any table a lowered slot must have made the policy cheaper."""
+    rng = np.random.default_rng(7)
+    for constraint, budget in (("size", 0.65), ("latency", 0.75), ("size", 0.8)):
+        env = QuantizationEnv(mobilenet_layers, table, constraint, budget, range(2, 9), fixed_bits_for(mobilenet_layers))
+        for _ in range(6):
+            proposed = random_policy(env, rng)
+            enforced = env.enforce_budget(proposed)
+            assert env.fits(enforced) and not env.fits(proposed)
+            if constraint == "size":
+                assert [a for _, a in enforced] == [a for _, a in proposed]
+            for i, (now, asked) in enumerate(zip(enforced, proposed)):
+                for slot in (0, 1):
+                    if now[slot] < asked[slot]:
+                        restored = list(now)
+                        restored[slot] = asked[slot]
+                        assert env.layer_cost(i, *restored) > env.layer_cost(i, *now), (i, slot, now, asked)
+
+
+def test_enforced_policy_is_maximal(table, mobilenet_layers):
+    rng = np.random.default_rng(8)
+    layers = mobilenet_layers
+    fixed = fixed_bits_for(layers, False, True)
+    for constraint, share in (("size", 0.3), ("latency", 0.2), ("bops", 0.1)):
+        probe = QuantizationEnv(layers, table, constraint, 1.0, range(2, 9), fixed)
+        floor = probe.fraction(probe.cheapest)
+        env = QuantizationEnv(layers, table, constraint, floor + share * (1 - floor), range(2, 9), fixed)
+        for _ in range(5):
+            proposed = random_policy(env, rng)
+            enforced = env.enforce_budget(proposed)
+            assert env.fits(enforced) and not env.fits(proposed)
+            assert all(e <= p for pe, pp in zip(enforced, proposed) for e, p in zip(pe, pp))
+            assert_maximal(env, enforced, proposed)
+
+
+def test_the_smallest_layer_does_not_pay_first(mobilenet_layers):
+    """Without kept layers, a budget just under 8-bit is met on the large layers, not the last one."""
+    layers = mobilenet_layers
+    env = QuantizationEnv(layers, roofline_table(layers), "size", 0.9, range(2, 9), {})
+    enforced = env.enforce_budget([(8, 8)] * len(layers))
+    lowered = [i for i, (w, _) in enumerate(enforced) if w < 8]
+    smallest = min(range(len(layers)), key=lambda i: layers[i].params)
+    assert smallest not in lowered
+    saved = sum(layers[i].params * (8 - enforced[i][0]) for i in lowered) / 8
+    assert saved >= 0.1 * sum(layer.params for layer in layers)
+    assert_maximal(env, enforced, [(8, 8)] * len(layers))
+
+
+def test_enforcement_is_deterministic(table, mobilenet_layers):
+    rng = np.random.default_rng(9)
+    env = QuantizationEnv(mobilenet_layers, table, "latency", 0.8, range(2, 9), fixed_bits_for(mobilenet_layers))
+    proposals = [random_policy(env, rng) for _ in range(5)]
+    first = [env.enforce_budget(p) for p in proposals]
+    again = QuantizationEnv(mobilenet_layers, table, "latency", 0.8, range(2, 9), fixed_bits_for(mobilenet_layers))
+    assert [again.enforce_budget(p) for p in proposals] == first == [env.enforce_budget(p) for p in proposals]
+
+
+def test_widths_costing_more_are_skipped_not_taken(mobilenet_layers):
+    """Where 2-bit weights cost more than 3-bit ones, enforcement never picks 2-bit weights."""
+    layers = mobilenet_layers
+    table = roofline_table(layers)
+    latency = table.latency.copy()
+    latency[:, table.index(2), :] = latency[:, table.index(5), :] * 1.1
+    odd = CostTable(layers, BITS, latency, hardware_name="no-2bit-weights")
+    env = QuantizationEnv(layers, odd, "latency", 0.3, range(2, 9), fixed_bits_for(layers))
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        proposed = [(8, 8)] + [(int(rng.integers(3, 9)), int(rng.integers(2, 9))) for _ in layers[1:-1]] + [(8, 8)]
+        enforced = env.enforce_budget(proposed)
+        assert env.fits(enforced)
+        assert all(w >= 3 for w, _ in enforced)
+        assert_maximal(env, enforced, proposed)
+
+
+# -- weight-only mode ------------------------------------------------------------------------
+def test_weight_only_episodes_have_one_step_per_layer(table, mobilenet_layers):
+    layers = mobilenet_layers
+    fixed = fixed_bits_for(layers, pins={layers[5].name: (3, 4)})
+    env = QuantizationEnv(layers, table, "size", 0.65, range(2, 9), fixed, quantize="weights")
+    assert env.n_steps == len(layers) and env.weights_only
+    rng = np.random.default_rng(3)
+    state, states = env.reset(), []
+    actions = rng.uniform(0, 1, env.n_steps)
+    for action in actions:
+        states.append(state)
+        state = env.step(action)
+    assert state is None
+    states = np.asarray(states)
+    assert (states[:, 8] == 1.0).all()
+    np.testing.assert_allclose(states[:, 0], np.linspace(0, 1, len(layers)))
+    chosen = env.chosen_bits()
+    assert [a for _, a in chosen] == [8] * len(layers), "activations are recorded at 8 bits"
+    assert chosen[5][0] == 3 and chosen[0] == chosen[-1] == (8, 8)
+    for k in range(1, len(layers)):
+        assert states[k, 9] == pytest.approx(chosen[k - 1][0] / 8)
+    free = [action_to_bits(a, env.allowed) for a in actions]
+    assert [w for w, _ in chosen][1:-1] == [b if k != 5 else 3 for k, b in enumerate(free)][1:-1]
+    enforced = env.enforce_budget(chosen)
+    assert env.fits(enforced) and [a for _, a in enforced] == [8] * len(layers)
+    assert env.uniform_bits(3)[1] == (3, 8)
+
+
+def test_weight_only_latency_keeps_activations_at_eight(table, mobilenet_layers):
+    layers = mobilenet_layers
+    both = QuantizationEnv(layers, table, "latency", 1.0, range(2, 9), {})
+    weights = QuantizationEnv(layers, table, "latency", 1.0, range(2, 9), {}, quantize="weights")
+    assert weights.fraction(weights.cheapest) >= both.fraction(both.cheapest)
+    budget = (weights.fraction(weights.cheapest) + 1.0) / 2
+    env = QuantizationEnv(layers, table, "latency", budget, range(2, 9), {}, quantize="weights")
+    enforced = env.enforce_budget([(8, 8)] * len(layers))
+    assert env.fits(enforced) and all(a == 8 for _, a in enforced) and min(w for w, _ in enforced) < 8
+
+
+def test_unknown_quantize_mode_is_refused(mobilenet_layers):
+    with pytest.raises(HaqError, match="is not a quantization mode"):
+        QuantizationEnv(mobilenet_layers, roofline_table(mobilenet_layers), "size", 0.5, range(2, 9), {},
+                        quantize="activations")
