@@ -253,3 +253,10 @@ def plugin_provenance(registry: Registry[Any], name: str, cls: type | None = Non
         return {"name": name, "distribution": None, "version": None}
     distribution, _, version = label.rpartition(" ")
     return {"name": name, "distribution": distribution or version, "version": version if distribution else None}
+
+
+def plugin_sources(hardware: Any, backend: Any) -> dict[str, dict[str, str | None]]:
+    """:func:`plugin_provenance` of the hardware model and the backend instances a search used."""
+    manager = get_plugin_manager()
+    return {"hardware": plugin_provenance(manager.hardware, hardware.name, type(hardware)),
+            "backend": plugin_provenance(manager.backends, backend.name, type(backend))}

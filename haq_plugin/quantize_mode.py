@@ -10,6 +10,8 @@ are then kept in the bit map but not applied.
 
 from __future__ import annotations
 
+from typing import Any
+
 from haq_plugin.errors import HaqError
 
 WEIGHTS_AND_ACTIVATIONS = "weights+activations"
@@ -43,3 +45,12 @@ class QuantizeMode:
     @property
     def weights_only(self) -> bool:
         return self._quantize == WEIGHTS_ONLY
+
+
+def use_quantize_mode(backend: Any, mode: str) -> None:
+    """Tell ``backend`` what to quantize; a backend without weight-only support refuses ``weights``."""
+    if hasattr(backend, "quantize"):
+        backend.quantize = mode
+    elif mode != WEIGHTS_AND_ACTIVATIONS:
+        raise HaqError(f"backend '{backend.name}' has no weight-only mode (quantize={mode!r}); use "
+                       "quantize='weights+activations' (--quantize weights+activations) or a built-in backend.")

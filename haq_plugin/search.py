@@ -18,10 +18,8 @@ same policy as an uninterrupted run (the episode count may be raised).
 Ctrl-C raises :class:`SearchInterrupted` (a ``KeyboardInterrupt`` carrying the
 partial result); an ``eval_fn`` failing in a later episode raises
 :class:`~haq_plugin.evaluation.EvaluationError`.  Either way the finished
-episodes are in the checkpoint and ``episodes.csv``.
-
-The module is callable: ``haq_plugin.search(...)`` runs :func:`search`, and
-``haq_plugin.search.SearchResult`` and the other names below are its types.
+episodes are in the checkpoint and ``episodes.csv``.  The module is callable:
+``haq_plugin.search(...)`` runs :func:`search`; ``haq_plugin.search.SearchResult`` etc. are its types.
 """
 
 from __future__ import annotations
@@ -50,8 +48,9 @@ from haq_plugin.validation import check_calibration
 from haq_plugin.hardware import HardwareModel
 from haq_plugin.layers import extract_layers
 from haq_plugin.outputs import open_output_dir
-from haq_plugin.plugins import get_plugin_manager, load_backend, load_hardware, plugin_provenance
+from haq_plugin.plugins import get_plugin_manager, load_backend, load_hardware, plugin_sources
 from haq_plugin.policy import Policy
+from haq_plugin.quantize_mode import use_quantize_mode
 from haq_plugin.report import summary_text, write_episodes_csv, write_search_outputs
 from haq_plugin.results import EpisodeRecord, PluginChoice, SearchInterrupted, SearchResult, UniformBaseline
 from haq_plugin.results import jsonable, provenance
@@ -70,9 +69,8 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
            strategy: str = "ddpg", min_bits: int = 2, max_bits: int = 8, keep_first_layer_8bit: bool = True,
            keep_last_layer_8bit: bool = True, pins: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
            output_dir: str | Path | None = None, resume: bool = False, force: bool = False,
-           progress: bool = True, ddpg: DDPGConfig = DDPGConfig(),
-           float_accuracy: float | None = None, use_cache: bool = True,
-           task: Mapping[str, Any] | None = None) -> SearchResult:
+           progress: bool = True, ddpg: DDPGConfig = DDPGConfig(), float_accuracy: float | None = None,
+           use_cache: bool = True, task: Mapping[str, Any] | None = None, quantize: str | None = None) -> SearchResult:
     """Search per-layer (weight, activation) bits for ``model`` under a hardware budget.
 
     ``budget`` is a fraction of the uniform 8-bit (w8/a8) cost of ``constraint``
@@ -84,15 +82,16 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
     reading the disk cache.  See the module docstring for strategies,
     determinism, outputs and interruption.  ``task`` is a free-form,
     JSON-serialisable description of the model and data (the CLI stores its
-    ``--model``/``--data`` there); it is kept in the checkpoint and the policy's
-    provenance so that a run can be resumed or reproduced.  The settings are
+    ``--model``/``--data`` there) and is kept for resume and provenance.  ``quantize`` is
+    ``"weights+activations"`` or ``"weights"`` (activations stay float and only
+    weight bits are searched; the default under ``constraint="size"``).  The settings are
     described field by field in :class:`~haq_plugin.settings.SearchSettings`.
     """
     settings = SearchSettings(
         constraint=constraint, budget=budget, episodes=episodes, strategy=strategy, min_bits=min_bits,
         max_bits=max_bits, keep_first_layer_8bit=keep_first_layer_8bit, keep_last_layer_8bit=keep_last_layer_8bit,
         pins=dict(pins or {}), finetune_steps=finetune_steps, seed=seed, ddpg=ddpg, float_accuracy=float_accuracy,
-        task=dict(task or {}))
+        task=dict(task or {}), quantize=quantize)
     return run_search(model, example_input, settings, hardware=hardware, backend=backend, eval_fn=eval_fn,
                       calibration_data=calibration_data, train_data=train_data, output_dir=output_dir,
                       resume=resume, force=force, progress=progress, use_cache=use_cache)
@@ -150,7 +149,8 @@ class SearchRun:
         self.space = build_space(self.layers, hardware, backend, settings)
         self.table = build_cost_table(hardware, self.layers, bits=self.space.table_bits, cache=use_cache)
         self.env = QuantizationEnv(self.layers, self.table, settings.constraint, float(settings.budget),
-                                   self.space.allowed, self.space.fixed)
+                                   self.space.allowed, self.space.fixed, quantize=settings.quantize)
+        use_quantize_mode(backend, settings.quantize)
         self.identity = jsonable({
             "hardware": PluginChoice(hardware.name, hardware.config).to_dict(),
             "backend": PluginChoice(backend.name, backend.config).to_dict(),
@@ -357,18 +357,13 @@ class SearchRun:
         restore_rng_state(saved.rng)
 
     # -- results --------------------------------------------------------------------------
-    def _plugin_sources(self) -> dict[str, dict[str, Any]]:
-        manager = get_plugin_manager()
-        return {"hardware": plugin_provenance(manager.hardware, self.hardware.name, type(self.hardware)),
-                "backend": plugin_provenance(manager.backends, self.backend.name, type(self.backend))}
-
     def _result(self, interrupted: bool) -> SearchResult:
         assert self.best is not None and self.float_accuracy is not None
         best = self.history[self.best]
         result = SearchResult(
             policy=Policy.from_bits(self.layers, best.bits, **provenance(
                 self.settings, self.identity, self.env.budget, best, self.float_accuracy, self.uniform,
-                len(self.history), self._plugin_sources())), history=list(self.history),
+                len(self.history), plugin_sources(self.hardware, self.backend))), history=list(self.history),
             float_accuracy=self.float_accuracy, uniform=self.uniform, best_episode=self.best,
             budget=self.env.budget, layers=self.layers, cost_table=self.table, settings=self.settings,
             hardware=PluginChoice(**self.identity["hardware"]), backend=PluginChoice(**self.identity["backend"]),

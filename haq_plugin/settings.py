@@ -27,6 +27,7 @@ from haq_plugin.agent import DDPGConfig
 from haq_plugin.bits import MAX_BITS, MIN_BITS, is_integer
 from haq_plugin.costs import CONSTRAINTS
 from haq_plugin.errors import HaqError
+from haq_plugin.quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
 
 STRATEGIES = ("ddpg", "random", "uniform")
 DEFAULT_EPISODES = 300
@@ -66,6 +67,10 @@ class SearchSettings:
     """Hyperparameters of the DDPG agent."""
     float_accuracy: float | None = None
     """The float model's accuracy if already known (else it is evaluated once)."""
+    quantize: str | None = None
+    """What is quantized: 'weights+activations', or 'weights' (activations stay float and only weight bits are
+    searched). Default: 'weights' under the size constraint, where activation bits cost nothing, as in HAQ's
+    model-size experiments; 'weights+activations' under latency, energy and bops."""
     task: Mapping[str, Any] = field(default_factory=dict)
     """Free-form, JSON-serialisable description of the model and data (kept for resume and provenance)."""
 
@@ -79,6 +84,8 @@ class SearchSettings:
             object.__setattr__(self, "float_accuracy", float(self.float_accuracy))
         object.__setattr__(self, "pins", {str(k): (int(v[0]), int(v[1])) for k, v in dict(self.pins).items()})
         object.__setattr__(self, "task", dict(self.task))
+        if self.quantize is None:
+            object.__setattr__(self, "quantize", default_quantize(self.constraint))
 
     def _check(self) -> None:
         """Reject impossible values before any expensive work, naming what is allowed."""
@@ -104,6 +111,8 @@ class SearchSettings:
                            f"got {self.finetune_steps!r}.")
         if not is_integer(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise HaqError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {self.seed!r}.")
+        if self.quantize is not None:
+            check_quantize(self.quantize, "quantize")
         if not isinstance(self.ddpg, DDPGConfig):
             raise HaqError(f"ddpg must be a DDPGConfig, got {type(self.ddpg).__name__}.")
         given = self.float_accuracy
@@ -153,3 +162,8 @@ class SearchSettings:
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{key}: checkpoint {mine[key]!r}, now {theirs[key]!r}"
                 for key in mine if key not in ignore and mine[key] != theirs[key]]
+
+
+def default_quantize(constraint: str) -> str:
+    """Weight-only under ``size`` (activation bits cost nothing there), else weights and activations."""
+    return WEIGHTS_ONLY if constraint == "size" else WEIGHTS_AND_ACTIVATIONS

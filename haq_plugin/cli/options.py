@@ -19,6 +19,7 @@ from haq_plugin.bits import parse_bits
 from haq_plugin.costs import CONSTRAINTS
 from haq_plugin.fielddocs import field_docs
 from haq_plugin.options import parse_key_values
+from haq_plugin.quantize_mode import QUANTIZE_MODES
 from haq_plugin.settings import DEFAULT_BUDGET, DEFAULT_EPISODES, STRATEGIES, SearchSettings
 
 FORMATS = click.Choice(["table", "csv", "json"])
@@ -99,6 +100,7 @@ setting_options = stack(
     _setting("keep_last_layer_8bit", flag_pair=True),
     click.option("--pin", "pins", multiple=True, metavar="NAME=W/A",
                  help=f"{field_docs(SearchSettings).get('pins', '')} Repeatable."),
+    _setting("quantize", type=click.Choice(QUANTIZE_MODES), default=None, show_default=False),
     _setting("finetune_steps", type=int),
     _setting("seed", type=int),
 )

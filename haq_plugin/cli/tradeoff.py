@@ -120,7 +120,7 @@ def _sweep(**params: Any) -> None:
             constraint=p["constraint"], strategy=p["strategy"], episodes=p["episodes"], seed=p["seed"],
             train_data=data.train_data, finetune_steps=p["finetune_steps"], min_bits=p["min_bits"],
             max_bits=p["max_bits"], keep_first_layer_8bit=p["keep_first_layer_8bit"],
-            keep_last_layer_8bit=p["keep_last_layer_8bit"],
+            keep_last_layer_8bit=p["keep_last_layer_8bit"], quantize=p.get("quantize"),
             pins=p["pins"] if isinstance(p["pins"], dict) else parse_pins(p["pins"]),
             ddpg=DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in p.items() if k.startswith("ddpg_")}),
             use_cache=not p["no_cache"])
