@@ -86,7 +86,8 @@ def test_torch_ao_and_another_constraint(demo, capsys):
     assert "14 layers x 1 bit widths x 2 (weights, activations) = 28 evaluations" in err
     params = [layer.params for layer in extract_layers(source.model, source.example_input)]
     assert [row.cost_share for row in result.layers] == pytest.approx([p / sum(params) for p in params])
-    assert min(row.weights[2] for row in result.layers) < result.eight_bit_accuracy - 3.0
+    # torch.ao clips 2-bit weight ranges by MSE, so the drop is smaller than with min-max ranges
+    assert min(row.weights[2] for row in result.layers) < result.eight_bit_accuracy - 1.0
 
 
 @pytest.mark.parametrize("bits, message", [
