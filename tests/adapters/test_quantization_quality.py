@@ -20,6 +20,7 @@ from haq_plugin.adapters.torch_ao import TorchAoBackend, backend_config, convert
 from haq_plugin.zoo import MobileNetV2
 
 from tests.adapters.test_torch_ao import EXAMPLE, LAYERS, DigitsNet, _accuracy, _train
+from tests.adapters.digits import shuffled_digits
 
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
               pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor"), pytest.mark.usefixtures("one_thread")]
@@ -33,13 +34,8 @@ def mobilenet_v2_relu6() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    return {"train": (x[order][:1200], y[order][:1200]), "val": (x[order][1200:], y[order][1200:])}
+    x, y = shuffled_digits()
+    return {"train": (x[:1200], y[:1200]), "val": (x[1200:], y[1200:])}
 
 
 @pytest.fixture(scope="module")

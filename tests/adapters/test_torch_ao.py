@@ -26,6 +26,7 @@ from haq_plugin.adapters.torch_ao import (
 from haq_plugin.plugins import load_backend
 from haq_plugin.policy import Policy
 from haq_plugin.zoo import BasicBlock, ResNet
+from tests.adapters.digits import shuffled_digits
 
 # User-side calls below (prepare_qat_fx, convert_fx in a user's own script) print torch's notices.
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
@@ -93,13 +94,7 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor):
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
+    x, y = shuffled_digits()
     return {"train": (x[:1200], y[:1200]), "val": (x[1200:], y[1200:])}
 
 

@@ -21,6 +21,7 @@ from haq_plugin.policy import Policy
 
 from torchao.quantization import IntxWeightOnlyConfig, quantize_
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from tests.adapters.digits import shuffled_digits
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
@@ -80,13 +81,7 @@ EXAMPLE = torch.zeros(1, 1, 8, 8)
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    return x[order], y[order]
+    return shuffled_digits()
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
