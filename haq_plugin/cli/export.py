@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from haq_plugin.cli.options import data_option, model_options
 from haq_plugin.layers import extract_layers
 from haq_plugin.models import load_model, load_task_data
 from haq_plugin.plugins import load_backend
 from haq_plugin.policy import Policy
+from haq_plugin.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_mode
 
 
 @click.command("export")
@@ -25,11 +27,15 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
                input_shape: str | None, data_spec: str | None) -> None:
     """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file).
 
-    The backend is prepared on the model the policy was searched on (--model, default the demo), so the
-    export reflects the real graph (residual adds, shared inputs); the policy's layer fingerprint must match.
+    The backend is prepared on the model the policy was searched on (by default the --model, --input-shape
+    and --data stored in the policy; give --model to override), so the export reflects the real graph
+    (residual adds, shared inputs); the policy's layer fingerprint must match. A weight-only policy
+    (searched with --quantize weights) is exported weight-only.
     """
     policy = Policy.load(policy_path)
+    model_spec, input_shape, data_spec = _searched_task(policy, model_spec, input_shape, data_spec)
     backend = load_backend(backend_name)
+    use_quantize_mode(backend, policy.provenance.get("search", {}).get("quantize") or WEIGHTS_AND_ACTIVATIONS)
     source = load_model(model_spec, input_shape)
     layers = extract_layers(source.model, source.example_input)
     policy.check_layers(layers)
@@ -40,3 +46,14 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
     backend.prepare(source.model, source.example_input, calibration, layers=layers)
     path = backend.export(policy, Path(output or backend.export_filename))
     click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")
+
+
+def _searched_task(policy: Policy, model_spec: str, input_shape: str | None,
+                   data_spec: str | None) -> tuple[str, str | None, str | None]:
+    """The model, input shape and data to prepare on: the command line's if --model was given, else the policy's."""
+    ctx = click.get_current_context()
+    stored = policy.provenance.get("search", {}).get("task") or {}
+    if ctx.get_parameter_source("model_spec") == ParameterSource.COMMANDLINE or not stored.get("model"):
+        return model_spec, input_shape, data_spec
+    given = ctx.get_parameter_source("data_spec") == ParameterSource.COMMANDLINE
+    return stored["model"], stored.get("input_shape"), data_spec if given else stored.get("data")

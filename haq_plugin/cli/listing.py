@@ -22,8 +22,30 @@ def hw_group() -> None:
 @format_option
 def hw_list(fmt: str) -> None:
     """List hardware models with their source distribution and options."""
-    _print_registry(get_plugin_manager().hardware, fmt, extra=lambda cls: {"energy": cls.has_energy,
-                                                                          "citation": cls.citation})
+    _print_registry(get_plugin_manager().hardware, fmt, extra=_hardware_extra)
+
+
+@hw_group.command("show")
+@click.argument("name")
+@format_option
+def hw_show(name: str, fmt: str) -> None:
+    """Show one hardware model: description, supported bit widths, every option with its limits."""
+    registry = get_plugin_manager().hardware
+    registry.get(name)  # an unknown name is a clear error listing the installed ones
+    _print_registry(registry, fmt, extra=_hardware_extra, only=name)
+
+
+def _hardware_extra(cls: Any) -> dict[str, Any]:
+    return {"energy": cls.has_energy, "supported_bits": list(_supported_bits(cls)), "citation": cls.citation}
+
+
+def _supported_bits(cls: Any) -> tuple[int, ...]:
+    """The bit widths of a hardware model with its default options (``supported_bits`` may depend on them)."""
+    try:
+        return tuple(cls().supported_bits)
+    except Exception:  # a model that cannot be built without options: show the class default
+        bits = cls.__dict__.get("supported_bits")
+        return tuple(bits) if isinstance(bits, (tuple, list)) else ()
 
 
 @click.group("backends")
@@ -35,12 +57,14 @@ def backends_group() -> None:
 @format_option
 def backends_list(fmt: str) -> None:
     """List quantization backends with their source distribution and options."""
-    _print_registry(get_plugin_manager().backends, fmt, extra=lambda cls: {"export": cls.export_filename})
+    _print_registry(get_plugin_manager().backends, fmt, extra=lambda cls: {
+        "export": cls.export_filename, "supported_bits": list(cls.supported_bits)})
 
 
-def _print_registry(registry, fmt: str, extra) -> None:
+def _print_registry(registry, fmt: str, extra, only: str | None = None) -> None:
     flag = registry.flag + "-option"
-    entries = [(name, reg) for name in registry.names() for reg in registry.entries[name]]
+    entries = [(name, reg) for name in registry.names() for reg in registry.entries[name]
+               if only is None or name == only]
     if fmt == "json":
         data = [{"name": name, "description": reg.cls.description, "plugin": reg.plugin,
                  "distribution": reg.distribution, **extra(reg.cls),
@@ -57,7 +81,8 @@ def _print_registry(registry, fmt: str, extra) -> None:
                 click.echo(f"    {key}: {value}")
             for opt in reg.cls.options:
                 source = f" [source: {opt.source}]" if opt.source else ""
-                click.echo(f"    {flag} {opt.name}={opt.default!r} ({opt.type.__name__})  {opt.help}{source}")
+                click.echo(f"    {flag} {opt.name}={opt.default!r} ({opt.type.__name__}{_limits(opt)})  "
+                           f"{opt.help}{source}")
             click.echo("")
     for problem in get_plugin_manager().problems:
         click.echo(f"warning: {problem}", err=True)
@@ -65,7 +90,18 @@ def _print_registry(registry, fmt: str, extra) -> None:
 
 def _option_dict(opt: Option) -> dict[str, Any]:
     return {"name": opt.name, "type": opt.type.__name__, "default": opt.default, "help": opt.help,
+            "choices": list(opt.choices) if opt.choices is not None else None, "minimum": opt.minimum,
             "source": opt.source}
+
+
+def _limits(opt: Option) -> str:
+    """``; one of a, b`` and ``; >= m`` for the table view."""
+    text = ""
+    if opt.choices is not None:
+        text += "; one of " + ", ".join(map(str, opt.choices))
+    if opt.minimum is not None:
+        text += f"; >= {opt.minimum:g}"
+    return text
 
 
 def _options_text(options: Sequence[Option]) -> str:
