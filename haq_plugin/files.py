@@ -18,20 +18,38 @@ from haq_plugin.errors import HaqError
 
 
 def write_via_temp(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
+
+    A directory that cannot be created or written (read-only, a file in the way,
+    a full disk) is a :class:`HaqError` naming the path, not a traceback.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
         write(tmp)
         os.chmod(tmp, _default_mode())  # mkstemp makes 0600; give the file the user's usual mode
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise unwritable(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def unwritable(path: Path, exc: OSError) -> HaqError:
+    """The error for a file that could not be written: which file, the system's reason, what to do."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.filename and Path(exc.filename) != path:
+        reason += f" ({exc.filename})"
+    return HaqError(f"Cannot write {path}: {reason}. Choose an output path in a directory you can write to.")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

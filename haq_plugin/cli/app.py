@@ -36,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except HaqError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # a file or directory the user named cannot be read or written
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(f"Error: cannot access{where}: {exc.strerror or exc}. Check the path and its permissions.",
+                   err=True)
+        sys.exit(2)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

@@ -60,3 +60,17 @@ def test_export_uses_the_model_and_mode_the_policy_was_searched_with(tmp_path):
     exported = json.loads(target.read_text())
     assert exported["quantize"] == "weights"
     assert [layer["name"] for layer in exported["layers"]] == [layer["name"] for layer in policy["layers"]]
+
+
+def test_export_into_a_path_that_cannot_be_a_directory_exits_2(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    out = tmp_path / "run"
+    proc = run_cli("search", "--strategy", "uniform", "--quiet", "--output", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("export", "--policy", str(out / "policy.json"), "--backend", "brevitas",
+                   "-o", str(blocker / "policy.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"Cannot write {blocker / 'policy.json'}" in proc.stderr and "directory you can write to" in proc.stderr
+    proc = run_cli("search", "--episodes", "2", "--quiet", "--output", str(blocker / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Not a directory" in proc.stderr
