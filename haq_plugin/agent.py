@@ -220,10 +220,14 @@ class DDPGAgent:
         return self.episodes_seen < self.config.warmup_episodes
 
     @property
-    def sigma(self) -> float:
-        """Exploration noise of the current episode: initial * decay^(episode - warmup)."""
+    def sigma(self) -> float | None:
+        """Exploration noise of the current episode: initial * decay^(episode - warmup); None while warming up.
+
+        None is the project's one sentinel for "no exploration noise" (warmup, random and uniform
+        episodes alike), in the agent, the episode records and ``episodes.csv``.
+        """
         if self.warming_up:
-            return float("nan")
+            return None
         c = self.config
         return c.initial_sigma * c.sigma_decay ** (self.episodes_seen - c.warmup_episodes)
 

@@ -278,7 +278,7 @@ class SearchRun:
     def _episode(self, episode: int) -> EpisodeRecord:
         """One episode: propose bits, evaluate them, learn from the reward, record and checkpoint."""
         started = time.perf_counter()
-        sigma = self.agent.sigma if self.agent is not None and not self.agent.warming_up else None
+        sigma = self.agent.sigma if self.agent is not None else None
         bits, states, actions = self._propose()
         accuracy, eval_seconds = self._evaluate(bits, f"episode {episode}")
         learn_start = time.perf_counter()

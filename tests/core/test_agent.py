@@ -62,7 +62,7 @@ def test_warmup_actions_are_uniform_and_do_not_train():
     actions = []
     before = [p.clone() for p in agent.actor.parameters()]
     for _ in range(5):
-        assert agent.warming_up and np.isnan(agent.sigma)
+        assert agent.warming_up and agent.sigma is None
         episode = [agent.act(s) for s in states]
         actions += episode
         agent.observe_episode(states, np.array(episode), 0.3)
