@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from haq_plugin.bits import check_width
 from haq_plugin.errors import HaqError
-from haq_plugin.files import read_json, require_fields, write_text_atomic
+from haq_plugin.files import read_versioned_json, require_fields, write_text_atomic
 
 from haq_plugin.adapters._torchao_quantizer import SpecFields
 from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS
@@ -45,13 +45,8 @@ class QuantizerFile:
 
 def read_quantizer_file(path: str | Path) -> QuantizerFile:
     """Read and check an exported file; :class:`HaqError` says what is wrong with it."""
-    data = read_json(Path(path), "torchao quantizer file")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise HaqError(f"{path} is not a torchao quantizer file written by haq-plugin "
-                       f"(expected \"format\": \"{FORMAT}\").")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise HaqError(f"{path}: schema_version {data.get('schema_version')!r}; this haq-plugin reads "
-                       f"schema_version {SCHEMA_VERSION}.")
+    data = read_versioned_json(Path(path), "torchao quantizer file", "torchao quantizer file", FORMAT,
+                               SCHEMA_VERSION)
     quantize = data.get("quantize", WEIGHTS_AND_ACTIVATIONS)
     if quantize not in QUANTIZE_MODES:
         raise HaqError(f"{path}: quantize {quantize!r} is unknown; use one of {', '.join(QUANTIZE_MODES)}.")

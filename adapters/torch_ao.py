@@ -81,7 +81,7 @@ from haq_plugin.errors import HaqError
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec, extract_layers
 from haq_plugin.options import Option
-from haq_plugin.files import read_json, write_text_atomic
+from haq_plugin.files import read_versioned_json, write_text_atomic
 from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
@@ -162,13 +162,7 @@ def _stored_observer(data: Mapping[str, Any]) -> str:
 
 
 def _read_export(path: Path) -> dict[str, Any]:
-    data = read_json(path, "QConfigMapping file")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise HaqError(f"{path} is not a torch.ao QConfigMapping file written by haq-plugin "
-                       f"(expected \"format\": \"{FORMAT}\").")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise HaqError(f"{path}: schema_version {data.get('schema_version')!r}; this haq-plugin reads "
-                       f"schema_version {SCHEMA_VERSION}.")
+    data = read_versioned_json(path, "QConfigMapping file", "torch.ao QConfigMapping file", FORMAT, SCHEMA_VERSION)
     for key in ("mode", "layers", "qconfig_mapping"):
         if key not in data:
             raise HaqError(f"{path}: field '{key}' is missing.")

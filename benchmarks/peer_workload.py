@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import inspect
 import sys
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from haq_plugin.cache import cache_dir, stable_hash
-from haq_plugin.demo import Batch, accuracy_fn, batches
+from haq_plugin.demo import Batch, DemoTask, accuracy_fn, batches
 
 SPLIT = (1200, 300, 297)
 EPOCHS, BATCH, LR, SEED = 40, 64, 3e-3, 0
@@ -72,16 +70,8 @@ class PeerNet(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@dataclass
-class PeerTask:
-    model: nn.Module
-    example_input: torch.Tensor
-    calibration_data: list[torch.Tensor]
-    train_data: list[Batch]
-    eval_fn: Callable[[nn.Module], float]
-    test_eval_fn: Callable[[nn.Module], float]
-    float_val_accuracy: float
-    float_test_accuracy: float
+# The peer workload is a task like the demo: the same record, with its own network and split.
+PeerTask = DemoTask
 
 
 def splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

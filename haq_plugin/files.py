@@ -90,3 +90,18 @@ def read_json(path: str | Path, what: str) -> Any:
     except RecursionError:
         raise HaqError(f"{what} {path} is nested too deeply to be read; it is not a file haq-plugin "
                        "wrote.") from None
+
+
+def read_versioned_json(path: str | Path, what: str, kind: str, file_format: str, schema_version: int) -> dict:
+    """A JSON object that haq-plugin wrote with ``"format": file_format`` and ``schema_version``.
+
+    ``what`` names the file in read errors, ``kind`` in the message for a file of
+    another format; a file of another schema version is refused with the one read.
+    """
+    data = read_json(path, what)
+    if not isinstance(data, dict) or data.get("format") != file_format:
+        raise HaqError(f"{path} is not a {kind} written by haq-plugin (expected \"format\": \"{file_format}\").")
+    if data.get("schema_version") != schema_version:
+        raise HaqError(f"{path}: schema_version {data.get('schema_version')!r}; this haq-plugin reads "
+                       f"schema_version {schema_version}.")
+    return data
