@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from haq_plugin.cache import cache_dir, stable_hash
+from haq_plugin.device import BatchesOnDevice, model_device
 from haq_plugin.files import write_via_temp
 from haq_plugin.zoo import MobileNetV2
 
@@ -94,10 +95,13 @@ def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def accuracy_fn(x: torch.Tensor, y: torch.Tensor) -> Callable[[nn.Module], float]:
-    """An ``eval_fn``: top-1 accuracy (percent) of a model on fixed data."""
+    """An ``eval_fn``: top-1 accuracy (percent) of a model on fixed data, on whatever device the model is."""
+    placed = BatchesOnDevice([(x, y)])
+
     def evaluate(model: nn.Module) -> float:
+        ((x_on, y_on),) = placed.on(model_device(model))
         with torch.no_grad():
-            return float((model(x).argmax(1) == y).float().mean() * 100.0)
+            return float((model(x_on).argmax(1) == y_on).float().mean() * 100.0)
     return evaluate
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from haq_plugin.device import BatchesOnDevice, model_device
 from haq_plugin.errors import HaqError
 from haq_plugin.layers import describe_input, run_forward
 from haq_plugin.validation import as_batches, short_repr
@@ -157,9 +158,11 @@ def top1_eval_fn(val_data: Iterable[Any]) -> Callable[[nn.Module], float]:
             raise HaqError(f"val_data batch {i} is {type(batch).__name__}; each batch must be an "
                            "(inputs, labels) pair.")
 
+    placed = BatchesOnDevice(batches)
+
     def evaluate(model: nn.Module) -> float:
         correct = total = 0
-        for i, (x, y) in enumerate(batches):
+        for i, (x, y) in enumerate(placed.on(model_device(model))):
             scores = run_forward(model, x, f"val_data batch {i}")
             correct += _correct_predictions(scores, y, i)
             total += len(y)

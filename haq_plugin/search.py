@@ -45,6 +45,8 @@ from haq_plugin.environment import STATE_DIM, QuantizationEnv, reward
 from haq_plugin.errors import HaqError
 from haq_plugin.evaluation import EvaluationError, checked_eval_fn, explain
 from haq_plugin.validation import check_calibration
+from haq_plugin.device import resolve_device, to_device
+from haq_plugin.workers import EpisodeJob, Placement, RayPool, WorkerPayload, evaluate_policy, require_ray
 from haq_plugin.hardware import HardwareModel
 from haq_plugin.layers import extract_layers
 from haq_plugin.outputs import open_output_dir
@@ -70,7 +72,8 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
            keep_last_layer_8bit: bool = True, pins: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
            output_dir: str | Path | None = None, resume: bool = False, force: bool = False,
            progress: bool = True, ddpg: DDPGConfig = DDPGConfig(), float_accuracy: float | None = None,
-           use_cache: bool = True, task: Mapping[str, Any] | None = None, quantize: str | None = None) -> SearchResult:
+           use_cache: bool = True, task: Mapping[str, Any] | None = None, quantize: str | None = None,
+           workers: int = 1, device: str = "auto", ray_address: str | None = None) -> SearchResult:
     """Search per-layer (weight, activation) bits for ``model`` under a hardware budget.
 
     ``budget`` is a fraction of the uniform 8-bit (w8/a8) cost of ``constraint``
@@ -84,17 +87,22 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
     JSON-serialisable description of the model and data (the CLI stores its
     ``--model``/``--data`` there) and is kept for resume and provenance.  ``quantize`` is
     ``"weights+activations"`` or ``"weights"`` (activations stay float and only
-    weight bits are searched; the default under ``constraint="size"``).  The settings are
-    described field by field in :class:`~haq_plugin.settings.SearchSettings`.
+    weight bits are searched; the default under ``constraint="size"``).  ``workers`` above 1
+    evaluates each round of that many episodes in parallel on Ray actors
+    (:mod:`haq_plugin.workers`; ``ray_address`` joins an existing cluster), and ``device``
+    (auto, cpu, cuda, cuda:N) is where the models and batches run; ``eval_fn`` receives the
+    model there (:func:`haq_plugin.device.on_model_device` moves a batch to it).  The settings
+    are described field by field in :class:`~haq_plugin.settings.SearchSettings`.
     """
     settings = SearchSettings(
         constraint=constraint, budget=budget, episodes=episodes, strategy=strategy, min_bits=min_bits,
         max_bits=max_bits, keep_first_layer_8bit=keep_first_layer_8bit, keep_last_layer_8bit=keep_last_layer_8bit,
         pins=dict(pins or {}), finetune_steps=finetune_steps, seed=seed, ddpg=ddpg, float_accuracy=float_accuracy,
-        task=dict(task or {}), quantize=quantize)
+        task=dict(task or {}), quantize=quantize, workers=workers)
     return run_search(model, example_input, settings, hardware=hardware, backend=backend, eval_fn=eval_fn,
                       calibration_data=calibration_data, train_data=train_data, output_dir=output_dir,
-                      resume=resume, force=force, progress=progress, use_cache=use_cache)
+                      resume=resume, force=force, progress=progress, use_cache=use_cache, device=device,
+                      ray_address=ray_address)
 
 
 def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *,
@@ -102,8 +110,11 @@ def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *
                eval_fn: Callable[[nn.Module], float], calibration_data: Iterable[Any],
                train_data: Iterable[Any] | None = None, output_dir: str | Path | None = None,
                resume: bool = False, force: bool = False, progress: bool = True,
-               use_cache: bool = True) -> SearchResult:
+               use_cache: bool = True, device: str = "auto", ray_address: str | None = None) -> SearchResult:
     """:func:`search` with its settings as one :class:`SearchSettings` (what the command line calls)."""
+    placement = Placement(resolve_device(device), ray_address)
+    if settings.workers > 1:
+        require_ray(settings.workers)
     if not isinstance(model, nn.Module):
         raise HaqError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if settings.finetune_steps and train_data is None:
@@ -116,7 +127,7 @@ def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *
                     hardware=_resolve(hardware, HardwareModel, load_hardware, "hardware"),
                     backend=_resolve(backend, QuantBackend, load_backend, "backend"),
                     eval_fn=eval_fn, calibration_data=calibration_data, train_data=train_data,
-                    progress=progress, use_cache=use_cache)
+                    progress=progress, use_cache=use_cache, placement=placement)
     return run.execute(output_dir=output_dir, resume=resume, force=force)
 
 
@@ -137,8 +148,9 @@ class SearchRun:
     def __init__(self, *, model: nn.Module, example_input: Any, settings: SearchSettings,
                  hardware: HardwareModel, backend: QuantBackend, eval_fn: Callable[[nn.Module], float],
                  calibration_data: Iterable[Any], train_data: Iterable[Any] | None, progress: bool,
-                 use_cache: bool) -> None:
+                 use_cache: bool, placement: Placement = Placement()) -> None:
         self.model, self.example_input, self.settings = model, example_input, settings
+        self.cpu_model, self.placement, self.user_eval_fn = model, placement, eval_fn
         self.hardware, self.backend = hardware, backend
         self.eval_fn = checked_eval_fn(eval_fn)
         self.train_data, self.progress = train_data, progress
@@ -165,6 +177,7 @@ class SearchRun:
         self.uniform: UniformBaseline | None = None
         self.timings = {"setup": 0.0, "loop": 0.0, "eval": 0.0, "agent": 0.0, "checkpoint": 0.0}
         self.output_dir: Path | None = None
+        self.pool: RayPool | None = None
 
     # -- driver -------------------------------------------------------------------------
     def execute(self, output_dir: str | Path | None, resume: bool, force: bool) -> SearchResult:
@@ -183,9 +196,12 @@ class SearchRun:
         if s.strategy == "ddpg":
             self.agent = DDPGAgent(STATE_DIM, self.env.n_steps, s.ddpg, s.seed)
         seed_everything(s.seed)
+        on_device = self.placement.place(self.model, self.example_input, self.calibration_data, self.train_data)
+        self.model, self.example_input, self.calibration_data, self.train_data = on_device
         if restored is None and self.float_accuracy is None:
             self.float_accuracy = self._evaluate_float()
         prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data, self.layers)
+        self.placement.place_backend(self.backend)
         if restored is None:
             self.uniform = self._evaluate_uniform()
         else:
@@ -218,17 +234,22 @@ class SearchRun:
             self.model.train(was_training)
 
     def _evaluate(self, bits: Sequence[BitPair], what: str) -> tuple[float, float]:
-        """Accuracy of a policy through the backend, and the seconds it took."""
-        start = time.perf_counter()
-        self.backend.set_policy(dict(zip(self.names, bits)))
-        self.backend.calibrate()
-        if self.settings.finetune_steps:
-            self.backend.finetune(self.train_data, self.settings.finetune_steps)
+        """Accuracy of a policy through this process's backend, and the seconds it took."""
         try:
-            accuracy = float(self.backend.evaluate(self.eval_fn))
+            return evaluate_policy(self.backend, self.names, bits, self.eval_fn, self.settings.finetune_steps,
+                                   self.train_data)
         except EvaluationError as exc:
             raise self._evaluation_failed(exc, what) from exc
-        return accuracy, time.perf_counter() - start
+
+    def _evaluate_round(self, jobs: Sequence[EpisodeJob]) -> list[tuple[float, float]]:
+        """(accuracy, seconds) of each job: here one by one, or at once on the worker pool."""
+        if self.pool is None:
+            return [self._evaluate(job.bits, f"episode {job.episode}") for job in jobs]
+        outcomes = self.pool.evaluate(jobs)
+        for job, outcome in zip(jobs, outcomes):
+            if outcome.error is not None:
+                raise self._evaluation_failed(EvaluationError(outcome.error), f"episode {job.episode}")
+        return [(float(outcome.accuracy), outcome.eval_seconds) for outcome in outcomes]  # type: ignore[arg-type]
 
     def _evaluation_failed(self, exc: EvaluationError, what: str) -> EvaluationError:
         """Stop with what is saved: the finished episodes are in the checkpoint, ready to resume."""
@@ -275,35 +296,63 @@ class SearchRun:
             state = self.env.step(actions[t])
         return self.env.enforce_budget(self.env.chosen_bits()), states, actions
 
-    def _episode(self, episode: int) -> EpisodeRecord:
-        """One episode: propose bits, evaluate them, learn from the reward, record and checkpoint."""
+    def _round(self, size: int) -> list[EpisodeRecord]:
+        """``size`` episodes from the current actor: propose all, evaluate them together, then learn from each.
+
+        With one worker a round is one episode, exactly HAQ's loop.  The round's
+        episodes share the current exploration sigma, each with its own noise;
+        the checkpoint is written once the whole round is recorded.
+        """
         started = time.perf_counter()
         sigma = self.agent.sigma if self.agent is not None else None
-        bits, states, actions = self._propose()
-        accuracy, eval_seconds = self._evaluate(bits, f"episode {episode}")
+        first = len(self.history)
+        proposals = [self._propose() for _ in range(size)]
+        results = self._evaluate_round([EpisodeJob(first + i, bits) for i, (bits, _, _) in enumerate(proposals)])
         learn_start = time.perf_counter()
         if self.agent is not None:
-            self.agent.observe_episode(states, actions, reward(accuracy, self.float_accuracy))
+            for (_, states, actions), (accuracy, _) in zip(proposals, results):
+                self.agent.observe_episode(states, actions, reward(accuracy, self.float_accuracy))
         self.timings["agent"] += time.perf_counter() - learn_start
-        record = self._record(episode, bits, accuracy, sigma, eval_seconds, time.perf_counter() - started)
+        seconds = (time.perf_counter() - started) / size
+        records = [self._record(first + i, bits, accuracy, sigma, eval_seconds, seconds)
+                   for i, ((bits, _, _), (accuracy, eval_seconds)) in enumerate(zip(proposals, results))]
         self._save_checkpoint()
-        get_plugin_manager().notify("haq_episode_finished", record=record.to_dict())
-        return record
+        for record in records:
+            get_plugin_manager().notify("haq_episode_finished", record=record.to_dict())
+        return records
 
     def _run_episodes(self) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=self.settings.episodes, initial=len(self.history), desc=f"HAQ {self.settings.strategy}",
-                   unit="ep", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
+        s = self.settings
+        bar = tqdm(total=s.episodes, initial=len(self.history), desc=f"HAQ {s.strategy}", unit="ep",
+                   file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
         loop_start = time.perf_counter()
         try:
-            for episode in range(len(self.history), self.settings.episodes):
-                self._update_bar(bar, self._episode(episode))
+            if s.workers > 1 and len(self.history) < s.episodes:
+                self.pool = self.placement.start_pool(s.workers, self._worker_payload())
+            while len(self.history) < s.episodes:
+                for record in self._round(min(s.workers, s.episodes - len(self.history))):
+                    self._update_bar(bar, record)
         except KeyboardInterrupt:
             raise self._interrupted() from None
         finally:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
             self.timings["loop"] += time.perf_counter() - loop_start
             bar.close()
+
+    def _worker_payload(self) -> WorkerPayload:
+        """What each worker needs, on the CPU; sent once through Ray's object store."""
+        cpu = torch.device("cpu")
+        return WorkerPayload.for_backend(
+            self.backend, model=self.cpu_model, example_input=to_device(self.example_input, cpu),
+            calibration_data=to_device(list(self.calibration_data), cpu),
+            train_data=None if self.train_data is None else to_device(list(self.train_data), cpu),
+            eval_fn=self.user_eval_fn, layers=self.layers, quantize=self.settings.quantize,
+            finetune_steps=self.settings.finetune_steps, seed=self.settings.seed,
+            device=str(self.placement.device))
 
     def _record(self, episode: int, bits: Sequence[BitPair], accuracy: float, sigma: float | None,
                 eval_seconds: float, seconds: float) -> EpisodeRecord:

@@ -63,6 +63,10 @@ class SearchSettings:
     """Training steps on the quantized model before each evaluation (needs training data)."""
     seed: int = 0
     """Seed of every random generator of the search."""
+    workers: int = 1
+    """Episodes evaluated at once, on that many Ray actors (needs the ray extra). 1: one by one in this process,
+    HAQ's loop. With N, each round proposes N episodes from the current actor, evaluates them in parallel and
+    then learns from all N; the same seed and N give the same policy."""
     ddpg: DDPGConfig = field(default_factory=DDPGConfig)
     """Hyperparameters of the DDPG agent."""
     float_accuracy: float | None = None
@@ -76,7 +80,7 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         self._check()
-        for name in ("episodes", "min_bits", "max_bits", "finetune_steps", "seed"):  # NumPy integers -> int
+        for name in ("episodes", "min_bits", "max_bits", "finetune_steps", "seed", "workers"):  # NumPy integers -> int
             object.__setattr__(self, name, int(getattr(self, name)))
         if not isinstance(self.budget, (int, float)):  # e.g. a NumPy float, which JSON cannot store
             object.__setattr__(self, "budget", float(self.budget))
@@ -111,6 +115,9 @@ class SearchSettings:
                            f"got {self.finetune_steps!r}.")
         if not is_integer(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise HaqError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {self.seed!r}.")
+        if not is_integer(self.workers) or self.workers < 1:
+            raise HaqError(f"workers must be an integer >= 1 (1 evaluates in this process; N > 1 on N Ray "
+                           f"actors), got {self.workers!r}.")
         if self.quantize is not None:
             check_quantize(self.quantize, "quantize")
         if not isinstance(self.ddpg, DDPGConfig):

@@ -53,8 +53,8 @@ UNIFORM_POLICY = "uniform_policy.json"
 #: search() parameters the sweep sets itself, per budget or once for all.
 OWNED_BY_SWEEP = frozenset({"hardware", "backend", "budget", "eval_fn", "calibration_data", "output_dir",
                             "resume", "force", "progress", "float_accuracy", "task"})
-#: Search options that are data or caching switches, not settings that change a result.
-NOT_SETTINGS = frozenset({"train_data", "use_cache"})
+#: Search options that are data, caching or placement switches, not settings that change a result.
+NOT_SETTINGS = frozenset({"train_data", "use_cache", "device", "ray_address"})
 
 
 @dataclass

@@ -103,6 +103,15 @@ setting_options = stack(
     _setting("quantize", type=click.Choice(QUANTIZE_MODES), default=None, show_default=False),
     _setting("finetune_steps", type=int),
     _setting("seed", type=int),
+    _setting("workers", type=int),
+)
+# Where a search runs: not settings (a resumed search may run elsewhere), and not stored with the policy.
+placement_options = stack(
+    click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+                 help="Torch device of the models and batches (the cost table and agent stay on the CPU); "
+                      "auto: CUDA when available."),
+    click.option("--ray-address", default=None, metavar="HOST:PORT",
+                 help="With --workers > 1: join this Ray cluster (default: start a local Ray, stop it at the end)."),
 )
 # Settings the command sets by other means: --pin (parsed), the DDPG options, and the task description.
 SETTING_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SearchSettings)

@@ -17,7 +17,9 @@ from click.core import ParameterSource
 
 from haq_plugin.checkpoint import stored_settings
 from haq_plugin.cli.options import (backend_options, data_option, ddpg_options, hw_options, model_options,
-                                    no_cache_option, plugin_options, setting_options, settings_from_params)
+                                    no_cache_option, placement_options, plugin_options, setting_options,
+                                    settings_from_params)
+from haq_plugin.device import resolve_device
 from haq_plugin.errors import HaqError, InfeasibleBudget
 from haq_plugin.models import load_model, load_task_data
 from haq_plugin.plugins import load_backend, load_hardware
@@ -26,7 +28,7 @@ from haq_plugin.search import run_search
 from haq_plugin.settings import DEFAULT_BUDGET, SearchSettings
 
 DEFAULT_OUTPUT = "haq-output"
-RESUME_MAY_CHANGE = ("episodes", "quiet", "no_cache", "resume_dir")
+RESUME_MAY_CHANGE = ("episodes", "quiet", "no_cache", "resume_dir", "device", "ray_address")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Plan:
 @backend_options
 @hw_options
 @setting_options
+@placement_options
 @click.option("--output", "output", default=DEFAULT_OUTPUT, show_default=True, type=click.Path(file_okay=False),
               help="Directory for policy.json, the backend export, episodes.csv, summary.md, policy.png.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --output directory.")
@@ -66,6 +69,7 @@ def search_cmd(**params: Any) -> None:
     quiet = params["quiet"]
     ctx = click.get_current_context()
     plan = resumed_plan(ctx, params["resume_dir"]) if params["resume_dir"] else new_plan(params)
+    check_placement(plan.settings, params["device"])
     task = plan.settings.task
     source = load_model(task["model"], task["input_shape"])
     data = load_task_data(task["data"], task["model"])
@@ -78,7 +82,8 @@ def search_cmd(**params: Any) -> None:
         return run_search(source.model, source.example_input, settings, hardware=plan.hardware,
                           backend=plan.backend, eval_fn=data.eval_fn, calibration_data=data.calibration_data,
                           train_data=data.train_data, output_dir=plan.output, force=params["force"],
-                          resume=bool(params["resume_dir"]), progress=not quiet, use_cache=not params["no_cache"])
+                          resume=bool(params["resume_dir"]), progress=not quiet, use_cache=not params["no_cache"],
+                          device=params["device"], ray_address=params["ray_address"])
     try:
         if plan.budget_given:
             result = run(plan.settings)
@@ -110,7 +115,7 @@ def resumed_plan(ctx: click.Context, resume_dir: str) -> Plan:
         opts = {param.name: param.opts[0] for param in ctx.command.params}
         flags = ", ".join(opts[name] for name in given)
         raise HaqError(f"--resume continues with the settings stored in {resume_dir} and writes there; only "
-                       f"--episodes, --quiet and --no-cache may be given (got {flags}).")
+                       f"--episodes, --quiet, --no-cache, --device and --ray-address may be given (got {flags}).")
     settings, run = stored_settings(resume_dir)
     if ctx.get_parameter_source("episodes") == ParameterSource.COMMANDLINE:
         settings = settings.replace(episodes=ctx.params["episodes"])
@@ -119,6 +124,15 @@ def resumed_plan(ctx: click.Context, resume_dir: str) -> Plan:
     hardware = load_hardware(run["hardware"]["name"], **stored_options(run["hardware"]["config"]))
     backend = load_backend(run["backend"]["name"], **stored_options(run["backend"]["config"]))
     return Plan(settings, hardware, backend, Path(resume_dir), budget_given=True)
+
+
+def check_placement(settings: SearchSettings, device: str) -> None:
+    """Refuse a device this machine lacks, or workers without Ray, before the model and data are loaded."""
+    from haq_plugin.workers import require_ray
+
+    resolve_device(device)
+    if settings.workers > 1:
+        require_ray(settings.workers)
 
 
 def stored_options(config: Mapping[str, Any]) -> dict[str, Any]:

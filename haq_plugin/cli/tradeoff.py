@@ -23,7 +23,7 @@ from haq_plugin.options import parse_key_values
 DEFAULT_BUDGETS = "0.3,0.4,0.5,0.6,0.8"
 SENSITIVITY_OPTIONS = ("model_spec", "input_shape", "data_spec", "backend_name", "backend_options", "hw_name",
                        "hw_options", "constraint", "seed", "force", "quiet", "no_cache")
-SWEEP_RESUME_MAY_CHANGE = {"resume_dir", "quiet", "no_cache", "budgets"}
+SWEEP_RESUME_MAY_CHANGE = {"resume_dir", "quiet", "no_cache", "budgets", "device", "ray_address"}
 
 
 def _search_params(keep: Iterable[str] | None = None, drop: tuple[str, ...] = ()) -> list[click.Parameter]:
@@ -123,7 +123,7 @@ def _sweep(**params: Any) -> None:
             keep_last_layer_8bit=p["keep_last_layer_8bit"], quantize=p.get("quantize"),
             pins=p["pins"] if isinstance(p["pins"], dict) else parse_pins(p["pins"]),
             ddpg=DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in p.items() if k.startswith("ddpg_")}),
-            use_cache=not p["no_cache"])
+            use_cache=not p["no_cache"], workers=p["workers"], device=p["device"], ray_address=p["ray_address"])
     except KeyboardInterrupt:
         click.echo(f"\nInterrupted. Finished budgets are kept; continue with: haq-plugin sweep --resume {output}",
                    err=True)

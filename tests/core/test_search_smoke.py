@@ -63,10 +63,13 @@ class RoundingBackend(QuantBackend):
         self.calibration = list(calibration_data)
         self.bits = {n: (8, 8) for n in self.linears}
         self.ranges = {n: (0.0, 1.0) for n in self.linears}
+        self.observing = False
         for name, module in self.linears.items():
             module.register_forward_pre_hook(lambda m, args, name=name: self._quantize_input(name, args[0]))
 
     def _quantize_input(self, name, x):
+        if self.observing:  # calibration sees the float inputs
+            return None
         low, high = self.ranges[name]
         signed = low < 0
         return (fake_quantize(x, self.bits[name][1], max(abs(low), abs(high)), signed),)
@@ -82,7 +85,7 @@ class RoundingBackend(QuantBackend):
         seen = {}
         hooks = [m.register_forward_pre_hook(lambda m, args, n=n: seen.setdefault(n, []).append(args[0]))
                  for n, m in self.linears.items()]
-        self.ranges = {n: (-1e9, 1e9) for n in self.linears}  # no clipping while observing
+        self.observing = True
         try:
             with torch.no_grad():
                 for batch in self.calibration:
@@ -90,6 +93,7 @@ class RoundingBackend(QuantBackend):
         finally:
             for hook in hooks:
                 hook.remove()
+            self.observing = False
         self.ranges = {n: (float(min(x.min() for x in xs)), float(max(x.max() for x in xs))) for n, xs in seen.items()}
 
     @property
