@@ -8,10 +8,15 @@ the highest uniform width that fits), evaluates every policy through the
 backend, and returns the most accurate policy within the budget beside the best
 uniform one.
 
+Episodes run in rounds: one episode per round by default, HAQ's sequential
+loop; with ``workers=N`` each round's N policies are evaluated at once on Ray
+actors (:mod:`haq_plugin.workers`) before the agent learns from all N.  The
+models and batches run on ``device`` (:mod:`haq_plugin.device`).
+
 Determinism: the global generators (Python, NumPy, PyTorch) are seeded with
-``seed`` and the agent owns generators seeded from it, so the same inputs give
-the same policy bit for bit.  With an ``output_dir`` the state is checkpointed
-after every episode (:mod:`haq_plugin.checkpoint`) and the directory is locked
+``seed`` and the agent owns generators seeded from it, so the same inputs (and
+the same N) give the same policy bit for bit.  With an ``output_dir`` the state
+is checkpointed after every round (:mod:`haq_plugin.checkpoint`) and the directory is locked
 while the search runs (:mod:`haq_plugin.outputs`); ``resume=True`` ends with the
 same policy as an uninterrupted run (the episode count may be raised).
 
@@ -44,9 +49,7 @@ from haq_plugin.costs import UNITS, build_cost_table
 from haq_plugin.environment import STATE_DIM, QuantizationEnv, reward
 from haq_plugin.errors import HaqError
 from haq_plugin.evaluation import EvaluationError, checked_eval_fn, explain
-from haq_plugin.validation import check_calibration
 from haq_plugin.device import resolve_device, to_device
-from haq_plugin.workers import EpisodeJob, Placement, RayPool, WorkerPayload, evaluate_policy, require_ray
 from haq_plugin.hardware import HardwareModel
 from haq_plugin.layers import extract_layers
 from haq_plugin.outputs import open_output_dir
@@ -58,6 +61,8 @@ from haq_plugin.results import EpisodeRecord, PluginChoice, SearchInterrupted, S
 from haq_plugin.results import jsonable, provenance
 from haq_plugin.settings import DEFAULT_BUDGET, DEFAULT_EPISODES, STRATEGIES, SearchSettings
 from haq_plugin.space import build_space, check_constraint
+from haq_plugin.validation import check_calibration
+from haq_plugin.workers import EpisodeJob, Placement, RayPool, WorkerPayload, evaluate_policy, require_ray
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "DEFAULT_EPISODES", "STRATEGIES", "EpisodeRecord", "EvaluationError",
            "PluginChoice", "SearchInterrupted", "SearchResult", "SearchSettings", "UniformBaseline",
@@ -229,7 +234,10 @@ class SearchRun:
             with torch.no_grad():
                 return self.eval_fn(self.model)
         except EvaluationError as exc:
-            raise EvaluationError(explain(exc, "the float model (before the first episode)")) from exc
+            hint = "" if self.placement.on_cpu else (
+                f" The model is on {self.placement.device} (device): eval_fn must move its batches there, e.g. "
+                "with haq_plugin.device.on_model_device(batch, model).")
+            raise EvaluationError(explain(exc, "the float model (before the first episode)") + hint) from exc
         finally:
             self.model.train(was_training)
 
