@@ -174,3 +174,23 @@ def test_a_policy_from_another_model_names_the_model_it_was_searched_on(user_dir
                cwd=user_dir)
     assert_user_error(proc, "searched on a different model (--model mymod:conv --input-shape 1,3,8,8)",
                       "pass --model mymod:conv --input-shape 1,3,8,8")
+
+
+def test_cost_of_a_policy_with_a_width_the_hardware_lacks_names_the_layer(user_dir, tmp_path):
+    from haq_plugin import extract_layers
+    from haq_plugin.policy import Policy
+
+    sys.path.insert(0, str(user_dir))
+    try:
+        import mymod
+        layers = extract_layers(mymod.conv(), mymod.x(1))
+    finally:
+        sys.path.remove(str(user_dir))
+        sys.modules.pop("mymod", None)
+    bits = {layers[0].name: (8, 8), layers[1].name: (8, 12)}  # a valid width (1..16), beyond the hardware's 8
+    path = Policy.from_bits(layers, bits).save(tmp_path / "policy.json")
+    model = ("--model", "mymod:conv", "--input-shape", "1,3,8,8")
+    for hw in ("bismo-edge", "bitfusion"):
+        proc = haq("cost", *model, "--hw", hw, "--policy", str(path), cwd=user_dir)
+        assert_user_error(proc, f"'{hw}' does not support 12-bit activations (layer '{layers[1].name}')",
+                          "supported bit widths: 1, 2, 3, 4, 5, 6, 7, 8")
