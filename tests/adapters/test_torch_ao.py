@@ -476,6 +476,37 @@ def test_export_without_the_model_assumes_a_chain_and_the_model_rebuilds_it_exac
     assert exact == _describe(qconfig_mapping_for(MIXED, task["model"], EXAMPLE))
 
 
+class RenamedNet(DigitsNet):
+    """DigitsNet with its classifier called ``head``: a model changed after its policy was searched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = self.fc
+        del self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(self.stem(x))
+        return self.head(torch.flatten(self.pool(self.expand(y) + y), 1))
+
+
+def test_a_renamed_layer_is_refused_with_the_example_input_and_named_in_a_warning_without(backend, task,
+                                                                                          tmp_path):
+    path = backend.export(MIXED, tmp_path / "q.json")
+    renamed = RenamedNet().eval()
+    # the unsafe form: prepare_qat_fx ignores 'fc' and gives 'head' the global QConfig, 8-bit weights
+    blind = prepare_qat_fx(copy.deepcopy(renamed).train(), load_qconfig_mapping(path), (EXAMPLE,))
+    assert _ranges(blind.get_submodule("head").weight_fake_quant) == _wrange(8) != _wrange(MIXED["fc"][0])
+    with pytest.raises(HaqError, match=r"no bits for layer\(s\) head; bits for unknown layer\(s\) fc"):
+        load_qconfig_mapping(path, renamed, EXAMPLE)
+    with pytest.warns(UserWarning, match=r"names layer\(s\) this model lacks: fc; the model's layer\(s\) head "
+                                         r"are not in it and would get the global QConfig \(8 bits\)"):
+        mapping = load_qconfig_mapping(path, renamed)
+    assert list(mapping.module_name_qconfigs) == LAYERS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert _describe(load_qconfig_mapping(path, task["model"])) == _describe(load_qconfig_mapping(path))
+
+
 def test_malformed_mapping_files_are_explained(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
