@@ -525,6 +525,26 @@ def test_mapping_files_cannot_import_arbitrary_code(backend, tmp_path):
         load_qconfig_mapping(path)
 
 
+def test_summary_shows_the_effective_bits_where_an_observer_is_shared(task, tmp_path):
+    """stem.0 is kept at 8 bits and shares its observer with proj.0's input: proj.0 really gets 8 bits."""
+    from haq_plugin.search import search
+
+    result = search(task["model"], EXAMPLE, hardware="bismo-edge", backend="torch.ao", constraint="bops",
+                    budget=0.5, eval_fn=task["eval_fn"], calibration_data=task["calibration"], episodes=1,
+                    strategy="uniform", keep_last_layer_8bit=False, output_dir=tmp_path, progress=False)
+    bits = result.policy.bits
+    assert bits["stem.0"] == (8, 8) and bits["proj.0"][1] < 8
+    exported = {e["name"]: e for e in json.loads((tmp_path / "qconfig_mapping.json").read_text())["layers"]}
+    assert exported["stem.0"]["effective_activation_bits"] == 8  # a kept first layer is 8-bit, input included
+    assert exported["proj.0"]["effective_activation_bits"] == 8
+    rows = {line.split("|")[2].strip(): line.split("|")[5].strip()
+            for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| ") and "`" in line}
+    assert rows["`stem.0`"] == "8"
+    assert rows["`proj.0`"] == f"{bits['proj.0'][1]} (8 effective)"
+    assert rows["`fc`"] == str(bits["fc"][1]) and exported["fc"]["effective_activation_bits"] == bits["fc"][1]
+    assert "quantizes the input of proj.0 with other bits" in (tmp_path / "summary.md").read_text()
+
+
 # -- a user's training script --------------------------------------------------------------------------
 
 
