@@ -545,6 +545,29 @@ def test_summary_shows_the_effective_bits_where_an_observer_is_shared(task, tmp_
     assert "quantizes the input of proj.0 with other bits" in (tmp_path / "summary.md").read_text()
 
 
+def test_post_training_prepare_fx_needs_an_eval_model(backend, task, tmp_path):
+    """README: the exported mapping also serves prepare_fx on an eval() model; on a train() model torch stops."""
+    from torch.ao.quantization.quantize_fx import prepare_fx
+    from haq_plugin.adapters.torch_ao import backend_config, convert_in_range
+
+    bits = {name: (8, 8) if name == "stem.0" else (4, 6) for name in LAYERS}  # the README's example
+    path = backend.export(bits, tmp_path / "q.json")
+    mapping = load_qconfig_mapping(path, task["model"], EXAMPLE)
+    with pytest.raises(AssertionError, match="Fusion only for eval!"):
+        prepare_fx(copy.deepcopy(task["model"]).train(), mapping, (EXAMPLE,), backend_config=backend_config())
+    ptq = prepare_fx(copy.deepcopy(task["model"]).eval(), mapping, (EXAMPLE,), backend_config=backend_config())
+    for batch in task["calibration"]:
+        ptq(batch)
+    int_model = convert_in_range(ptq)
+    for name, (w_bits, _) in bits.items():
+        weight = int_model.get_submodule(name).weight()
+        low, high = _wrange(w_bits)
+        assert low <= int(weight.int_repr().min()) and int(weight.int_repr().max()) <= high, name
+    backend.set_policy(bits)
+    backend.calibrate()
+    assert abs(task["eval_fn"](int_model) - backend.evaluate(task["eval_fn"])) <= 1  # what the search measured
+
+
 # -- a user's training script --------------------------------------------------------------------------
 
 
