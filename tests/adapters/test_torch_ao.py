@@ -545,6 +545,19 @@ def test_summary_shows_the_effective_bits_where_an_observer_is_shared(task, tmp_
     assert "quantizes the input of proj.0 with other bits" in (tmp_path / "summary.md").read_text()
 
 
+def test_effective_bits_are_reported_only_where_activations_are_quantized(backend, task):
+    from types import SimpleNamespace
+
+    from haq_plugin.report import effective_act_bits
+
+    result = SimpleNamespace(policy=Policy.from_bits(extract_layers(task["model"], EXAMPLE), MIXED))
+    assert effective_act_bits(backend, result) == {"stem.0": 6, "proj.0": 6, "expand.0": 4, "fc": 3}
+    weights_only = TorchAoBackend()
+    weights_only.quantize = "weights"
+    weights_only.prepare(task["model"], EXAMPLE, task["calibration"])
+    assert effective_act_bits(weights_only, result) is None  # float activations: no bits to show
+
+
 def test_post_training_prepare_fx_needs_an_eval_model(backend, task, tmp_path):
     """README: the exported mapping also serves prepare_fx on an eval() model; on a train() model torch stops."""
     from torch.ao.quantization.quantize_fx import prepare_fx
