@@ -32,6 +32,7 @@ from torch.ao.quantization.quantization_mappings import get_default_qat_module_m
 
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._torch_ao_match import has_submodule
 from haq_plugin.adapters._torch_ao_qconfig import leave_weights_unclamped
 from haq_plugin.adapters._torch_ao_quiet import quiet_torch_ao
 
@@ -98,7 +99,7 @@ def prepare_qat_eager(model: nn.Module, mapping: QConfigMapping, inplace: bool =
     if not inplace:
         model = copy.deepcopy(model)
     layers = dict(mapping.module_name_qconfigs)
-    missing = [name for name in layers if not _has_submodule(model, name)]
+    missing = [name for name in layers if not has_submodule(model, name)]
     if missing:
         raise HaqError(f"The QConfigMapping names layer(s) this model lacks: {', '.join(missing)}.")
     model.train()
@@ -109,14 +110,6 @@ def prepare_qat_eager(model: nn.Module, mapping: QConfigMapping, inplace: bool =
         for name, qconfig in layers.items():
             _swap_layer(model, name, qconfig)
     return model
-
-
-def _has_submodule(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
 
 
 def eager_handles(model: nn.Module, layers: list[str]) -> tuple[dict[str, FakeQuantize], dict[str, FakeQuantize]]:

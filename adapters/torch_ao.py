@@ -86,6 +86,7 @@ from haq_plugin.policy import Policy
 
 from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json
+from haq_plugin.adapters._torch_ao_match import warn_unmatched_layers
 from haq_plugin.adapters._torch_ao_plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
 from haq_plugin.adapters._torch_ao_qconfig import (
     ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, set_fake_quant_range, weight_range)
@@ -140,13 +141,22 @@ def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
                          example_input: Any = None) -> QConfigMapping:
     """Rebuild the QConfigMapping of an exported ``qconfig_mapping.json``.
 
-    With ``model`` and ``example_input`` (FX files only), the mapping is
-    recomputed from the file's bits by tracing the model; use this for files
-    whose ``graph`` is ``assumed-chain``.
+    Pass the model: ``load_qconfig_mapping(path, model, example_input)`` is the
+    safe form.  With both (FX files), the mapping is recomputed from the file's
+    bits by tracing the model, exact also for files whose ``graph`` is
+    ``assumed-chain``, and a model whose layers differ from the policy's is
+    refused with a :class:`HaqError` naming them.  With the model alone (or an
+    eager-mode file) the stored mapping is returned, with a ``UserWarning``
+    naming the layers it has that the model lacks.  Without the model nothing
+    can be checked: ``prepare_qat_fx`` ignores unknown names, and a renamed
+    layer silently gets the global 8-bit QConfig.
     """
     data = _read_export(Path(path))
-    if model is None or data["mode"] == "eager":
-        return mapping_from_json(data["qconfig_mapping"], str(path))
+    if model is None or example_input is None or data["mode"] == "eager":
+        mapping = mapping_from_json(data["qconfig_mapping"], str(path))
+        if model is not None:
+            warn_unmatched_layers(mapping, model, path)
+        return mapping
     bits = {entry["name"]: (int(entry["weight_bits"]), int(entry["activation_bits"])) for entry in data["layers"]}
     observer = _stored_observer(data)
     return qconfig_mapping_for(bits, model, example_input, act_observer=observer,

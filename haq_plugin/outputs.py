@@ -44,12 +44,22 @@ def prepare_output_dir(path: str | Path, resume: bool, force: bool) -> Path:
             raise HaqError(f"Output directory {path} is not empty ({', '.join(content[:5])}). Use a new "
                            "directory, overwrite with force=True (--force), or continue its search with "
                            "resume=True (--resume).")
-        (path / CHECKPOINT).unlink(missing_ok=True)  # a stale checkpoint must never be resumed by mistake
+        _remove_stale_checkpoint(path / CHECKPOINT)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HaqError(f"Cannot create output directory {path}: {exc.strerror or exc}.") from None
     return path
+
+
+def _remove_stale_checkpoint(checkpoint: Path) -> None:
+    """Remove an earlier search's checkpoint, which must never be resumed by mistake after ``force``."""
+    try:
+        checkpoint.unlink(missing_ok=True)
+    except OSError as exc:
+        raise HaqError(f"Cannot overwrite output directory {checkpoint.parent} (force): removing its old "
+                       f"checkpoint {checkpoint} failed: {exc.strerror or exc}. Remove it yourself, or use a "
+                       "new output directory.") from None
 
 
 def open_output_dir(path: Path, resume: bool, force: bool) -> tuple[Path, OutputLock]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from haq_plugin.checkpoint import CHECKPOINT
 from haq_plugin.files import write_text_atomic, write_via_temp
+from haq_plugin.quantize_mode import WEIGHTS_ONLY
 from haq_plugin.results import EpisodeRecord, SearchResult
 
 if TYPE_CHECKING:
@@ -104,10 +105,30 @@ def layer_shares(result: SearchResult, metric: str) -> np.ndarray | None:
     return per_layer / total if total > 0 else np.zeros_like(per_layer)
 
 
-def summary_markdown(result: SearchResult) -> str:
-    """The human-readable report: settings, per-layer table, totals and comparisons."""
+def effective_act_bits(backend: "QuantBackend", result: SearchResult) -> dict[str, int] | None:
+    """The activation bits each layer's input really gets from ``backend``, where it can tell.
+
+    A backend may quantize a layer's input with other bits than the policy's;
+    torch.ao's FX mode does, where one observer feeds several layers.  Such a
+    backend has an ``effective_act_bits(bits)`` method (layer name -> bits).
+    """
+    method = getattr(backend, "effective_act_bits", None)
+    if not callable(method) or getattr(backend, "quantize", None) == WEIGHTS_ONLY:  # float activations
+        return None
+    return dict(method(result.policy.bits))
+
+
+def summary_markdown(result: SearchResult, effective: dict[str, int] | None = None) -> str:
+    """The human-readable report: settings, per-layer table, totals and comparisons.
+
+    ``effective`` (see :func:`effective_act_bits`) adds the backend's real
+    activation bits to the layers where they differ from the policy's.
+    """
     budget, best, uniform, unit = result.budget, result.best, result.uniform, result.unit
     latency, energy = layer_shares(result, "latency"), layer_shares(result, "energy")
+    effective = effective or {}
+    differing = [layer.name for layer, (_, a) in zip(result.layers, result.policy.as_list())
+                 if effective.get(layer.name, a) != a]
     lines = [
         "# HAQ mixed-precision search", "",
         result.summary, "",
@@ -118,7 +139,12 @@ def summary_markdown(result: SearchResult) -> str:
     for i, (layer, (w, a)) in enumerate(zip(result.layers, result.policy.as_list())):
         lat = f"{latency[i] * 100:.1f}%" if latency is not None else "n/a"
         ene = f"{energy[i] * 100:.1f}%" if energy is not None else "n/a"
-        lines.append(f"| {i} | `{layer.name}` | {layer.describe()} | {w} | {a} | {lat} | {ene} |")
+        a_text = f"{a} ({effective[layer.name]} effective)" if layer.name in differing else str(a)
+        lines.append(f"| {i} | `{layer.name}` | {layer.describe()} | {w} | {a_text} | {lat} | {ene} |")
+    if differing:
+        lines += ["", f"Backend '{result.backend.name}' quantizes the input of {', '.join(differing)} with other "
+                  "bits than the policy's (one observer feeds several layers; see its export file): '(N "
+                  "effective)' gives the bits the input really gets. Costs are those of the policy's bits."]
     lines += [
         "", "## Totals", "",
         f"| | {budget.constraint} ({unit}) | x 8-bit | accuracy (%) |",
@@ -218,7 +244,8 @@ def write_search_outputs(result: SearchResult, backend: "QuantBackend") -> dict[
     files["export"] = write_via_temp(directory / backend.export_filename,
                                      lambda tmp: backend.export(result.policy, tmp))
     files["episodes"] = write_episodes_csv(directory, result.history)
-    files["summary"] = write_text_atomic(directory / SUMMARY, summary_markdown(result))
+    files["summary"] = write_text_atomic(directory / SUMMARY,
+                                         summary_markdown(result, effective_act_bits(backend, result)))
     figure = write_policy_figure(directory / FIGURE, result)
     if figure is not None:
         files["figure"] = figure

@@ -5,20 +5,24 @@ the model, or an ``eval_fn`` that returns ``None``, a string or NaN, would fail
 deep inside a backend or, worse, produce a ``policy.json`` ranked by a
 meaningless number.  :func:`check_task_data` runs one calibration batch and the
 float evaluation up front and turns every such mistake into a
-:class:`~haq_plugin.errors.HaqError` that names the item at fault.
+:class:`~haq_plugin.errors.HaqError` that names the item at fault.  What counts
+as an accuracy is decided in one place, :mod:`haq_plugin.evaluation`, which also
+checks every evaluation of the search itself.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
 from haq_plugin.backend import batch_inputs
 from haq_plugin.errors import HaqError
+from haq_plugin.evaluation import ALLOWED, EvaluationError, accuracy_value, call_eval_fn, short_repr
+
 from haq_plugin.layers import run_forward
+
+__all__ = ["as_batches", "check_accuracy", "check_calibration", "check_task_data", "evaluate", "short_repr"]
 
 
 def as_batches(data: Any, item: str) -> Sequence[Any]:
@@ -47,31 +51,21 @@ def as_batches(data: Any, item: str) -> Sequence[Any]:
 
 
 def check_accuracy(value: Any, what: str) -> float:
-    """``value`` as a float if it is a finite accuracy in percent (0..100)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        item = getattr(value, "item", None)  # a 0-d tensor or NumPy scalar is a number too
-        if callable(item) and getattr(value, "ndim", None) == 0:
-            value = item()
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise HaqError(f"{what} returned {type(value).__name__} {short_repr(value)}; it must return the "
-                           "accuracy in percent, a number from 0 to 100.")
-    accuracy = float(value)
-    if not math.isfinite(accuracy) or not 0.0 <= accuracy <= 100.0:
-        raise HaqError(f"{what} returned {accuracy!r}; it must return the accuracy in percent, a finite number "
-                       "from 0 to 100 (a fraction such as 0.93 is read as 0.93%, so multiply by 100).")
-    return accuracy
+    """``value`` as a float if it is an accuracy in percent (0..100); the test is :func:`~haq_plugin.evaluation.accuracy_problem`."""
+    try:
+        return accuracy_value(value, what)
+    except EvaluationError as exc:
+        raise HaqError(f"{exc}. {ALLOWED}.") from None
 
 
 def evaluate(eval_fn: Callable[[nn.Module], Any], model: nn.Module, what: str = "eval_fn") -> float:
-    """``eval_fn(model)`` checked with :func:`check_accuracy`; an exception in it becomes :class:`HaqError`."""
+    """``eval_fn(model)`` checked like every search evaluation; a :class:`HaqError` in it passes unchanged."""
     try:
-        value = eval_fn(model)
-    except HaqError:
-        raise
-    except Exception as exc:
-        own = " ".join(str(exc).split())
-        raise HaqError(f"{what} raised {type(exc).__name__}: {own}") from None
-    return check_accuracy(value, what)
+        return call_eval_fn(eval_fn, model, what)
+    except EvaluationError as exc:
+        if isinstance(exc.__cause__, HaqError):
+            raise exc.__cause__ from None
+        raise HaqError(f"{exc}. {ALLOWED}.") from None
 
 
 def check_task_data(model: nn.Module, calibration_data: Any, eval_fn: Any,
@@ -113,9 +107,3 @@ def check_calibration(model: nn.Module, calibration_data: Any) -> Sequence[Any]:
     finally:
         model.train(was_training)
     return batches
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."

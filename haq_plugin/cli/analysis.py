@@ -59,8 +59,11 @@ def cost_cmd(model_spec: str, input_shape: str | None, hw_name: str, hw_options:
         pairs = policy.as_list()
     else:
         pairs = [uniform] * len(layers)
-    for w, a in set(pairs):
-        hardware.check_bits(w, a)
+    if policy_path:
+        for layer, (w, a) in zip(layers, pairs):
+            hardware.check_bits(w, a, layer=layer.name)
+    else:
+        hardware.check_bits(*uniform)
     table = build_cost_table(hardware, layers, bits=_table_bits(hardware, pairs), cache=not no_cache)
     per_layer = {m: table.layer_costs(m, pairs) for m in CONSTRAINTS if m != "energy" or table.energy is not None}
     headers = ["name", "w/a", "latency_s", "energy_j", "size_bytes", "bops"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -373,24 +374,28 @@ def test_user_applies_a_policy_trains_and_keeps_the_bits(task, backend, tmp_path
         assert layer.input_quant.is_signed == backend.input_signs[name]
     assert not quant_layers(float_model)
 
-    # Brevitas' QONNX exporter needs onnx and onnxoptimizer (the 'onnx' extra, part of 'dev'). With torch 2.13
-    # the default dynamo exporter fails on Brevitas' graph (no opset adapter for Reshape); the TorchScript
-    # exporter (dynamo=False) works.
+    # Brevitas' QONNX exporter needs onnx and onnxoptimizer (the 'onnx' extra, part of 'dev'). Its default
+    # is torch's dynamo exporter (from torch 2.9 on); the TorchScript one (dynamo=False) must agree with it.
+    expected = sorted(b for pair in MIXED.values() for b in pair)
+    assert qonnx_quant_widths(qmodel, task["example"], tmp_path / "default.onnx") == expected
+    assert qonnx_quant_widths(qmodel, task["example"], tmp_path / "torchscript.onnx", dynamo=False) == expected
+
+
+def qonnx_quant_widths(qmodel: nn.Module, example: torch.Tensor, path, **export_kwargs) -> list[int]:
+    """The bit widths of the ``Quant`` nodes that Brevitas' QONNX exporter writes for ``qmodel``, sorted."""
     pytest.importorskip("onnx", reason="install the 'onnx' extra for Brevitas' QONNX exporter")
     pytest.importorskip("onnxoptimizer", reason="install the 'onnx' extra for Brevitas' QONNX exporter")
     import onnx
     from onnx import numpy_helper
     from brevitas.export import export_qonnx
 
-    onnx_path = tmp_path / "model.onnx"
-    export_qonnx(qmodel, args=task["example"], export_path=str(onnx_path), dynamo=False)
-    exported = onnx.load(str(onnx_path))
+    export_qonnx(copy.deepcopy(qmodel).eval(), args=example, export_path=str(path), **export_kwargs)
+    exported = onnx.load(str(path))
     nodes = list(exported.graph.node) + [n for f in exported.functions for n in f.node]
     constants = {init.name: numpy_helper.to_array(init) for init in exported.graph.initializer}
     constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
                       for n in nodes if n.op_type == "Constant"})
-    widths = sorted(int(constants[n.input[3]]) for n in nodes if n.op_type == "Quant")
-    assert widths == sorted(b for pair in MIXED.values() for b in pair)
+    return sorted(int(constants[n.input[3]]) for n in nodes if n.op_type == "Quant")
 
 
 # -- the demo task -------------------------------------------------------------------------
@@ -416,3 +421,27 @@ def test_demo_uniform_8_bit_matches_float_and_2_bit_collapses(demo):
     signs = backend.input_signs
     assert signs["features.0.0"] is False and signs["features.1.conv.0.0"] is False
     assert signs["features.2.conv.0.0"] is True and signs["features.3.conv.0.0"] is True
+
+
+@pytest.mark.slow
+def test_demo_policy_exports_with_the_default_exporter_on_a_narrow_range_weight_grid(demo, tmp_path):
+    """README: Brevitas' default (dynamo) QONNX exporter works on the demo; its 2-bit weights are ternary."""
+    from haq_plugin.adapters._torch_ao_qconfig import weight_range
+
+    layers = extract_layers(demo.model, demo.example_input)
+    bits = {layer.name: (2 + i % 7, 2 + (i * 3) % 7) for i, layer in enumerate(layers)}
+    backend = BrevitasBackend()
+    backend.prepare(demo.model, demo.example_input, demo.calibration_data)
+    path = backend.export(Policy.from_bits(layers, bits), tmp_path / "brevitas_policy.json")
+    qmodel = apply_policy(demo.model, path, calibration_data=demo.calibration_data)
+    for name, (w_bits, _) in bits.items():
+        quant = qmodel.get_submodule(name).quant_weight()
+        integers = torch.round(quant.value / quant.scale)
+        top = 2 ** (w_bits - 1) - 1
+        assert integers.min() >= -top and integers.max() <= top, name  # narrow range: never -2^(w-1)
+    two_bit = [name for name, (w, _) in bits.items() if w == 2]
+    ternary = torch.round(qmodel.get_submodule(two_bit[0]).quant_weight().value
+                          / qmodel.get_submodule(two_bit[0]).quant_weight().scale).unique()
+    assert ternary.tolist() == [-1.0, 0.0, 1.0] and weight_range(2) == (-2, 1)  # torch.ao: full range
+    expected = sorted(b for pair in bits.values() for b in pair)
+    assert qonnx_quant_widths(qmodel, demo.example_input, tmp_path / "demo.onnx") == expected

@@ -476,6 +476,37 @@ def test_export_without_the_model_assumes_a_chain_and_the_model_rebuilds_it_exac
     assert exact == _describe(qconfig_mapping_for(MIXED, task["model"], EXAMPLE))
 
 
+class RenamedNet(DigitsNet):
+    """DigitsNet with its classifier called ``head``: a model changed after its policy was searched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = self.fc
+        del self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(self.stem(x))
+        return self.head(torch.flatten(self.pool(self.expand(y) + y), 1))
+
+
+def test_a_renamed_layer_is_refused_with_the_example_input_and_named_in_a_warning_without(backend, task,
+                                                                                          tmp_path):
+    path = backend.export(MIXED, tmp_path / "q.json")
+    renamed = RenamedNet().eval()
+    # the unsafe form: prepare_qat_fx ignores 'fc' and gives 'head' the global QConfig, 8-bit weights
+    blind = prepare_qat_fx(copy.deepcopy(renamed).train(), load_qconfig_mapping(path), (EXAMPLE,))
+    assert _ranges(blind.get_submodule("head").weight_fake_quant) == _wrange(8) != _wrange(MIXED["fc"][0])
+    with pytest.raises(HaqError, match=r"no bits for layer\(s\) head; bits for unknown layer\(s\) fc"):
+        load_qconfig_mapping(path, renamed, EXAMPLE)
+    with pytest.warns(UserWarning, match=r"names layer\(s\) this model lacks: fc; the model's layer\(s\) head "
+                                         r"are not in it and would get the global QConfig \(8 bits\)"):
+        mapping = load_qconfig_mapping(path, renamed)
+    assert list(mapping.module_name_qconfigs) == LAYERS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert _describe(load_qconfig_mapping(path, task["model"])) == _describe(load_qconfig_mapping(path))
+
+
 def test_malformed_mapping_files_are_explained(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
@@ -492,6 +523,62 @@ def test_mapping_files_cannot_import_arbitrary_code(backend, tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(HaqError, match="not a class of torch.ao.quantization"):
         load_qconfig_mapping(path)
+
+
+def test_summary_shows_the_effective_bits_where_an_observer_is_shared(task, tmp_path):
+    """stem.0 is kept at 8 bits and shares its observer with proj.0's input: proj.0 really gets 8 bits."""
+    from haq_plugin.search import search
+
+    result = search(task["model"], EXAMPLE, hardware="bismo-edge", backend="torch.ao", constraint="bops",
+                    budget=0.5, eval_fn=task["eval_fn"], calibration_data=task["calibration"], episodes=1,
+                    strategy="uniform", keep_last_layer_8bit=False, output_dir=tmp_path, progress=False)
+    bits = result.policy.bits
+    assert bits["stem.0"] == (8, 8) and bits["proj.0"][1] < 8
+    exported = {e["name"]: e for e in json.loads((tmp_path / "qconfig_mapping.json").read_text())["layers"]}
+    assert exported["stem.0"]["effective_activation_bits"] == 8  # a kept first layer is 8-bit, input included
+    assert exported["proj.0"]["effective_activation_bits"] == 8
+    rows = {line.split("|")[2].strip(): line.split("|")[5].strip()
+            for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| ") and "`" in line}
+    assert rows["`stem.0`"] == "8"
+    assert rows["`proj.0`"] == f"{bits['proj.0'][1]} (8 effective)"
+    assert rows["`fc`"] == str(bits["fc"][1]) and exported["fc"]["effective_activation_bits"] == bits["fc"][1]
+    assert "quantizes the input of proj.0 with other bits" in (tmp_path / "summary.md").read_text()
+
+
+def test_effective_bits_are_reported_only_where_activations_are_quantized(backend, task):
+    from types import SimpleNamespace
+
+    from haq_plugin.report import effective_act_bits
+
+    result = SimpleNamespace(policy=Policy.from_bits(extract_layers(task["model"], EXAMPLE), MIXED))
+    assert effective_act_bits(backend, result) == {"stem.0": 6, "proj.0": 6, "expand.0": 4, "fc": 3}
+    weights_only = TorchAoBackend()
+    weights_only.quantize = "weights"
+    weights_only.prepare(task["model"], EXAMPLE, task["calibration"])
+    assert effective_act_bits(weights_only, result) is None  # float activations: no bits to show
+
+
+def test_post_training_prepare_fx_needs_an_eval_model(backend, task, tmp_path):
+    """README: the exported mapping also serves prepare_fx on an eval() model; on a train() model torch stops."""
+    from torch.ao.quantization.quantize_fx import prepare_fx
+    from haq_plugin.adapters.torch_ao import backend_config, convert_in_range
+
+    bits = {name: (8, 8) if name == "stem.0" else (4, 6) for name in LAYERS}  # the README's example
+    path = backend.export(bits, tmp_path / "q.json")
+    mapping = load_qconfig_mapping(path, task["model"], EXAMPLE)
+    with pytest.raises(AssertionError, match="Fusion only for eval!"):
+        prepare_fx(copy.deepcopy(task["model"]).train(), mapping, (EXAMPLE,), backend_config=backend_config())
+    ptq = prepare_fx(copy.deepcopy(task["model"]).eval(), mapping, (EXAMPLE,), backend_config=backend_config())
+    for batch in task["calibration"]:
+        ptq(batch)
+    int_model = convert_in_range(ptq)
+    for name, (w_bits, _) in bits.items():
+        weight = int_model.get_submodule(name).weight()
+        low, high = _wrange(w_bits)
+        assert low <= int(weight.int_repr().min()) and int(weight.int_repr().max()) <= high, name
+    backend.set_policy(bits)
+    backend.calibrate()
+    assert abs(task["eval_fn"](int_model) - backend.evaluate(task["eval_fn"])) <= 1  # what the search measured
 
 
 # -- a user's training script --------------------------------------------------------------------------

@@ -124,6 +124,18 @@ def test_the_closing_lines_list_what_was_written(tmp_path):
     assert "--backend torch.ao -o qconfig_mapping.json" in proc.stdout
 
 
+def test_force_on_a_checkpoint_that_cannot_be_removed_is_one_line_naming_it(tmp_path):
+    """A directory named checkpoint.pt cannot be unlinked, by root neither."""
+    out = tmp_path / "x"
+    (out / "checkpoint.pt").mkdir(parents=True)
+    (out / "checkpoint.pt" / "kept").write_text("not ours")
+    proc = search(*MINE, "--output", str(out), "--force")
+    assert_refused(proc, f"Cannot overwrite output directory {out} (force)", f"checkpoint {out / 'checkpoint.pt'}",
+                   "Is a directory", "use a new output directory")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (out / "search.lock").exists()
+    assert (out / "checkpoint.pt" / "kept").read_text() == "not ours"
+
+
 def test_a_second_search_on_a_locked_directory_names_the_running_one(tmp_path):
     out = tmp_path / "x"
     out.mkdir()

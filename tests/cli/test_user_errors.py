@@ -103,6 +103,19 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> Non
         assert fragment in errors[0], (fragment, errors[0])
 
 
+def conv_layers(user_dir: Path) -> list:
+    """The layers of the user's ``mymod:conv`` on its example input, imported as the CLI imports it."""
+    from haq_plugin import extract_layers
+
+    sys.path.insert(0, str(user_dir))
+    try:
+        import mymod
+        return extract_layers(mymod.conv(), mymod.x(1))
+    finally:
+        sys.path.remove(str(user_dir))
+        sys.modules.pop("mymod", None)
+
+
 @pytest.mark.parametrize("model, shape, fragments", [
     ("mymod:broken", "1,4", ["forward pass failed on the example input (shape 1x4)",
                              "ValueError: my forward is broken"]),
@@ -158,19 +171,25 @@ def test_binary_and_deeply_nested_policy_files(user_dir, tmp_path):
 
 
 def test_a_policy_from_another_model_names_the_model_it_was_searched_on(user_dir, tmp_path):
-    from haq_plugin import extract_layers
     from haq_plugin.policy import Policy
 
-    sys.path.insert(0, str(user_dir))
-    try:
-        import mymod
-        layers = extract_layers(mymod.conv(), mymod.x(1))
-    finally:
-        sys.path.remove(str(user_dir))
-        sys.modules.pop("mymod", None)
+    layers = conv_layers(user_dir)
     path = Policy.uniform(layers, 4, 4, task={"model": "mymod:conv", "input_shape": "1,3,8,8"}).save(
         tmp_path / "policy.json")
     proc = haq("export", "--policy", str(path), "--backend", "torch.ao", "-o", str(tmp_path / "q.json"),
                cwd=user_dir)
     assert_user_error(proc, "searched on a different model (--model mymod:conv --input-shape 1,3,8,8)",
                       "pass --model mymod:conv --input-shape 1,3,8,8")
+
+
+def test_cost_of_a_policy_with_a_width_the_hardware_lacks_names_the_layer(user_dir, tmp_path):
+    from haq_plugin.policy import Policy
+
+    layers = conv_layers(user_dir)
+    bits = {layers[0].name: (8, 8), layers[1].name: (8, 12)}  # a valid width (1..16), beyond the hardware's 8
+    path = Policy.from_bits(layers, bits).save(tmp_path / "policy.json")
+    model = ("--model", "mymod:conv", "--input-shape", "1,3,8,8")
+    for hw in ("bismo-edge", "bitfusion"):
+        proc = haq("cost", *model, "--hw", hw, "--policy", str(path), cwd=user_dir)
+        assert_user_error(proc, f"'{hw}' does not support 12-bit activations (layer '{layers[1].name}')",
+                          "supported bit widths: 1, 2, 3, 4, 5, 6, 7, 8")

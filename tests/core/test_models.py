@@ -89,13 +89,13 @@ def test_calibration_data_is_checked_on_the_model(model, calibration, message):
 
 @pytest.mark.parametrize("eval_fn, message", [
     (lambda m: 1 / 0, "eval_fn on the float model raised ZeroDivisionError"),
-    (lambda m: "93%", "returned str '93%'"),
-    (lambda m: None, "returned NoneType None"),
-    (lambda m: math.nan, "returned nan"),
-    (lambda m: 130.0, "returned 130.0"),
-    (lambda m: -1, "returned -1.0"),
+    (lambda m: "93%", r"returned '93%' \(str\)"),
+    (lambda m: None, r"returned None \(NoneType\)"),
+    (lambda m: math.nan, "returned NaN"),
+    (lambda m: 130.0, "returned 130, outside 0..100"),
+    (lambda m: -1, "returned -1, outside 0..100"),
     (lambda m: 0.0, "returned 0.0%"),
-    (lambda m: True, "returned bool True"),
+    (lambda m: True, r"returned True \(bool\)"),
     ("accuracy", "eval_fn must be a function"),
 ])
 def test_an_evaluation_that_gives_no_meaningful_accuracy_is_refused(model, eval_fn, message):
@@ -167,3 +167,26 @@ def test_a_truncated_demo_cache_is_rebuilt(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
     again = load_demo(settings)
     assert not again.trained_now and again.float_val_accuracy == first.float_val_accuracy
+
+
+@pytest.mark.parametrize("answer, problem", [
+    ("91.0", "returned '91.0' (str)"), (None, "returned None (NoneType)"), (True, "returned True (bool)"),
+    (math.nan, "returned NaN"), (math.inf, "returned inf, outside 0..100"), (930.0, "returned 930, outside 0..100"),
+    (-0.5, "returned -0.5, outside 0..100"), (torch.tensor([1.0, 2.0]), "returned Tensor tensor([1., 2.]), not a number"),
+])
+def test_the_search_and_the_up_front_check_refuse_the_same_answers_in_the_same_words(model, answer, problem):
+    from haq_plugin.evaluation import EvaluationError, checked_eval_fn
+
+    with pytest.raises(EvaluationError) as in_search:
+        checked_eval_fn(lambda m: answer)(model)
+    assert str(in_search.value) == f"eval_fn {problem}"
+    with pytest.raises(HaqError) as up_front:
+        check_accuracy(answer, "eval_fn")
+    assert str(up_front.value).startswith(f"eval_fn {problem}. eval_fn(model) must return")
+
+
+def test_scalar_tensors_are_accuracies_in_the_search_too(model):
+    from haq_plugin.evaluation import checked_eval_fn
+
+    assert checked_eval_fn(lambda m: torch.tensor(87.5))(model) == 87.5
+    assert checked_eval_fn(lambda m: 0.5)(model) == 0.5  # a small accuracy, not refused as a fraction
