@@ -70,12 +70,12 @@ def check_bit_map(bits: Mapping[str, Any], names: Sequence[str], supported: Iter
     Returns a new dict in the order of ``names``.
     """
     if not isinstance(bits, Mapping):
-        raise HaqError(f"Bits{' for ' + who if who else ''} must map layer names to (weight, activation) "
+        raise HaqError(f"Bits{' for ' + who.removeprefix('by ') if who else ''} must map layer names to (weight, activation) "
                        f"pairs, got {type(bits).__name__}.")
     missing = [name for name in names if name not in bits]
     extra = [name for name in bits if name not in set(names)]
     if missing or extra:
-        raise HaqError(difference_message(f"The bits{' for ' + who if who else ''} do not match the model's "
+        raise HaqError(difference_message(f"The bits{' for ' + who.removeprefix('by ') if who else ''} do not match the model's "
                                           "quantizable layers", missing, extra))
     allowed = None if supported is None else tuple(supported)
     return {name: check_pair(bits[name], f"layer '{name}'", allowed, who) for name in names}
