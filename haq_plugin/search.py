@@ -49,7 +49,7 @@ from haq_plugin.costs import UNITS, build_cost_table
 from haq_plugin.environment import STATE_DIM, QuantizationEnv, reward
 from haq_plugin.errors import HaqError
 from haq_plugin.evaluation import EvaluationError, checked_eval_fn, explain
-from haq_plugin.device import resolve_device, to_device
+from haq_plugin.device import resolve_device
 from haq_plugin.hardware import HardwareModel
 from haq_plugin.layers import extract_layers
 from haq_plugin.outputs import open_output_dir
@@ -196,6 +196,18 @@ class SearchRun:
             lock.release()
 
     def _run(self, restored: Checkpoint | None) -> SearchResult:
+        done = len(restored.history) if restored is not None else 0
+        if self.settings.workers > 1 and self.settings.strategy != "uniform" and done < self.settings.episodes:
+            # started first: the actors prepare their backends while this process does its own set-up
+            self.pool = self.placement.start_pool(self.settings.workers, self._worker_payload())
+        try:
+            return self._search(restored)
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+
+    def _search(self, restored: Checkpoint | None) -> SearchResult:
         start = time.perf_counter()
         s = self.settings
         if s.strategy == "ddpg":
@@ -337,27 +349,21 @@ class SearchRun:
                    file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
         loop_start = time.perf_counter()
         try:
-            if s.workers > 1 and len(self.history) < s.episodes:
-                self.pool = self.placement.start_pool(s.workers, self._worker_payload())
             while len(self.history) < s.episodes:
                 for record in self._round(min(s.workers, s.episodes - len(self.history))):
                     self._update_bar(bar, record)
         except KeyboardInterrupt:
             raise self._interrupted() from None
         finally:
-            if self.pool is not None:
-                self.pool.close()
-                self.pool = None
             self.timings["loop"] += time.perf_counter() - loop_start
             bar.close()
 
     def _worker_payload(self) -> WorkerPayload:
-        """What each worker needs, on the CPU; sent once through Ray's object store."""
-        cpu = torch.device("cpu")
+        """What each worker needs, taken before anything moves to the device; sent once via Ray's object store."""
         return WorkerPayload.for_backend(
-            self.backend, model=self.cpu_model, example_input=to_device(self.example_input, cpu),
-            calibration_data=to_device(list(self.calibration_data), cpu),
-            train_data=None if self.train_data is None else to_device(list(self.train_data), cpu),
+            self.backend, model=self.cpu_model, example_input=self.example_input,
+            calibration_data=list(self.calibration_data),
+            train_data=None if self.train_data is None else list(self.train_data),
             eval_fn=self.user_eval_fn, layers=self.layers, quantize=self.settings.quantize,
             finetune_steps=self.settings.finetune_steps, seed=self.settings.seed,
             device=str(self.placement.device))

@@ -212,6 +212,7 @@ class RayPool:
         self.ray = require_ray(workers)
         self.started_ray = False
         self.actors: list[Any] = []
+        self._starting: list[Any] = []
         self._connect(workers, address, payload.device)
         try:
             self._start_actors(workers, payload)
@@ -251,12 +252,19 @@ class RayPool:
         shared = ray.put(payload)  # once: every actor reads this one copy
         actor_class = ray.remote(EvaluationActor)
         self.actors = [actor_class.options(**placement).remote(shared) for _ in range(workers)]
-        failures = [f for f in self._get([actor.ready.remote() for actor in self.actors], "starting") if f]
+        self._starting = [actor.ready.remote() for actor in self.actors]  # awaited by the first evaluate
+
+    def _wait_ready(self) -> None:
+        """Wait for every actor's prepare; a failure is one clear error before the first episode."""
+        starting, self._starting = self._starting, []
+        failures = [failure for failure in self._get(starting, "starting") if failure]
         if failures:
             raise HaqError(f"a worker failed preparing the backend: {failures[0]}")
 
     def evaluate(self, jobs: Sequence[EpisodeJob]) -> list[EpisodeOutcome]:
         """The jobs' outcomes, in order; job i runs on actor i."""
+        if self._starting:
+            self._wait_ready()
         return self._get([actor.evaluate.remote(job) for actor, job in zip(self.actors, jobs)], "an episode")
 
     def _get(self, refs: list[Any], what: str) -> list[Any]:
