@@ -10,8 +10,6 @@ from typing import Any, Mapping
 from haq_plugin.bits import check_width
 from haq_plugin.errors import HaqError
 from haq_plugin.files import read_versioned_json, require_fields, write_text_atomic
-
-from haq_plugin.adapters._torchao_quantizer import SpecFields
 from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS
 
 FORMAT = "haq-plugin torchao PT2E quantizer"
@@ -21,6 +19,8 @@ SUPPORTED_BITS = tuple(range(2, 9))
 
 def export_document(bits: Mapping[str, tuple[int, int]], shapes: Mapping[str, str], quantize: str) -> dict:
     """The JSON document for ``bits``; activation bits are ``null`` when only weights are quantized."""
+    from haq_plugin.adapters._torchao_quantizer import SpecFields  # imports torchao: only when writing
+
     layers = []
     for name, (weight_bits, act_bits) in bits.items():
         act = act_bits if quantize != "weights" else None

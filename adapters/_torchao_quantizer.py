@@ -33,7 +33,11 @@ from haq_plugin.errors import HaqError
 from haq_plugin.adapters._torchao_quiet import quiet_torchao_import
 
 with quiet_torchao_import():
+    from torchao.quantization import FqnToConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis
     from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver, ObserverBase, PerChannelMinMaxObserver
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
 
 LAYER_OPS = frozenset({torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,

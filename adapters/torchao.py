@@ -55,7 +55,8 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+import types
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from torch import fx, nn
@@ -70,15 +71,12 @@ from haq_plugin.policy import Policy
 from haq_plugin.adapters._torchao_file import (
     SUPPORTED_BITS, export_document, read_quantizer_file, write_document)
 from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, QuantizeMode
-from haq_plugin.adapters._torchao_quantizer import (
-    LayerBitsQuantizer, LayerFakeQuants, act_range, layer_fake_quants, set_range, weight_range)
-from haq_plugin.adapters._torchao_quiet import quiet_export, quiet_torchao_import
+from haq_plugin.adapters._torchao_quiet import quiet_export
 
-with quiet_torchao_import():
-    from torchao.quantization import FqnToConfig, IntxWeightOnlyConfig
-    from torchao.quantization.granularity import PerAxis
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+if TYPE_CHECKING:
+    from torchao.quantization import FqnToConfig
+
+    from haq_plugin.adapters._torchao_quantizer import LayerBitsQuantizer, LayerFakeQuants
 
 __all__ = ["TorchaoBackend", "load_quantizer", "load_quantize_config", "export_for_quantization"]
 
@@ -86,6 +84,17 @@ log = logging.getLogger(__name__)
 
 BITS_HELP = ("The torchao backend quantizes with 2 to 8 bits: weights are held in torch.int8 and inputs in "
              "torch.uint8, and 1 bit has no symmetric signed weight range.")
+
+
+def pt2e() -> types.ModuleType:
+    """torchao's PT2E API and this backend's quantizer, imported on first use.
+
+    Importing torchao takes seconds; deferring it keeps every command that does
+    not quantize with torchao (``hw list``, a search on another backend) fast.
+    """
+    from haq_plugin.adapters import _torchao_quantizer
+
+    return _torchao_quantizer
 
 
 def load_quantizer(path: str | Path, for_training: bool = True) -> LayerBitsQuantizer:
@@ -96,7 +105,7 @@ def load_quantizer(path: str | Path, for_training: bool = True) -> LayerBitsQuan
     model whose conv/linear module names differ from the file's raises
     :class:`HaqError` naming the missing and unknown layers.
     """
-    return LayerBitsQuantizer(read_quantizer_file(path).bits, for_training=for_training)
+    return pt2e().LayerBitsQuantizer(read_quantizer_file(path).bits, for_training=for_training)
 
 
 def load_quantize_config(path: str | Path) -> FqnToConfig:
@@ -110,18 +119,19 @@ def load_quantize_config(path: str | Path) -> FqnToConfig:
     (left in floating point, listed in a warning): use :func:`load_quantizer`
     to quantize every layer.
     """
+    ao = pt2e()
     contents = read_quantizer_file(path)
-    configs: dict[str, IntxWeightOnlyConfig | None] = {}
+    configs: dict[str, Any] = {}
     for name, (weight_bits, _) in contents.bits.items():
         takes = intx_weight_only_takes(contents.shapes[name])
-        configs[name] = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{weight_bits}"),
-                                             granularity=PerAxis(0)) if takes else None
+        configs[name] = ao.IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{weight_bits}"),
+                                                granularity=ao.PerAxis(0)) if takes else None
     skipped = [name for name, config in configs.items() if config is None]
     if skipped:
         log.warning("torchao: IntxWeightOnlyConfig cannot quantize convolutions with kernels larger than 1x1 per "
                     "output channel; %d layer(s) stay in floating point: %s. load_quantizer(path) quantizes them.",
                     len(skipped), ", ".join(skipped))
-    return FqnToConfig(fqn_to_config=configs)
+    return ao.FqnToConfig(fqn_to_config=configs)
 
 
 def intx_weight_only_takes(shape_key: str) -> bool:
@@ -188,10 +198,11 @@ class TorchaoBackend(QuantizeMode, QuantBackend):
         if not self._calibration:
             raise HaqError("backend 'torchao': calibration_data is empty; give at least one input batch.")
         act_bits = None if self.weights_only else 8
-        quantizer = LayerBitsQuantizer({name: (8, act_bits) for name in names})
-        prepared = prepare_qat_pt2e(export_for_quantization(model, example_input), quantizer)
-        allow_exported_model_train_eval(prepared)
-        self._model, self._fake_quants = prepared, layer_fake_quants(prepared)
+        ao = pt2e()
+        quantizer = ao.LayerBitsQuantizer({name: (8, act_bits) for name in names})
+        prepared = ao.prepare_qat_pt2e(export_for_quantization(model, example_input), quantizer)
+        ao.allow_exported_model_train_eval(prepared)
+        self._model, self._fake_quants = prepared, ao.layer_fake_quants(prepared)
         self.mark_prepared()
         self.set_policy({name: (8, 8) for name in names})
         self.calibrate()
@@ -206,11 +217,12 @@ class TorchaoBackend(QuantizeMode, QuantBackend):
         model = self._require_prepared()
         checked = self.check_bits(bits)
         self.restore_weights(model)
+        ao = pt2e()
         for name, (weight_bits, act_bits) in checked.items():
             for fq in self._fake_quants[name].weights:
-                set_range(fq, *weight_range(weight_bits))
+                ao.set_range(fq, *ao.weight_range(weight_bits))
             for fq in self._fake_quants[name].inputs:
-                set_range(fq, *act_range(act_bits))
+                ao.set_range(fq, *ao.act_range(act_bits))
         self._bits, self._calibrated = checked, False
 
     def _all_fake_quants(self) -> list[Any]:
