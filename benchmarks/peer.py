@@ -4,12 +4,14 @@ Runs DDPG, random and uniform at size budgets 0.5 and 0.375 and latency and
 energy budgets 0.5 on ``bitfusion``, with both built-in backends, 100 episodes,
 no finetuning, seeds 0, 1, 2 (uniform is deterministic: one run), and prints
 the median best validation accuracy, the median test accuracy of the same
-policy and the seconds per episode as a markdown table.
+policy and the seconds per episode as a markdown table.  Latency and energy
+0.5 are infeasible on this network (its smallest fractions on ``bitfusion`` are
+0.749 and 0.763) and show as such; ``--budgets latency:0.8 energy:0.8`` runs.
 
-    python -m benchmarks.peer                       # everything (hours on 2 cores)
+    python -m benchmarks.peer                       # everything (about an hour on one core)
     python -m benchmarks.peer --quick               # size 0.375, brevitas, 1 seed, 30 episodes
     python -m benchmarks.peer --backends brevitas --budgets size:0.375 size:0.5 -o peer.md
-    python -m benchmarks.peer --quantize weights    # once search() accepts quantize=
+    python -m benchmarks.peer --quantize weights+activations   # the default is search()'s per constraint
     python -m benchmarks.peer --budgets size:0.3 --finetune-steps 20   # finetune every episode's policy
 """
 
