@@ -9,7 +9,11 @@ the quantizers and why changing bits in place is sound).
 Search loop costs: ``prepare`` copies the model once and quantizes it once;
 ``set_policy`` only writes bit widths into existing quantizer buffers;
 ``calibrate`` re-runs Brevitas' ``calibration_mode`` over the calibration
-batches after resetting the previous activation statistics.
+batches after resetting the previous activation statistics, unless the ranges
+it would find are already known: with no input quantizers (weight-only) there
+is nothing to calibrate, and while the weights are those of ``prepare`` the
+ranges collected before are restored (exact; see
+:mod:`haq_plugin.adapters._brevitas_calibration`).
 
 A user applies a searched policy to their own float model with::
 
@@ -37,6 +41,7 @@ from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
 from haq_plugin.quantize_mode import QuantizeMode
+from haq_plugin.adapters._brevitas_calibration import InputRangeCache
 from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
 from haq_plugin.adapters._brevitas_quantizers import (
     ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles,
@@ -95,6 +100,7 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._calibration: list[Any] = []
         self._example_shape: tuple[int, ...] = ()
         self._calibrated = False
+        self._ranges = InputRangeCache(bit_dependent=self._settings.act_range == "mse")
 
     # -- search loop ----------------------------------------------------------------------
     def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
@@ -118,6 +124,7 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._model, self._calibration = qmodel, batches
         self._handles = find_handles(qmodel, names)
         self._example_shape = tuple(example_input.shape)
+        self._ranges.clear()
         self.mark_prepared()
         self.calibrate()
 
@@ -132,10 +139,15 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._calibrated = False
 
     def calibrate(self) -> None:
-        """Reset the input quantizers' ranges and re-collect them with ``calibration_mode``."""
+        """Reset the input quantizers' ranges and re-collect them with ``calibration_mode`` (or restore them)."""
         model = self._require_prepared()
-        reset_input_scaling(self._handles.values())
-        calibrate_inputs(model, self._calibration)
+        quantized = {name: h for name, h in self._handles.items() if h.input_scaling is not None}
+        known = not self._weights_changed  # ranges found on the prepared weights still hold
+        if quantized and not (known and self._ranges.restore(quantized, self._bits)):
+            reset_input_scaling(quantized.values())
+            calibrate_inputs(model, self._calibration)
+            if known:
+                self._ranges.store(quantized, self._bits)
         self._calibrated = True
 
     def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:

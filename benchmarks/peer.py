@@ -4,12 +4,15 @@ Runs DDPG, random and uniform at size budgets 0.5 and 0.375 and latency and
 energy budgets 0.5 on ``bitfusion``, with both built-in backends, 100 episodes,
 no finetuning, seeds 0, 1, 2 (uniform is deterministic: one run), and prints
 the median best validation accuracy, the median test accuracy of the same
-policy and the seconds per episode as a markdown table.
+policy and the seconds per episode as a markdown table.  Latency and energy
+0.5 are infeasible on this network (its smallest fractions on ``bitfusion`` are
+0.749 and 0.763) and show as such; ``--budgets latency:0.8 energy:0.8`` runs.
 
-    python -m benchmarks.peer                       # everything (hours on 2 cores)
+    python -m benchmarks.peer                       # everything (about an hour on one core)
     python -m benchmarks.peer --quick               # size 0.375, brevitas, 1 seed, 30 episodes
     python -m benchmarks.peer --backends brevitas --budgets size:0.375 size:0.5 -o peer.md
-    python -m benchmarks.peer --quantize weights    # once search() accepts quantize=
+    python -m benchmarks.peer --quantize weights+activations   # the default is search()'s per constraint
+    python -m benchmarks.peer --budgets size:0.3 --finetune-steps 20   # finetune every episode's policy
 """
 
 from __future__ import annotations
@@ -47,20 +50,27 @@ class Run:
     cost_fraction: float | None = None
     seconds_per_episode: float | None = None
     infeasible: str | None = None
+    finetune_steps: int = 0
 
 
-def test_accuracy(task: PeerTask, backend_name: str, bits: dict) -> float:
-    """The best policy re-applied to the float model and evaluated on the test split."""
+def test_accuracy(task: PeerTask, backend_name: str, bits: dict, quantize: str, finetune_steps: int = 0) -> float:
+    """The best policy re-applied to the float model (finetuned as in the search) and evaluated on the test split.
+
+    Finetuning is deterministic (the same batches in the same order from the
+    same weights), so the model evaluated here is the one the search scored.
+    """
     backend = load_backend(backend_name)
+    backend.quantize = quantize
     backend.prepare(task.model, task.example_input, task.calibration_data)
     backend.set_policy(bits)
     backend.calibrate()
+    backend.finetune(task.train_data, finetune_steps)
     return float(backend.evaluate(task.test_eval_fn))
 
 
 def one(task: PeerTask, backend: str, constraint: str, budget: float, strategy: str, seed: int, episodes: int,
-        quantize: str | None) -> Run:
-    run = Run(backend, constraint, budget, strategy, seed)
+        quantize: str | None, finetune_steps: int = 0) -> Run:
+    run = Run(backend, constraint, budget, strategy, seed, finetune_steps=finetune_steps)
     extra = {}
     if quantize is not None:
         if "quantize" not in inspect.signature(search).parameters:
@@ -69,14 +79,15 @@ def one(task: PeerTask, backend: str, constraint: str, budget: float, strategy: 
     try:
         result = search(task.model, task.example_input, hardware="bitfusion", backend=backend,
                         constraint=constraint, budget=budget, eval_fn=task.eval_fn,
-                        calibration_data=task.calibration_data, episodes=episodes, strategy=strategy, seed=seed,
+                        calibration_data=task.calibration_data, train_data=task.train_data,
+                        finetune_steps=finetune_steps, episodes=episodes, strategy=strategy, seed=seed,
                         ddpg=DDPGConfig(), progress=False, float_accuracy=task.float_val_accuracy, **extra)
     except InfeasibleBudget as exc:
         run.infeasible = f"{exc.smallest:.3f}"
         return run
     run.val, run.cost_fraction = result.accuracy, result.cost_fraction
     run.seconds_per_episode = result.timings["loop"] / max(len(result.history), 1)
-    run.test = test_accuracy(task, backend, result.policy.bits)
+    run.test = test_accuracy(task, backend, result.policy.bits, result.settings.quantize, finetune_steps)
     return run
 
 
@@ -103,9 +114,10 @@ def summarise(runs: list[Run]) -> list[list[str]]:
     return rows
 
 
-def to_markdown(runs: list[Run], task: PeerTask, episodes: int, note: str) -> str:
+def to_markdown(runs: list[Run], task: PeerTask, episodes: int, note: str, finetune_steps: int = 0) -> str:
+    finetune = f"{finetune_steps} finetune steps per episode" if finetune_steps else "no finetuning"
     head = (f"Peer workload (MobileNet-V2-style digits CNN, float val {task.float_val_accuracy:.2f}%, test "
-            f"{task.float_test_accuracy:.2f}%), hardware bitfusion, {episodes} episodes, no finetuning. "
+            f"{task.float_test_accuracy:.2f}%), hardware bitfusion, {episodes} episodes, {finetune}. "
             f"{note}\n\n")
     return head + markdown_table(["backend", "budget", "strategy", "runs", "val (median)", "test (median)",
                                   "test per seed", "s / episode"], summarise(runs)) + "\n"
@@ -120,6 +132,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--quantize", default=None, help="weights or weights+activations (needs search(quantize=))")
+    parser.add_argument("--finetune-steps", type=int, default=0,
+                        help="finetune steps (batches of 64 training images) per episode; 0: none")
     parser.add_argument("--note", default="", help="a line to print under the table's title")
     parser.add_argument("-o", "--output", type=Path, help="also write the markdown table here")
     parser.add_argument("--json", type=Path, help="also write every run as JSON")
@@ -135,12 +149,12 @@ def main() -> None:
                 for seed in (args.seeds[:1] if strategy == "uniform" else args.seeds):
                     start = time.perf_counter()
                     run = one(task, backend, constraint, float(fraction), strategy, seed, args.episodes,
-                              args.quantize)
+                              args.quantize, args.finetune_steps)
                     runs.append(run)
                     print(f"{backend} {spec} {strategy} seed {seed}: val {run.val} test {run.test} "
                           f"cost {run.cost_fraction} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
                           flush=True)
-    text = to_markdown(runs, task, args.episodes, args.note)
+    text = to_markdown(runs, task, args.episodes, args.note, args.finetune_steps)
     print(text)
     if args.output:
         args.output.write_text(text)

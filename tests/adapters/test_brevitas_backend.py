@@ -251,6 +251,53 @@ def test_calibration_resets_previous_statistics_and_keeps_the_range(backend):
         assert range3 == pytest.approx(range8, rel=1e-5)
 
 
+def count_forwards(model: nn.Module) -> list[int]:
+    calls = [0]
+    model.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("act_range", ["percentile", "mse"])
+def test_restored_input_ranges_equal_a_new_calibration_bit_for_bit(task, act_range):
+    """Ranges found on the prepared weights are reused; a finetune in between does not spoil them."""
+    calib = task["calib"] if act_range == "percentile" else [task["calib"][0][:48]]
+    cached, fresh = (load_backend("brevitas", act_range=act_range) for _ in range(2))
+    for b in (cached, fresh):
+        b.prepare(task["model"], task["example"], calib)
+    passes, calibration_passes = count_forwards(cached.model), 0
+    policies = [MIXED, {name: (3, 8) for name in NAMES}, MIXED, {name: (4, 2) for name in NAMES}]
+    for i, bits in enumerate(policies):
+        for b in (cached, fresh):
+            b.set_policy(bits)
+        fresh._ranges.clear()  # always calibrates anew
+        fresh.calibrate()
+        before = passes[0]
+        cached.calibrate()
+        calibration_passes += passes[0] - before
+        state, expected = cached.model.state_dict(), fresh.model.state_dict()
+        assert all(torch.equal(state[k], expected[k]) for k in expected)
+        assert cached.evaluate(task["eval_fn"]) == fresh.evaluate(task["eval_fn"])
+        if i == 1:
+            for b in (cached, fresh):
+                b.finetune(task["train"], steps=3, lr=3e-3)
+    # percentile ranges do not depend on the bits: only prepare calibrated; MSE ranges do, per input width
+    assert calibration_passes == (0 if act_range == "percentile" else 2 * len(calib))
+
+
+def test_weight_only_calibration_has_nothing_to_collect(task):
+    backend = load_backend("brevitas")
+    backend.quantize = "weights"
+    backend.prepare(task["model"], task["example"], task["calib"])
+    passes = count_forwards(backend.model)
+    backend.set_policy(MIXED)
+    before = {k: t.clone() for k, t in backend.model.state_dict().items()}
+    backend.calibrate()
+    assert passes[0] == 0
+    after = backend.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not layer.input_quant.is_quant_enabled for layer in quant_layers(backend.model).values())
+
+
 @pytest.mark.parametrize("act_range", ["percentile", "mse"])
 def test_bits_changed_in_place_quantize_exactly_like_a_freshly_built_model(task, tmp_path, act_range):
     calib = task["calib"] if act_range == "percentile" else [task["calib"][0][:48]]  # MSE search is slow
