@@ -51,7 +51,7 @@ from brevitas.quant import (
 from haq_plugin.errors import HaqError
 
 from haq_plugin.adapters._brevitas_weight_ranges import CLIPPED_WEIGHT_QUANT, attach_bit_width
-from haq_plugin.quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
+from haq_plugin.adapters._brevitas_settings import ACT_RANGES, LayerQuant, QuantSettings  # noqa: F401 (re-exported)
 
 with warnings.catch_warnings():
     # Importing brevitas.graph warns that the optional fast_hadamard_transform CUDA
@@ -68,57 +68,10 @@ QUANT_LAYER_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: qnn.QuantLinear,
 }
 WEIGHT_QUANT = Int8WeightPerChannelFloat
-ACT_RANGES = ("percentile", "mse")
 INPUT_QUANTS = {  # act_range -> (signed, unsigned) input quantizer
     "percentile": (Int8ActPerTensorFloat, Uint8ActPerTensorFloat),
     "mse": (Int8ActPerTensorFloatMSE, Uint8ActPerTensorFloatMSE),
 }
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """How activation ranges are found (the same for every layer).
-
-    ``act_percentile`` applies to ``act_range='percentile'``: the range is that
-    percentile of the calibration inputs (of their absolute values when signed),
-    averaged over batches.
-    """
-
-    act_range: str = "percentile"
-    act_percentile: float = 99.99
-    quantize: str = WEIGHTS_AND_ACTIVATIONS
-    clip_weights: bool = False
-
-    def __post_init__(self) -> None:
-        if self.act_range not in ACT_RANGES:
-            raise HaqError(f"act_range must be one of {', '.join(ACT_RANGES)}; got {self.act_range!r}.")
-        if not 0.0 < self.act_percentile <= 100.0:
-            raise HaqError(f"act_percentile must be in (0, 100]; got {self.act_percentile!r}.")
-        check_quantize(self.quantize, "Brevitas quantizers")
-
-    @property
-    def weights_only(self) -> bool:
-        """No input quantizer: activations stay float, only the weight bits apply."""
-        return self.quantize == WEIGHTS_ONLY
-
-    @property
-    def weight_quant(self) -> type:
-        return CLIPPED_WEIGHT_QUANT if self.clip_weights else WEIGHT_QUANT
-
-    def input_quant(self, signed: bool) -> type | None:
-        if self.weights_only:
-            return None
-        signed_quant, unsigned_quant = INPUT_QUANTS[self.act_range]
-        return signed_quant if signed else unsigned_quant
-
-
-@dataclass(frozen=True)
-class LayerQuant:
-    """What one layer is quantized to: weight bits, input bits and input sign."""
-
-    weight_bits: int
-    input_bits: int
-    input_signed: bool
 
 
 @dataclass

@@ -28,12 +28,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from haq_plugin.backend import QuantBackend, batch_inputs, layer_difference
+from haq_plugin.device import model_device
 from haq_plugin.errors import HaqError
 from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import LayerSpec, extract_layers
@@ -41,11 +42,14 @@ from haq_plugin.options import Option
 from haq_plugin.policy import Policy
 
 from haq_plugin.quantize_mode import QuantizeMode
-from haq_plugin.adapters._brevitas_calibration import InputRangeCache
-from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, read_policy_file, write_policy_file
-from haq_plugin.adapters._brevitas_quantizers import (
-    ACT_RANGES, LayerHandles, LayerQuant, QuantSettings, calibrate_inputs, detect_input_signs, find_handles,
-    quantize_layers, reset_input_scaling, set_bit_widths)
+from haq_plugin.adapters._brevitas_settings import ACT_RANGES, LayerQuant, QuantSettings
+
+if TYPE_CHECKING:
+    from haq_plugin.adapters._brevitas_calibration import InputRangeCache
+    from haq_plugin.adapters._brevitas_quantizers import LayerHandles
+
+# Brevitas itself (seconds to import) is imported inside the methods that quantize, so that listing
+# plugins or running another backend never pays for it.
 
 SUPPORTED_BITS = tuple(range(2, 9))
 BITS_HELP = (
@@ -100,7 +104,7 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._calibration: list[Any] = []
         self._example_shape: tuple[int, ...] = ()
         self._calibrated = False
-        self._ranges = InputRangeCache(bit_dependent=self._settings.act_range == "mse")
+        self._ranges: InputRangeCache | None = None
 
     # -- search loop ----------------------------------------------------------------------
     def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
@@ -113,6 +117,9 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         if not batches:
             raise HaqError("backend 'brevitas': calibration_data is empty; give at least one input batch so "
                            "that activation ranges and input signs can be measured.")
+        from haq_plugin.adapters._brevitas_calibration import InputRangeCache
+        from haq_plugin.adapters._brevitas_quantizers import detect_input_signs, find_handles, quantize_layers
+
         names = [layer.name for layer in self.use_layers(model, example_input, layers)]
         qmodel = copy.deepcopy(model)
         self._settings = dataclasses.replace(self._settings, quantize=self.quantize,
@@ -120,16 +127,18 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._signs = detect_input_signs(qmodel, names, batches)
         self._bits = {name: (8, 8) for name in names}
         quantize_layers(qmodel, self._plan(), self._settings)
-        qmodel.eval()
+        qmodel.to(model_device(model)).eval()  # new quantizers on the model's device, before handles to them
         self._model, self._calibration = qmodel, batches
         self._handles = find_handles(qmodel, names)
         self._example_shape = tuple(example_input.shape)
-        self._ranges.clear()
+        self._ranges = InputRangeCache(bit_dependent=self._settings.act_range == "mse")
         self.mark_prepared()
         self.calibrate()
 
     def set_policy(self, bits: Mapping[str, tuple[int, int]]) -> None:
         """Write every layer's (weight, input) bit widths into its existing quantizers."""
+        from haq_plugin.adapters._brevitas_quantizers import set_bit_widths
+
         model = self._require_prepared()
         checked = self.check_bits(bits)
         self.restore_weights(model)
@@ -140,7 +149,10 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
 
     def calibrate(self) -> None:
         """Reset the input quantizers' ranges and re-collect them with ``calibration_mode`` (or restore them)."""
+        from haq_plugin.adapters._brevitas_quantizers import calibrate_inputs, reset_input_scaling
+
         model = self._require_prepared()
+        assert self._ranges is not None  # made by prepare
         quantized = {name: h for name, h in self._handles.items() if h.input_scaling is not None}
         known = not self._weights_changed  # ranges found on the prepared weights still hold
         if quantized and not (known and self._ranges.restore(quantized, self._bits)):
@@ -168,6 +180,8 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
 
     def export(self, policy: Policy, path: str | Path) -> Path:
         """Write ``brevitas_policy.json`` (into ``path`` if it is a directory); see the file format module."""
+        from haq_plugin.adapters._brevitas_policy_file import policy_file_dict, write_policy_file
+
         model = self._require_prepared()
         if not isinstance(policy, Policy):
             raise HaqError("backend 'brevitas': export needs a haq_plugin.policy.Policy, got "
@@ -209,6 +223,9 @@ def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[
     itself from the first training-mode forward passes (its QAT behaviour), so
     calibrate before evaluating an untrained model.
     """
+    from haq_plugin.adapters._brevitas_policy_file import read_policy_file
+    from haq_plugin.adapters._brevitas_quantizers import calibrate_inputs, find_handles, quantize_layers
+
     contents = read_policy_file(path)
     BrevitasBackend().check_bits(contents.policy.bits, list(contents.policy.bits))
     if example_input is None:
