@@ -14,6 +14,11 @@ Sections:
    (:mod:`benchmarks.backend_speed`) and the search loop's overhead, episodes per
    minute and peak memory (:mod:`benchmarks.search_overhead`).
 
+Sections 4 and later of an existing RESULTS.md are kept unchanged: each comes
+from its own script and names the command that prints it (backend agreement,
+quantization quality, the paper's figures, sweeps, scale-out in
+:mod:`benchmarks.scale`, the peer workload in :mod:`benchmarks.peer`).
+
 Each section runs in its own process so that peak-memory figures are its own.
 """
 
@@ -62,6 +67,19 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
+#: Sections 4 and later come from their own scripts (each names its command) and are kept as they are.
+FIRST_KEPT_SECTION = "## 4."
+
+
+def kept_sections(path: Path) -> str:
+    """The part of an existing RESULTS.md from section 4 on, which this runner does not regenerate."""
+    if not path.is_file():
+        return ""
+    text = path.read_text()
+    start = text.find("\n" + FIRST_KEPT_SECTION)
+    return "" if start < 0 else "\n" + text[start + 1:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the under-5-minutes variant")
@@ -95,7 +113,7 @@ def main() -> None:
         *[f"```\n{text}```\n\n" for text in backend_md.values()],
         "### Search loop overhead\n\n", overhead_md,
     ]
-    (args.out / "RESULTS.md").write_text("".join(report))
+    (args.out / "RESULTS.md").write_text("".join(report) + kept_sections(args.out / "RESULTS.md"))
     (args.out / "results.json").write_text(json.dumps(
         {"date": started.isoformat(), "machine": machine(), "quick": args.quick, "hardware": hardware,
          "search_quality": quality, "search_overhead": overhead}, indent=2, default=str))
