@@ -84,7 +84,8 @@ def workers_table(runs: list[dict[str, Any]], episodes: int, finetune_steps: int
                      f"{statistics.median(r['test'] for r in group):.2f}",
                      " / ".join(f"{r['test']:.2f}" for r in group)])
     title = (f"Demo search, torch.ao, bitfusion latency 0.5, {episodes} episodes, --finetune-steps "
-             f"{finetune_steps}, medians over seeds {sorted({r['seed'] for r in runs})}:")
+             f"{finetune_steps}, medians over seeds {sorted({r['seed'] for r in runs})}; 1 worker runs in this "
+             f"process on {torch.get_num_threads()} thread(s), each of N workers on 1:")
     return title + "\n\n" + markdown_table(
         ["workers", "runs", "wall", "per episode", "vs 1 worker", "val (median)", "test (median)", "test per seed"],
         rows)
@@ -149,11 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--finetune-steps", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (the 1-worker search); each Ray worker uses 1")
     parser.add_argument("--networks", nargs="+", default=list(ZOO), choices=ZOO)
     parser.add_argument("--zoo-episodes", type=int, default=3)
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args(argv)
     tables = []
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.only in (None, "workers"):
         runs = [demo_search(w, seed, args.episodes, args.finetune_steps)
                 for seed in args.seeds for w in (1, args.workers)]

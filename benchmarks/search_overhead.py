@@ -11,6 +11,7 @@ update per step) are reported separately, because they differ.
     python -m benchmarks.search_overhead            # 60 episodes, 20 of them warmup
     python -m benchmarks.search_overhead --quick    # 24 episodes, 8 of them warmup
     python -m benchmarks.search_overhead --updates-per-episode 0 6   # compare DDPG update counts
+    python -m benchmarks.search_overhead --hw bitfusion --updates-per-episode 0 6 --quality-seeds 0 1 2
 
 The DDPG learning time of each learning episode (storing it and the gradient
 updates) is timed around ``DDPGAgent.observe_episode`` and reported as a
@@ -114,6 +115,49 @@ def measure(backend: str, hardware: str, constraint: str, budget: float, episode
     }
 
 
+def quality(backend: str, hardware: str, constraint: str, budget: float, updates_per_episode: int,
+            seeds: list[int], episodes: int) -> dict:
+    """Best validation and held-out test accuracy over seeds: does capping the updates cost quality?"""
+    demo = load_demo()
+    runs = []
+    for seed in seeds:
+        result = search(demo.model, demo.example_input, hardware=hardware, backend=backend, constraint=constraint,
+                        budget=budget, eval_fn=demo.eval_fn, calibration_data=demo.calibration_data,
+                        episodes=episodes, seed=seed, ddpg=DDPGConfig(updates_per_episode=updates_per_episode),
+                        progress=False)
+        test = policy_accuracy(backend, demo, result.policy.bits)
+        runs.append({"seed": seed, "val": result.accuracy, "test": test, "agent_s": result.timings["agent"],
+                     "eval_s": result.timings["eval"]})
+    return {"updates_per_episode": updates_per_episode, "episodes": episodes, "runs": runs}
+
+
+def policy_accuracy(backend_name: str, demo, bits: dict) -> float:
+    """The policy re-applied on a fresh backend and evaluated on the held-out test split."""
+    from haq_plugin.backend import prepare_for_search
+    from haq_plugin.plugins import load_backend
+
+    backend = load_backend(backend_name)
+    prepare_for_search(backend, demo.model, demo.example_input, demo.calibration_data)
+    backend.set_policy(bits)
+    backend.calibrate()
+    return backend.evaluate(demo.test_eval_fn)
+
+
+def quality_markdown(records: list[dict], hardware: str, constraint: str, budget: float) -> str:
+    rows = []
+    for r in records:
+        runs = r["runs"]
+        rows.append([str(r["updates_per_episode"] or "0 (one per step)"), str(len(runs)),
+                     f"{statistics.median(x['val'] for x in runs):.2f}",
+                     f"{statistics.median(x['test'] for x in runs):.2f}",
+                     " / ".join(f"{x['test']:.2f}" for x in runs),
+                     f"{100 * statistics.median(x['agent_s'] / x['eval_s'] for x in runs):.0f}%"])
+    return (f"Demo search, {records[0]['episodes']} episodes, {hardware} {constraint} {budget}, seeds "
+            f"{[x['seed'] for x in records[0]['runs']]}:\n\n" + markdown_table(
+                ["updates per episode", "runs", "val (median)", "test (median)", "test per seed",
+                 "agent / evaluation time"], rows) + "\n")
+
+
 def to_markdown(record: dict) -> str:
     r = record
     head = (f"Demo search, {r['episodes']} episodes ({r['warmup']} warmup), backend {r['backend']}, hardware "
@@ -146,6 +190,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--updates-per-episode", type=int, nargs="+", default=[0],
                         help="DDPGConfig.updates_per_episode values to measure (0: one per step, HAQ)")
+    parser.add_argument("--quality-seeds", type=int, nargs="*", default=[],
+                        help="also run full searches with these seeds per updates setting and compare quality")
+    parser.add_argument("--quality-episodes", type=int, default=150)
     parser.add_argument("--json", type=Path, help="also write the record as JSON")
     args = parser.parse_args()
     episodes, warmup = (24, 8) if args.quick else (60, 20)
@@ -153,6 +200,11 @@ def main() -> None:
                        args.threads, updates) for updates in args.updates_per_episode]
     for record in records:
         print(to_markdown(record))
+    if args.quality_seeds:
+        torch.set_num_threads(args.threads)
+        found = [quality(args.backend or pick_backend(), args.hw, args.constraint, args.budget, updates,
+                         args.quality_seeds, args.quality_episodes) for updates in args.updates_per_episode]
+        print(quality_markdown(found, args.hw, args.constraint, args.budget))
     if args.json:
         args.json.write_text(json.dumps(records[0] if len(records) == 1 else records, indent=2))
 
