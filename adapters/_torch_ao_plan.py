@@ -56,9 +56,10 @@ from haq_plugin.errors import HaqError
 
 from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
 from haq_plugin.adapters._torch_ao_backend_config import backend_config
+from haq_plugin.adapters._integer_ranges import act_range
 from haq_plugin.adapters._torch_ao_qconfig import (
-    ACT_OBSERVERS, act_range, disable_fake_quants, leave_weights_unclamped, make_qconfig,
-    weight_fake_quant, weight_only_qconfig)
+    ACT_OBSERVERS, disable_fake_quants, leave_weights_unclamped, make_qconfig, weight_fake_quant,
+    weight_only_qconfig)
 from haq_plugin.adapters._torch_ao_quiet import quiet_torch_ao
 
 BitMap = Mapping[str, tuple[int, int]]

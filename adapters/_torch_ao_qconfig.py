@@ -26,8 +26,8 @@ Only 2 to 8 bits are offered.  ``quint8``/``qint8`` hold at most 8 bits, and
 positive weight.
 
 Changing bits in place is sound because a ``FakeQuantize`` reads its range from
-its observer on every forward pass; :func:`set_fake_quant_range` rewrites that
-range on both and forgets the old statistics, so the next observed batch
+its observer on every forward pass;
+:func:`~haq_plugin.adapters._integer_ranges.set_fake_quant_range` rewrites that range on both and forgets the old statistics, so the next observed batch
 computes scale and zero point for the new range.
 """
 
@@ -44,6 +44,7 @@ from torch.ao.quantization.observer import (
 from haq_plugin.bits import check_width
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._integer_ranges import act_range, weight_range
 from haq_plugin.adapters._weight_ranges import clips, mse_clip_ratios, symmetric_scale
 
 SUPPORTED_BITS = tuple(range(2, 9))
@@ -101,16 +102,6 @@ class FullRangeSymmetricObserver(PerChannelMinMaxObserver):
         return scale, torch.zeros(scale.shape, dtype=torch.int64, device=scale.device)
 
 
-def weight_range(bits: int) -> tuple[int, int]:
-    """The signed integer range of ``bits``-bit symmetric weights."""
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def act_range(bits: int) -> tuple[int, int]:
-    """The unsigned integer range of ``bits``-bit affine activations."""
-    return 0, 2 ** bits - 1
-
-
 def check_bits(bits: int, what: str) -> int:
     """``bits`` as an int, or a :class:`HaqError` saying what is supported."""
     try:
@@ -160,16 +151,6 @@ def disable_fake_quants(fqs: list[tuple[FakeQuantize, Any]]) -> list[tuple[FakeQ
         fq.disable_observer()
         fq.disable_fake_quant()
     return []
-
-
-def set_fake_quant_range(fq: FakeQuantize, quant_min: int, quant_max: int) -> None:
-    """Give ``fq`` a new integer range and forget what its observer has seen."""
-    observer = fq.activation_post_process
-    observer.quant_min, observer.quant_max = quant_min, quant_max
-    fq.quant_min, fq.quant_max = quant_min, quant_max
-    observer.reset_min_max_vals()
-    # A range from before the change must never quantize with the new bounds.
-    fq.zero_point.clamp_(quant_min, quant_max)
 
 
 def leave_weights_unclamped(fqs: Iterable[FakeQuantize]) -> None:

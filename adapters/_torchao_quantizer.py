@@ -16,7 +16,8 @@ layer's bits:
 After ``prepare_qat_pt2e`` or ``prepare_pt2e`` every annotated edge has its
 own fake quantizer (or observer); :func:`layer_fake_quants` finds them again
 by walking from each layer node to the quantizer that feeds it, which is
-what lets the backend change ranges in place (:func:`set_range`).
+what lets the backend change ranges in place
+(:func:`~haq_plugin.adapters._integer_ranges.set_fake_quant_range`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import fx
 from haq_plugin.bits import difference_message
 from haq_plugin.errors import HaqError
 
+from haq_plugin.adapters._integer_ranges import act_range, weight_range
 from haq_plugin.adapters._torchao_quiet import quiet_torchao_import
 
 with quiet_torchao_import():
@@ -43,16 +45,6 @@ with quiet_torchao_import():
 LAYER_OPS = frozenset({torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
                        torch.ops.aten.linear.default})
 LayerBits = Mapping[str, tuple[int, int | None]]
-
-
-def weight_range(bits: int) -> tuple[int, int]:
-    """The signed integer range of ``bits``-bit symmetric weights."""
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def act_range(bits: int) -> tuple[int, int]:
-    """The unsigned integer range of ``bits``-bit affine activations."""
-    return 0, 2 ** bits - 1
 
 
 class FullRangeWeightObserver(PerChannelMinMaxObserver):
@@ -193,12 +185,3 @@ def _feeding_quantizer(arg: Any, modules: Mapping[str, torch.nn.Module], walk: b
         if walk and node.op == "call_function":
             frontier += [a for a in node.args if isinstance(a, fx.Node)]
     return []
-
-
-def set_range(fake_quant: FakeQuantize, quant_min: int, quant_max: int) -> None:
-    """Give ``fake_quant`` a new integer range and forget what its observer has seen."""
-    observer = fake_quant.activation_post_process
-    observer.quant_min, observer.quant_max = quant_min, quant_max
-    fake_quant.quant_min, fake_quant.quant_max = quant_min, quant_max
-    observer.reset_min_max_vals()
-    fake_quant.zero_point.clamp_(quant_min, quant_max)

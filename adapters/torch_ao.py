@@ -88,8 +88,8 @@ from haq_plugin.adapters._torch_ao_eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters._torch_ao_json import mapping_from_json, mapping_to_json
 from haq_plugin.adapters._torch_ao_match import warn_unmatched_layers
 from haq_plugin.adapters._torch_ao_plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
-from haq_plugin.adapters._torch_ao_qconfig import (
-    ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS, act_range, set_fake_quant_range, weight_range)
+from haq_plugin.adapters._integer_ranges import act_range, set_fake_quant_range, weight_range
+from haq_plugin.adapters._torch_ao_qconfig import ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS
 from haq_plugin.adapters._torch_ao_convert import backend_config, convert_in_range
 from haq_plugin.quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
 

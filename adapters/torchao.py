@@ -71,6 +71,7 @@ from haq_plugin.policy import Policy
 from haq_plugin.adapters._torchao_file import (
     SUPPORTED_BITS, export_document, read_quantizer_file, write_document)
 from haq_plugin.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, QuantizeMode
+from haq_plugin.adapters._integer_ranges import act_range, set_fake_quant_range, weight_range
 from haq_plugin.adapters._torchao_quiet import quiet_export
 
 if TYPE_CHECKING:
@@ -217,12 +218,11 @@ class TorchaoBackend(QuantizeMode, QuantBackend):
         model = self._require_prepared()
         checked = self.check_bits(bits)
         self.restore_weights(model)
-        ao = pt2e()
         for name, (weight_bits, act_bits) in checked.items():
             for fq in self._fake_quants[name].weights:
-                ao.set_range(fq, *ao.weight_range(weight_bits))
+                set_fake_quant_range(fq, *weight_range(weight_bits))
             for fq in self._fake_quants[name].inputs:
-                ao.set_range(fq, *ao.act_range(act_bits))
+                set_fake_quant_range(fq, *act_range(act_bits))
         self._bits, self._calibrated = checked, False
 
     def _all_fake_quants(self) -> list[Any]:

@@ -473,7 +473,7 @@ def test_demo_uniform_8_bit_matches_float_and_2_bit_collapses(demo):
 @pytest.mark.slow
 def test_demo_policy_exports_with_the_default_exporter_on_a_narrow_range_weight_grid(demo, tmp_path):
     """README: Brevitas' default (dynamo) QONNX exporter works on the demo; its 2-bit weights are ternary."""
-    from haq_plugin.adapters._torch_ao_qconfig import weight_range
+    from haq_plugin.adapters._integer_ranges import weight_range
 
     layers = extract_layers(demo.model, demo.example_input)
     bits = {layer.name: (2 + i % 7, 2 + (i * 3) % 7) for i, layer in enumerate(layers)}
