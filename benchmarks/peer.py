@@ -29,9 +29,9 @@ from pathlib import Path
 from haq_plugin.agent import DDPGConfig
 from haq_plugin.errors import InfeasibleBudget
 from haq_plugin.formatting import markdown_table
-from haq_plugin.plugins import load_backend
 from haq_plugin.search import search
 
+from benchmarks.heldout import held_out_accuracy
 from benchmarks.peer_workload import PeerTask, load_peer_task
 
 BUDGETS = ("size:0.5", "size:0.375", "latency:0.5", "energy:0.5")
@@ -53,21 +53,6 @@ class Run:
     finetune_steps: int = 0
 
 
-def test_accuracy(task: PeerTask, backend_name: str, bits: dict, quantize: str, finetune_steps: int = 0) -> float:
-    """The best policy re-applied to the float model (finetuned as in the search) and evaluated on the test split.
-
-    Finetuning is deterministic (the same batches in the same order from the
-    same weights), so the model evaluated here is the one the search scored.
-    """
-    backend = load_backend(backend_name)
-    backend.quantize = quantize
-    backend.prepare(task.model, task.example_input, task.calibration_data)
-    backend.set_policy(bits)
-    backend.calibrate()
-    backend.finetune(task.train_data, finetune_steps)
-    return float(backend.evaluate(task.test_eval_fn))
-
-
 def one(task: PeerTask, backend: str, constraint: str, budget: float, strategy: str, seed: int, episodes: int,
         quantize: str | None, finetune_steps: int = 0) -> Run:
     run = Run(backend, constraint, budget, strategy, seed, finetune_steps=finetune_steps)
@@ -87,7 +72,7 @@ def one(task: PeerTask, backend: str, constraint: str, budget: float, strategy: 
         return run
     run.val, run.cost_fraction = result.accuracy, result.cost_fraction
     run.seconds_per_episode = result.timings["loop"] / max(len(result.history), 1)
-    run.test = test_accuracy(task, backend, result.policy.bits, result.settings.quantize, finetune_steps)
+    run.test = held_out_accuracy(task, backend, result)
     return run
 
 

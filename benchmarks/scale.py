@@ -38,6 +38,8 @@ from haq_plugin.demo import load_demo
 from haq_plugin.formatting import markdown_table
 from haq_plugin.search import search
 
+from benchmarks.heldout import held_out_accuracy
+
 ZOO = ("mobilenet_v1", "mobilenet_v2", "resnet18", "resnet50")
 
 
@@ -53,22 +55,8 @@ def demo_search(workers: int, seed: int, episodes: int, finetune_steps: int) -> 
                         finetune_steps=finetune_steps, episodes=episodes, seed=seed, workers=workers,
                         output_dir=out, progress=False)
     wall = time.perf_counter() - started
-    test = policy_test_accuracy(demo, result.policy.bits, finetune_steps, seed)
+    test = held_out_accuracy(demo, "torch.ao", result)
     return {"workers": workers, "seed": seed, "wall_s": wall, "val": result.accuracy, "test": test}
-
-
-def policy_test_accuracy(demo: Any, bits: dict, finetune_steps: int, seed: int) -> float:
-    """The policy re-applied (and finetuned as in the search) and evaluated on the held-out split."""
-    from haq_plugin.backend import prepare_for_search
-    from haq_plugin.plugins import load_backend
-
-    backend = load_backend("torch.ao")
-    prepare_for_search(backend, demo.model, demo.example_input, demo.calibration_data)
-    torch.manual_seed(seed)
-    backend.set_policy(bits)
-    backend.calibrate()
-    backend.finetune(demo.train_data, finetune_steps)
-    return backend.evaluate(demo.test_eval_fn)
 
 
 def workers_table(runs: list[dict[str, Any]], episodes: int, finetune_steps: int) -> str:

@@ -38,6 +38,8 @@ from haq_plugin.formatting import markdown_table
 from haq_plugin.plugins import get_plugin_manager
 from haq_plugin.search import search
 
+from benchmarks.heldout import held_out_accuracy
+
 
 def pick_backend() -> str:
     names = get_plugin_manager().backends.names()
@@ -125,22 +127,10 @@ def quality(backend: str, hardware: str, constraint: str, budget: float, updates
                         budget=budget, eval_fn=demo.eval_fn, calibration_data=demo.calibration_data,
                         episodes=episodes, seed=seed, ddpg=DDPGConfig(updates_per_episode=updates_per_episode),
                         progress=False)
-        test = policy_accuracy(backend, demo, result.policy.bits)
+        test = held_out_accuracy(demo, backend, result)
         runs.append({"seed": seed, "val": result.accuracy, "test": test, "agent_s": result.timings["agent"],
                      "eval_s": result.timings["eval"]})
     return {"updates_per_episode": updates_per_episode, "episodes": episodes, "runs": runs}
-
-
-def policy_accuracy(backend_name: str, demo, bits: dict) -> float:
-    """The policy re-applied on a fresh backend and evaluated on the held-out test split."""
-    from haq_plugin.backend import prepare_for_search
-    from haq_plugin.plugins import load_backend
-
-    backend = load_backend(backend_name)
-    prepare_for_search(backend, demo.model, demo.example_input, demo.calibration_data)
-    backend.set_policy(bits)
-    backend.calibrate()
-    return backend.evaluate(demo.test_eval_fn)
 
 
 def quality_markdown(records: list[dict], hardware: str, constraint: str, budget: float) -> str:

@@ -28,6 +28,8 @@ from haq_plugin.errors import InfeasibleBudget
 from haq_plugin.formatting import markdown_table
 from haq_plugin.search import search
 
+from benchmarks.heldout import held_out_accuracy
+
 STRATEGIES = ("uniform", "random", "ddpg")
 
 
@@ -89,19 +91,8 @@ def _one(demo, settings: QualitySettings, constraint: str, budget: float, strate
     run.seconds = time.perf_counter() - start
     run.accuracy, run.cost_fraction = result.accuracy, result.cost_fraction
     run.bits = [list(p) for p in result.policy.as_list()]
-    run.test_accuracy = _test_accuracy(result, demo, settings.backend)
+    run.test_accuracy = held_out_accuracy(demo, settings.backend, result)
     return run
-
-
-def _test_accuracy(result, demo, backend_name: str) -> float:
-    """Accuracy of the best policy on the held-out test split (never seen by the search)."""
-    from haq_plugin.plugins import load_backend
-
-    backend = load_backend(backend_name)
-    backend.prepare(demo.model, demo.example_input, demo.calibration_data)
-    backend.set_policy(result.policy.bits)
-    backend.calibrate()
-    return backend.evaluate(demo.test_eval_fn)
 
 
 def _progress_line(run: Run) -> str:

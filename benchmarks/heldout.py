@@ -1,0 +1,27 @@
+"""The held-out test accuracy of a searched policy: the one figure every quality benchmark reports.
+
+The policy is re-applied on a freshly prepared backend, in the search's
+quantize mode and with the search's finetuning (the same batches in the same
+order from the same weights), and evaluated on the test split the search
+never saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haq_plugin.backend import prepare_for_search
+from haq_plugin.plugins import load_backend
+from haq_plugin.quantize_mode import use_quantize_mode
+from haq_plugin.results import SearchResult
+
+
+def held_out_accuracy(task: Any, backend_name: str, result: SearchResult) -> float:
+    """Test accuracy of ``result``'s policy on ``task`` (a :class:`~haq_plugin.demo.DemoTask`)."""
+    backend = load_backend(backend_name)
+    use_quantize_mode(backend, result.settings.quantize)
+    prepare_for_search(backend, task.model, task.example_input, task.calibration_data)
+    backend.set_policy(result.policy.bits)
+    backend.calibrate()
+    backend.finetune(task.train_data, result.settings.finetune_steps)
+    return float(backend.evaluate(task.test_eval_fn))
