@@ -1,4 +1,5 @@
-"""Running the ``haq-plugin`` command line in a fresh interpreter, as a user runs it."""
+"""Test helpers: the ``haq-plugin`` command line in a fresh interpreter, as a user runs it, and an
+observer plugin that presses Ctrl-C in the middle of a search."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from haq_plugin.hookspecs import hookimpl
 
 CLI = [sys.executable, "-m", "haq_plugin.cli"]
 
@@ -28,3 +31,16 @@ def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
     """``haq-plugin ARGS`` started in the background (to interrupt it)."""
     return subprocess.Popen([*CLI, *args], cwd=cwd, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+class Interrupter:
+    """An observer plugin that presses Ctrl-C after a given number of finished episodes."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.seen = after, 0
+
+    @hookimpl
+    def haq_episode_finished(self, record):
+        self.seen += 1
+        if self.seen == self.after:
+            raise KeyboardInterrupt

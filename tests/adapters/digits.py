@@ -1,4 +1,4 @@
-"""The UCI digits as the adapter tests use them: images in [0, 1], shuffled with seed 0."""
+"""The UCI digits as the adapter tests use them (images in [0, 1], shuffled with seed 0), and a model change."""
 
 from __future__ import annotations
 
@@ -14,3 +14,20 @@ def shuffled_digits() -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.tensor(data.target)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     return x[order], y[order]
+
+
+class RenamedHead:
+    """Mixin for the tests' DigitsNet models: the classifier ``fc`` renamed ``head``.
+
+    A model changed after its policy was searched; put it first in the bases,
+    ``class RenamedNet(RenamedHead, DigitsNet)``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = self.fc
+        del self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(self.stem(x))
+        return self.head(torch.flatten(self.pool(self.expand(y) + y), 1))

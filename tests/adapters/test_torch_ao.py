@@ -26,7 +26,7 @@ from haq_plugin.adapters.torch_ao import (
 from haq_plugin.plugins import load_backend
 from haq_plugin.policy import Policy
 from haq_plugin.zoo import BasicBlock, ResNet
-from tests.adapters.digits import shuffled_digits
+from tests.adapters.digits import RenamedHead, shuffled_digits
 
 # User-side calls below (prepare_qat_fx, convert_fx in a user's own script) print torch's notices.
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
@@ -476,17 +476,8 @@ def test_export_without_the_model_assumes_a_chain_and_the_model_rebuilds_it_exac
     assert exact == _describe(qconfig_mapping_for(MIXED, task["model"], EXAMPLE))
 
 
-class RenamedNet(DigitsNet):
+class RenamedNet(RenamedHead, DigitsNet):
     """DigitsNet with its classifier called ``head``: a model changed after its policy was searched."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = self.fc
-        del self.fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.proj(self.stem(x))
-        return self.head(torch.flatten(self.pool(self.expand(y) + y), 1))
 
 
 def test_a_renamed_layer_is_refused_with_the_example_input_and_named_in_a_warning_without(backend, task,

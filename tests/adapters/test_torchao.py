@@ -21,7 +21,7 @@ from haq_plugin.policy import Policy
 
 from torchao.quantization import IntxWeightOnlyConfig, quantize_
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
-from tests.adapters.digits import shuffled_digits
+from tests.adapters.digits import RenamedHead, shuffled_digits
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
@@ -51,17 +51,8 @@ class DigitsNet(nn.Module):
         return self.fc(torch.flatten(self.pool(z), 1))
 
 
-class RenamedNet(DigitsNet):
+class RenamedNet(RenamedHead, DigitsNet):
     """DigitsNet with its classifier called ``head``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = self.fc
-        del self.fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.proj(self.stem(x))
-        return self.head(torch.flatten(self.pool(self.expand(y) + y), 1))
 
 
 class BranchyNet(DigitsNet):

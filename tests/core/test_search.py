@@ -23,6 +23,7 @@ from haq_plugin.hookspecs import hookimpl
 from haq_plugin.plugins import get_plugin_manager, load_hardware, reset_plugin_manager
 from haq_plugin.policy import Policy
 from haq_plugin.search import SearchInterrupted, search
+from tests.helpers import Interrupter
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -87,19 +88,6 @@ def reference(task, backend_name, tmp_path_factory):
     """One uninterrupted search with outputs, shared by the comparisons below."""
     out = tmp_path_factory.mktemp("reference")
     return run(task, backend_name, output_dir=out)
-
-
-class Interrupter:
-    """An observer plugin that presses Ctrl-C after a given number of finished episodes."""
-
-    def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
-
-    @hookimpl
-    def haq_episode_finished(self, record):
-        self.seen += 1
-        if self.seen == self.after:
-            raise KeyboardInterrupt
 
 
 class Recorder:

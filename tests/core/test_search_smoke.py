@@ -24,10 +24,10 @@ from haq_plugin import HaqError, HardwareModel, LayerCost, QuantBackend, search
 from haq_plugin.agent import DDPGConfig
 from haq_plugin.demo import accuracy_fn, digits_splits
 from haq_plugin.evaluation import EvaluationError
-from haq_plugin.hookspecs import hookimpl
 from haq_plugin.plugins import get_plugin_manager, reset_plugin_manager
 from haq_plugin.policy import Policy
 from haq_plugin.search import SearchInterrupted
+from tests.helpers import Interrupter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = DDPGConfig(warmup_episodes=2, hidden=16, batch_size=8)
@@ -132,17 +132,6 @@ def run(task, **overrides):
 
 def history_key(result):
     return [(r.bits, r.accuracy, r.reward, r.sigma) for r in result.history]
-
-
-class Interrupter:
-    def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
-
-    @hookimpl
-    def haq_episode_finished(self, record):
-        self.seen += 1
-        if self.seen == self.after:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,18 @@ import os
 import socket
 
 import pytest
-import torch
 
 from haq_plugin import HaqError, search
 from haq_plugin.backend import prepare_for_search
 from haq_plugin.evaluation import EvaluationError, checked_eval_fn
-from haq_plugin.hookspecs import hookimpl
 from haq_plugin.layers import extract_layers
 from haq_plugin.plugins import get_plugin_manager, reset_plugin_manager
 from haq_plugin.search import SearchInterrupted
 from haq_plugin.workers import (EpisodeJob, EvaluationActor, WorkerPayload, check_ray_address, episode_seed,
                                 evaluate_policy)
-from tests.core.test_search_smoke import QUICK, BitOpsHardware, RoundingBackend, task  # noqa: F401 (fixture)
+from tests.core.test_search_smoke import (QUICK, BitOpsHardware, RoundingBackend, history_key,  # noqa: F401
+                                          task)  # task: the fixture
+from tests.helpers import Interrupter
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,10 +42,6 @@ def run(task, **overrides):
                    ddpg=QUICK, seed=0, progress=False, keep_last_layer_8bit=False, workers=2)
     options.update(overrides)
     return search(task["model"], task["example_input"], **options)
-
-
-def history_key(result):
-    return [(r.episode, r.bits, r.accuracy, r.reward, r.sigma) for r in result.history]
 
 
 # -- without Ray: the pieces an actor is made of -------------------------------------------
@@ -120,17 +116,6 @@ def test_same_seed_and_workers_give_the_same_search(reference, task):
     assert history_key(again) == history_key(reference) and again.policy.bits == reference.policy.bits
     other = run(task, seed=1)
     assert history_key(other) != history_key(reference)
-
-
-class Interrupter:
-    def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
-
-    @hookimpl
-    def haq_episode_finished(self, record):
-        self.seen += 1
-        if self.seen == self.after:
-            raise KeyboardInterrupt
 
 
 def test_interrupt_then_resume_ends_like_an_uninterrupted_search(reference, task, tmp_path):
