@@ -113,34 +113,34 @@ class EvaluationActor:
 
     def __init__(self, payload: WorkerPayload) -> None:
         torch.set_num_threads(1)
-        self.payload = payload
+        self.seed, self.finetune_steps = payload.seed, payload.finetune_steps
         self.names = [layer.name for layer in payload.layers]
         self.eval_fn = checked_eval_fn(payload.eval_fn)
+        self.train_data: Any = None
         self.failure: str | None = None
         try:
-            self._prepare(payload, torch.device(payload.device))
+            self._prepare(payload, Placement(torch.device(payload.device)))
         except Exception as exc:  # reported by ready(): an actor that dies in __init__ tells only a traceback
             self.failure = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
-    def _prepare(self, payload: WorkerPayload, device: torch.device) -> None:
-        self.train_data = None if payload.train_data is None else [to_device(b, device) for b in payload.train_data]
+    def _prepare(self, payload: WorkerPayload, placement: "Placement") -> None:
         self.backend: QuantBackend = payload.backend_class(**payload.backend_options)
         self.backend.loss_fn = payload.loss_fn
         use_quantize_mode(self.backend, payload.quantize)
-        calibration = [to_device(batch, device) for batch in payload.calibration_data]
-        prepare_for_search(self.backend, payload.model.to(device), to_device(payload.example_input, device),
-                           calibration, payload.layers)
-        self.backend.model.to(device)
+        model, example_input, calibration, self.train_data = placement.place(
+            payload.model, payload.example_input, payload.calibration_data, payload.train_data)
+        prepare_for_search(self.backend, model, example_input, calibration, payload.layers)
+        placement.place_backend(self.backend)
 
     def ready(self) -> str | None:
         """None once the backend is prepared, else why not (the driver asks before the first episode)."""
         return self.failure
 
     def evaluate(self, job: EpisodeJob) -> EpisodeOutcome:
-        seed_everything(episode_seed(self.payload.seed, job.episode))
+        seed_everything(episode_seed(self.seed, job.episode))
         try:
             accuracy, seconds = evaluate_policy(self.backend, self.names, job.bits, self.eval_fn,
-                                                self.payload.finetune_steps, self.train_data)
+                                                self.finetune_steps, self.train_data)
         except EvaluationError as exc:
             return EpisodeOutcome(None, 0.0, str(exc))
         return EpisodeOutcome(accuracy, seconds)
