@@ -1,0 +1,62 @@
+"""The float weights of the quantized layers and their rounded copies, rewritten per policy.
+
+A language model's block linears hold about 10^8 weights, so a policy is
+written into the model in place, layer by layer, and only where its bits
+changed: no second copy of the model per episode, and an episode that changes
+a few layers costs a few layers.  The float weights are read from the model the
+backend was prepared on, which is never modified.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from haq_plugin.adapters.groupwise.grid import (GroupGrid, as_groups, float_grid_params, float_grid_values,
+                                                integer_grid_values, mse_clip_ratios)
+
+
+def rounded_weight(weight: torch.Tensor, bits: int, grid: GroupGrid, ratio: torch.Tensor | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` on ``grid`` at ``bits`` (written into ``out`` if given), in ``weight``'s shape."""
+    if grid.zero_point == "integer":
+        values = integer_grid_values(weight, bits, grid.group_size)
+        return values if out is None else out.copy_(values)
+    groups = as_groups(weight.detach(), grid.group_size)
+    if ratio is None and grid.weight_range == "mse":
+        ratio = mse_clip_ratios(groups, bits)
+    low, scale = float_grid_params(groups, bits, 1.0 if ratio is None else ratio)
+    target = None if out is None else as_groups(out, grid.group_size)
+    return float_grid_values(groups, bits, low, scale, out=target).reshape(weight.shape)
+
+
+class GroupQuantizedWeights:
+    """Per layer: the float weight, the weight the model computes with, and the bits it holds now."""
+
+    def __init__(self, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grid: GroupGrid) -> None:
+        """``weights`` maps a layer name to (its float weight, the parameter of the model to write into)."""
+        self.grid = grid
+        self._float = {name: pair[0].detach() for name, pair in weights.items()}
+        self._target = {name: pair[1] for name, pair in weights.items()}
+        self._current: dict[str, int] = {}
+        self._ratios: dict[tuple[str, int], torch.Tensor] = {}
+
+    def apply(self, bits: Mapping[str, int]) -> None:
+        """Round every layer of ``bits`` to its width, skipping layers already at that width."""
+        with torch.no_grad():
+            for name, width in bits.items():
+                if self._current.get(name) == width:
+                    continue
+                rounded_weight(self._float[name], width, self.grid, self._ratio(name, width),
+                               out=self._target[name].data)
+                self._current[name] = width
+
+    def _ratio(self, name: str, bits: int) -> torch.Tensor | None:
+        """The MSE clip ratios of a layer at a width, found once and kept (they depend on nothing else)."""
+        if self.grid.weight_range != "mse" or self.grid.zero_point != "float":
+            return None
+        key = (name, bits)
+        if key not in self._ratios:
+            self._ratios[key] = mse_clip_ratios(as_groups(self._float[name], self.grid.group_size), bits)
+        return self._ratios[key]
