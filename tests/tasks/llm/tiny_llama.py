@@ -57,6 +57,13 @@ def tiny_llama(seed: int = 0) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def one_line(error: Any) -> str:
+    """The message of a raised HaqError (``pytest.ExceptionInfo``), asserted to be a single line."""
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
 def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's rotary reordering of q/k rows (transformers undoes it on load)."""
     return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
