@@ -15,11 +15,11 @@ import sys
 import torch
 
 from haq_plugin.adapters.brevitas import BrevitasBackend
-from haq_plugin.adapters.torch_ao import TorchAoBackend
-from haq_plugin.demo import load_demo
+from haq_plugin.adapters.torch_ao import TorchAoFxBackend
+from haq_plugin.tasks.demo import load_demo
 
 
-def levels(backend: TorchAoBackend, batches: list[torch.Tensor]) -> dict[str, int]:
+def levels(backend: TorchAoFxBackend, batches: list[torch.Tensor]) -> dict[str, int]:
     """Distinct values of each layer's input over the calibration batches."""
     seen: dict[str, set] = {}
     hooks = [backend.model.get_submodule(name).register_forward_pre_hook(
@@ -40,7 +40,7 @@ def policy(names: list[str], w: int, a: int) -> dict[str, tuple[int, int]]:
 def main(widths: list[int]) -> None:
     torch.set_num_threads(1)
     demo = load_demo()
-    ao, brevitas = TorchAoBackend(), BrevitasBackend()
+    ao, brevitas = TorchAoFxBackend(), BrevitasBackend()
     for backend in (ao, brevitas):
         backend.prepare(demo.model, demo.example_input, demo.calibration_data)
     names = ao.plan.layers

@@ -22,7 +22,7 @@ import time
 import torch
 
 from haq_plugin import extract_layers, load_backend
-from haq_plugin.demo import accuracy_fn, build_demo_model, digits_splits
+from haq_plugin.tasks.demo import accuracy_fn, build_demo_model, digits_splits
 
 
 def timed(run) -> float:

@@ -18,9 +18,9 @@ from typing import Callable
 import torch
 
 from haq_plugin import extract_layers, load_hardware
-from haq_plugin.costs import build_cost_table
-from haq_plugin.hardware_models.bitfusion_exhaustive import exhaustive_layer_counters
-from haq_plugin.zoo import MobileNetV2
+from haq_plugin.engine.costs import build_cost_table
+from haq_plugin.hardware_models.bitfusion.exhaustive import exhaustive_layer_counters
+from haq_plugin.tasks.zoo import MobileNetV2
 
 SAMPLE = ("features.0.0", "features.2.conv.1.0", "features.4.conv.0.0", "features.14.conv.2.0", "classifier")
 """Stem (im2col), a depthwise conv, a 1x1 expansion, a 1x1 projection and the classifier."""

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from haq_plugin import extract_layers, load_hardware
-from haq_plugin.costs import build_cost_table
-from haq_plugin.formatting import markdown_table, si
-from haq_plugin.zoo import IMAGENET_INPUT_SHAPE, ZOO
+from haq_plugin.engine.costs import build_cost_table
+from haq_plugin.storage.formatting import markdown_table, si
+from haq_plugin.tasks.zoo import IMAGENET_INPUT_SHAPE, ZOO
 
 HARDWARE = ("bitfusion", "bitfusion-cloud", "bismo-edge", "bismo-cloud")
 UNIFORM_BITS = (2, 3, 4, 5, 6, 8)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from haq_plugin.backend import prepare_for_search
-from haq_plugin.plugins import load_backend
-from haq_plugin.quantize_mode import use_quantize_mode
-from haq_plugin.results import SearchResult
+from haq_plugin.api.backend import prepare_for_search
+from haq_plugin.api.plugins import load_backend
+from haq_plugin.api.quantize_mode import use_quantize_mode
+from haq_plugin.engine.results import SearchResult
 
 
 def held_out_accuracy(task: Any, backend_name: str, result: SearchResult) -> float:
-    """Test accuracy of ``result``'s policy on ``task`` (a :class:`~haq_plugin.demo.DemoTask`)."""
+    """Test accuracy of ``result``'s policy on ``task`` (a :class:`~haq_plugin.tasks.demo.DemoTask`)."""
     backend = load_backend(backend_name)
     use_quantize_mode(backend, result.settings.quantize)
     prepare_for_search(backend, task.model, task.example_input, task.calibration_data)

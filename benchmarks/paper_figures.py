@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from haq_plugin import extract_layers, load_hardware
-from haq_plugin.costs import build_cost_table
-from haq_plugin.formatting import markdown_table
+from haq_plugin.engine.costs import build_cost_table
+from haq_plugin.storage.formatting import markdown_table
 from haq_plugin.hardware_models.haq_presets import PAPER_BISMO_8BIT_MS, PAPER_BITFUSION_MOBILENET_V1
-from haq_plugin.zoo import IMAGENET_INPUT_SHAPE, ZOO
+from haq_plugin.tasks.zoo import IMAGENET_INPUT_SHAPE, ZOO
 
 BITFUSION_PAIRS = ((4, 4), (6, 4), (6, 6), (8, 8))
 RATIO_BITS = (4, 5, 6)

@@ -1,4 +1,4 @@
-"""Search quality on the peer workload (:mod:`benchmarks.peer_workload`), through ``haq_plugin.search()``.
+"""Search quality on the peer workload (:mod:`benchmarks.peer_workload`), through ``haq_plugin.engine.search()``.
 
 Runs DDPG, random and uniform at size budgets 0.5 and 0.375 and latency and
 energy budgets 0.5 on ``bitfusion``, with both built-in backends, 100 episodes,
@@ -26,10 +26,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from haq_plugin.agent import DDPGConfig
-from haq_plugin.errors import InfeasibleBudget
-from haq_plugin.formatting import markdown_table
-from haq_plugin.search import search
+from haq_plugin.engine.agent import DDPGConfig
+from haq_plugin.api.errors import InfeasibleBudget
+from haq_plugin.storage.formatting import markdown_table
+from haq_plugin.engine.search import search
 
 from benchmarks.heldout import held_out_accuracy
 from benchmarks.peer_workload import PeerTask, load_peer_task
@@ -59,7 +59,7 @@ def one(task: PeerTask, backend: str, constraint: str, budget: float, strategy: 
     extra = {}
     if quantize is not None:
         if "quantize" not in inspect.signature(search).parameters:
-            sys.exit("this haq_plugin.search() has no 'quantize' argument yet")
+            sys.exit("this haq_plugin.engine.search() has no 'quantize' argument yet")
         extra["quantize"] = quantize
     try:
         result = search(task.model, task.example_input, hardware="bitfusion", backend=backend,

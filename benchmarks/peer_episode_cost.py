@@ -17,8 +17,8 @@ import statistics
 
 import torch
 
-from haq_plugin.plugins import load_backend
-from haq_plugin.formatting import markdown_table
+from haq_plugin.api.plugins import load_backend
+from haq_plugin.storage.formatting import markdown_table
 
 from benchmarks.backend_speed import timed
 from benchmarks.peer_workload import PeerTask, load_peer_task

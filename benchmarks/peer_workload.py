@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from haq_plugin.cache import cache_dir, stable_hash
-from haq_plugin.demo import Batch, DemoTask, accuracy_fn, batches
+from haq_plugin.storage.cache import cache_dir, stable_hash
+from haq_plugin.tasks.demo import Batch, DemoTask, accuracy_fn, batches
 
 SPLIT = (1200, 300, 297)
 EPOCHS, BATCH, LR, SEED = 40, 64, 3e-3, 0

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from haq_plugin.demo import load_demo
-from haq_plugin.formatting import markdown_table
-from haq_plugin.search import search
+from haq_plugin.tasks.demo import load_demo
+from haq_plugin.storage.formatting import markdown_table
+from haq_plugin.engine.search import search
 
 from benchmarks.heldout import held_out_accuracy
 
@@ -82,11 +82,11 @@ def workers_table(runs: list[dict[str, Any]], episodes: int, finetune_steps: int
 # -- the zoo ----------------------------------------------------------------------------
 def zoo_figures(name: str, episodes: int) -> dict[str, Any]:
     """Cost-table time, seconds per episode and peak memory for one zoo network (run in a fresh process)."""
-    from haq_plugin import zoo
-    from haq_plugin.backend import prepare_for_search
-    from haq_plugin.costs import build_cost_table
-    from haq_plugin.layers import extract_layers
-    from haq_plugin.plugins import load_backend, load_hardware
+    from haq_plugin.tasks import zoo
+    from haq_plugin.api.backend import prepare_for_search
+    from haq_plugin.engine.costs import build_cost_table
+    from haq_plugin.api.layers import extract_layers
+    from haq_plugin.api.plugins import load_backend, load_hardware
 
     torch.manual_seed(0)
     model = getattr(zoo, name)().eval()

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from haq_plugin.agent import DDPGAgent, DDPGConfig
-from haq_plugin.demo import load_demo
-from haq_plugin.formatting import markdown_table
-from haq_plugin.plugins import get_plugin_manager
-from haq_plugin.search import search
+from haq_plugin.engine.agent import DDPGAgent, DDPGConfig
+from haq_plugin.tasks.demo import load_demo
+from haq_plugin.storage.formatting import markdown_table
+from haq_plugin.api.plugins import get_plugin_manager
+from haq_plugin.engine.search import search
 
 from benchmarks.heldout import held_out_accuracy
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from haq_plugin.agent import DDPGConfig
-from haq_plugin.demo import load_demo
-from haq_plugin.errors import InfeasibleBudget
-from haq_plugin.formatting import markdown_table
-from haq_plugin.search import search
+from haq_plugin.engine.agent import DDPGConfig
+from haq_plugin.tasks.demo import load_demo
+from haq_plugin.api.errors import InfeasibleBudget
+from haq_plugin.storage.formatting import markdown_table
+from haq_plugin.engine.search import search
 
 from benchmarks.heldout import held_out_accuracy
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from haq_plugin import load_backend, search, sweep
-from haq_plugin.models import load_model, load_task_data
-from haq_plugin.sweep import parse_budgets
+from haq_plugin.tasks.specs import load_model, load_task_data
+from haq_plugin.analyses.sweep import parse_budgets
 
 OPTIONS = {"strategy": "random", "episodes": 1, "seed": 0}
 

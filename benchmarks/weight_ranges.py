@@ -3,7 +3,7 @@
 Prints, for each bit width, the summed squared error of symmetric per-channel
 fake quantization over the demo's Conv/Linear weights (channels of at least
 16 weights), with the min-max range and with the MSE-clipped range of
-:mod:`haq_plugin.adapters._weight_ranges`, and the relative reduction; then
+:mod:`haq_plugin.adapters.common.weight_ranges`, and the relative reduction; then
 the validation accuracy at uniform weight bits (activations 8, first and last
 layer kept at 8/8) with clipping off and on: torch.ao (clipping forced on at
 every width) and Brevitas (``clip_weights``, which clips at 4 bits or fewer).
@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from haq_plugin.adapters import _weight_ranges
+from haq_plugin.adapters.common import weight_ranges as _weight_ranges
 from haq_plugin.adapters.brevitas import BrevitasBackend
-from haq_plugin.adapters.torch_ao import TorchAoBackend
-from haq_plugin.adapters._weight_ranges import (
+from haq_plugin.adapters.torch_ao import TorchAoFxBackend
+from haq_plugin.adapters.common.weight_ranges import (
     MSE_MIN_CHANNEL_SIZE, mse_clip_ratios, reconstruction_error, symmetric_scale)
-from haq_plugin.demo import load_demo
+from haq_plugin.tasks.demo import load_demo
 
 
 def errors(weights: list[torch.Tensor], bits: int) -> tuple[float, float]:
@@ -49,7 +49,7 @@ def main() -> None:
 
 
 def accuracy_with_and_without(demo, widths: range) -> None:
-    backend = TorchAoBackend()
+    backend = TorchAoFxBackend()
     backend.prepare(demo.model, demo.example_input, demo.calibration_data)
     names = backend.plan.layers
     brevitas = {}

@@ -12,22 +12,20 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from haq_plugin.backend import QuantBackend
-from haq_plugin.errors import HaqError, PluginError
-from haq_plugin.hardware import HardwareModel, LayerCost
-from haq_plugin.hookspecs import hookimpl
-from haq_plugin.layers import LayerSpec, extract_layers
-from haq_plugin.options import Option
-from haq_plugin.plugins import get_plugin_manager, load_backend, load_hardware
-from haq_plugin.policy import Policy
-from haq_plugin.results import SearchInterrupted, SearchResult
-from haq_plugin.settings import SearchSettings
-# The module itself, callable as the search function (see its docstring): so that both
-# ``haq_plugin.search(model, ...)`` and ``haq_plugin.search.SearchResult`` work.
-from haq_plugin import search
-from haq_plugin.agent import DDPGConfig
-from haq_plugin.sensitivity import SensitivityResult, sensitivity
-from haq_plugin.sweep import SweepResult, sweep
+from haq_plugin.api.backend import QuantBackend
+from haq_plugin.api.errors import HaqError, PluginError
+from haq_plugin.api.hardware import HardwareModel, LayerCost
+from haq_plugin.api.hookspecs import hookimpl
+from haq_plugin.api.layers import LayerSpec, extract_layers
+from haq_plugin.api.options import Option
+from haq_plugin.api.plugins import get_plugin_manager, load_backend, load_hardware
+from haq_plugin.api.policy import Policy
+from haq_plugin.engine.results import SearchInterrupted, SearchResult
+from haq_plugin.engine.settings import SearchSettings
+from haq_plugin.engine.search import search
+from haq_plugin.engine.agent import DDPGConfig
+from haq_plugin.analyses.sensitivity import SensitivityResult, sensitivity
+from haq_plugin.analyses.sweep import SweepResult, sweep
 
 try:
     __version__ = version("haq-plugin")

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from haq_plugin.options import Option
+from haq_plugin.api.options import Option
 
 
 def preset_options(presets: dict[str, dict[str, Any]], help_text: str) -> tuple[Option, ...]:

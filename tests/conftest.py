@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from haq_plugin.plugins import reset_plugin_manager
+from haq_plugin.api.plugins import reset_plugin_manager
 
 DATA = Path(__file__).parent / "data"
 

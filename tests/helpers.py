@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from haq_plugin.hookspecs import hookimpl
+from haq_plugin.api.hookspecs import hookimpl
 
 CLI = [sys.executable, "-m", "haq_plugin.cli"]
 

@@ -29,7 +29,7 @@ from torch import nn
 from haq_plugin import HaqError
 from haq_plugin.adapters.groupwise.grid import GROUP_SIZES, SCALE_BITS, WEIGHT_RANGES, ZERO_POINTS, GroupGrid
 from haq_plugin.adapters.groupwise.weights import rounded_weight
-from haq_plugin.files import read_versioned_json, require_fields, write_text_atomic
+from haq_plugin.storage.files import read_versioned_json, require_fields, write_text_atomic
 
 FORMAT = "haq-plugin groupwise policy"
 SCHEMA_VERSION = 1

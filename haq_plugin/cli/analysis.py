@@ -7,15 +7,15 @@ from typing import Sequence
 
 import click
 
-from haq_plugin.bits import parse_bits
+from haq_plugin.api.bits import parse_bits
 from haq_plugin.cli.options import format_option, hw_options, model_options, no_cache_option, plugin_options
-from haq_plugin.costs import CONSTRAINTS, UNITS, build_cost_table
-from haq_plugin.errors import HaqError
-from haq_plugin.formatting import render_table, si
-from haq_plugin.layers import extract_layers
-from haq_plugin.models import load_model
-from haq_plugin.plugins import load_hardware
-from haq_plugin.policy import Policy
+from haq_plugin.engine.costs import CONSTRAINTS, UNITS, build_cost_table
+from haq_plugin.api.errors import HaqError
+from haq_plugin.storage.formatting import render_table, si
+from haq_plugin.api.layers import extract_layers
+from haq_plugin.tasks.specs import load_model
+from haq_plugin.api.plugins import load_hardware
+from haq_plugin.api.policy import Policy
 
 
 @click.command("layers")

@@ -1,6 +1,6 @@
 """The ``haq-plugin`` command group and its entry point.
 
-Every user mistake surfaces as :class:`~haq_plugin.errors.HaqError`; :func:`main`
+Every user mistake surfaces as :class:`~haq_plugin.api.errors.HaqError`; :func:`main`
 prints it as one paragraph and exits with status 2, never with a traceback.
 The subcommands are added in :mod:`haq_plugin.cli` (its ``COMMANDS``).
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 import click
 
 from haq_plugin import __version__
-from haq_plugin.errors import HaqError
+from haq_plugin.api.errors import HaqError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

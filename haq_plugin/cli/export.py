@@ -8,11 +8,11 @@ import click
 from click.core import ParameterSource
 
 from haq_plugin.cli.options import data_option, model_options
-from haq_plugin.layers import extract_layers
-from haq_plugin.models import load_model, load_task_data
-from haq_plugin.plugins import load_backend
-from haq_plugin.policy import Policy
-from haq_plugin.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_mode
+from haq_plugin.api.layers import extract_layers
+from haq_plugin.tasks.specs import load_model, load_task_data
+from haq_plugin.api.plugins import load_backend
+from haq_plugin.api.policy import Policy
+from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_mode
 
 
 @click.command("export")

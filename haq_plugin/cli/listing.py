@@ -8,9 +8,9 @@ from typing import Any, Sequence
 import click
 
 from haq_plugin.cli.options import format_option
-from haq_plugin.formatting import render_table
-from haq_plugin.options import Option
-from haq_plugin.plugins import get_plugin_manager
+from haq_plugin.storage.formatting import render_table
+from haq_plugin.api.options import Option
+from haq_plugin.api.plugins import get_plugin_manager
 
 
 @click.group("hw")

@@ -1,9 +1,9 @@
 """Options shared by the ``haq-plugin`` commands, each declared once.
 
 Search settings are options named exactly like the fields of
-:class:`~haq_plugin.settings.SearchSettings` and take their help from the
+:class:`~haq_plugin.engine.settings.SearchSettings` and take their help from the
 fields' docstrings, and the DDPG hyperparameters are generated from
-:class:`~haq_plugin.agent.DDPGConfig` the same way, so the command line, the
+:class:`~haq_plugin.engine.agent.DDPGConfig` the same way, so the command line, the
 Python API and the checkpoint can never disagree about a setting.
 """
 
@@ -14,13 +14,13 @@ from typing import Any, Callable, Mapping
 
 import click
 
-from haq_plugin.agent import DDPGConfig
-from haq_plugin.bits import parse_bits
-from haq_plugin.costs import CONSTRAINTS
-from haq_plugin.fielddocs import field_docs
-from haq_plugin.options import parse_key_values
-from haq_plugin.quantize_mode import QUANTIZE_MODES
-from haq_plugin.settings import DEFAULT_BUDGET, DEFAULT_EPISODES, STRATEGIES, SearchSettings
+from haq_plugin.engine.agent import DDPGConfig
+from haq_plugin.api.bits import parse_bits
+from haq_plugin.engine.costs import CONSTRAINTS
+from haq_plugin.api.fielddocs import field_docs
+from haq_plugin.api.options import parse_key_values
+from haq_plugin.api.quantize_mode import QUANTIZE_MODES
+from haq_plugin.engine.settings import DEFAULT_BUDGET, DEFAULT_EPISODES, STRATEGIES, SearchSettings
 
 FORMATS = click.Choice(["table", "csv", "json"])
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]

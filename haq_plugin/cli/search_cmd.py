@@ -1,6 +1,6 @@
-"""``haq-plugin search``: the command-line face of :func:`haq_plugin.search`.
+"""``haq-plugin search``: the command-line face of :func:`haq_plugin.engine.search`.
 
-Its options carry the names of :class:`~haq_plugin.settings.SearchSettings`'
+Its options carry the names of :class:`~haq_plugin.engine.settings.SearchSettings`'
 fields (see :mod:`haq_plugin.cli.options`); ``--resume`` takes the settings,
 hardware and backend stored in the checkpoint instead.
 """
@@ -15,17 +15,17 @@ from typing import Any, Callable, Mapping
 import click
 from click.core import ParameterSource
 
-from haq_plugin.checkpoint import stored_settings
+from haq_plugin.storage.checkpoint import stored_settings
 from haq_plugin.cli.options import (backend_options, data_option, ddpg_options, hw_options, model_options,
                                     no_cache_option, placement_options, plugin_options, setting_options,
                                     settings_from_params)
-from haq_plugin.device import resolve_device
-from haq_plugin.errors import HaqError, InfeasibleBudget
-from haq_plugin.models import load_model, load_task_data
-from haq_plugin.plugins import load_backend, load_hardware
-from haq_plugin.results import SearchResult
-from haq_plugin.search import run_search
-from haq_plugin.settings import DEFAULT_BUDGET, SearchSettings
+from haq_plugin.engine.device import resolve_device
+from haq_plugin.api.errors import HaqError, InfeasibleBudget
+from haq_plugin.tasks.specs import load_model, load_task_data
+from haq_plugin.api.plugins import load_backend, load_hardware
+from haq_plugin.engine.results import SearchResult
+from haq_plugin.engine.search import run_search
+from haq_plugin.engine.settings import DEFAULT_BUDGET, SearchSettings
 
 DEFAULT_OUTPUT = "haq-output"
 RESUME_MAY_CHANGE = ("episodes", "quiet", "no_cache", "resume_dir", "device", "ray_address")
@@ -128,7 +128,7 @@ def resumed_plan(ctx: click.Context, resume_dir: str) -> Plan:
 
 def check_placement(settings: SearchSettings, device: str) -> None:
     """Refuse a device this machine lacks, or workers without Ray, before the model and data are loaded."""
-    from haq_plugin.workers import require_ray
+    from haq_plugin.engine.workers import require_ray
 
     resolve_device(device)
     if settings.workers > 1:

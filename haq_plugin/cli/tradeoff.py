@@ -14,11 +14,11 @@ from typing import Any, Iterable
 
 import click
 
-from haq_plugin.agent import DDPGConfig
+from haq_plugin.engine.agent import DDPGConfig
 from haq_plugin.cli.options import parse_pins
 from haq_plugin.cli.search_cmd import search_cmd
-from haq_plugin.errors import HaqError
-from haq_plugin.options import parse_key_values
+from haq_plugin.api.errors import HaqError
+from haq_plugin.api.options import parse_key_values
 
 DEFAULT_BUDGETS = "0.3,0.4,0.5,0.6,0.8"
 SENSITIVITY_OPTIONS = ("model_spec", "input_shape", "data_spec", "backend_name", "backend_options", "hw_name",
@@ -40,8 +40,8 @@ def _output_option(default: str, what: str) -> click.Option:
 
 def _plugins_and_task(p: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """Hardware, backend, model source and task data from the command's parameters."""
-    from haq_plugin.models import load_model, load_task_data
-    from haq_plugin.plugins import load_backend, load_hardware
+    from haq_plugin.tasks.specs import load_model, load_task_data
+    from haq_plugin.api.plugins import load_backend, load_hardware
 
     def plugin_options(values: Any, flag: str) -> dict[str, Any]:
         """Command-line KEY=VALUE strings, or a stored config (unset options, None, keep their defaults)."""
@@ -63,8 +63,8 @@ def _sweep_resumed(ctx: click.Context, resume_dir: str) -> dict[str, Any]:
     """The parameters the sweep in ``resume_dir`` was started with (``--budgets`` may change)."""
     from click.core import ParameterSource
 
-    from haq_plugin.files import read_json
-    from haq_plugin.sweep import SWEEP_FILE
+    from haq_plugin.storage.files import read_json
+    from haq_plugin.analyses.sweep import SWEEP_FILE
 
     given = [name for name in ctx.params if name not in SWEEP_RESUME_MAY_CHANGE
              and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
@@ -102,7 +102,7 @@ def _sweep(**params: Any) -> None:
     and skipped. 'haq-plugin sweep --resume DIR' keeps finished budgets and
     continues the interrupted one.
     """
-    from haq_plugin.sweep import parse_budgets, sweep
+    from haq_plugin.analyses.sweep import parse_budgets, sweep
 
     resume_dir = params["resume_dir"]
     p = _sweep_resumed(click.get_current_context(), resume_dir) if resume_dir else params
@@ -133,7 +133,7 @@ def _sweep(**params: Any) -> None:
 
 
 def _print_sweep(result: Any) -> None:
-    from haq_plugin.formatting import render_table
+    from haq_plugin.storage.formatting import render_table
 
     rows = [(f"{pt.budget:g}", pt.strategy, round(pt.cost_fraction, 4), round(pt.val_accuracy, 2),
              "" if pt.test_accuracy is None else round(pt.test_accuracy, 2), pt.policy_file) for pt in result.points]
@@ -167,7 +167,7 @@ def _sensitivity(**p: Any) -> None:
     sensitivity.csv, sensitivity.png and sensitivity.md, with each layer's
     share of the --constraint cost of the uniform 8-bit policy.
     """
-    from haq_plugin.sensitivity import parse_bit_list, sensitivity
+    from haq_plugin.analyses.sensitivity import parse_bit_list, sensitivity
 
     bits = parse_bit_list(p["bits"])
     hardware, backend, source, data = _plugins_and_task(p)
@@ -176,7 +176,7 @@ def _sensitivity(**p: Any) -> None:
                          constraint=p["constraint"], seed=p["seed"], output_dir=Path(p["output"]), force=p["force"],
                          progress=not p["quiet"], use_cache=not p["no_cache"])
     if not p["quiet"]:
-        from haq_plugin.sensitivity_report import sensitivity_markdown
+        from haq_plugin.analyses.sensitivity_report import sensitivity_markdown
 
         click.echo(sensitivity_markdown(result))
         click.echo(f"Outputs in {result.output_dir}/: sensitivity.csv, sensitivity.png, sensitivity.md")

@@ -16,7 +16,8 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
-from haq_plugin import HaqError, LayerSpec
+from haq_plugin.api.errors import HaqError
+from haq_plugin.api.layers import LayerSpec
 
 _BPW = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*bpw\s*$", re.IGNORECASE)
 

@@ -23,7 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from haq_plugin import HaqError, LayerSpec
+from haq_plugin.api.errors import HaqError
+from haq_plugin.api.layers import LayerSpec
 
 DECISIONS = ("layer", "block", "role")
 _INDEX = re.compile(r"(^|\.)\d+(\.|$)")

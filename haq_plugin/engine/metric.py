@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from haq_plugin import HaqError
+from haq_plugin.api.errors import HaqError
 
 REWARD_SCALE = 0.1
 

@@ -1,3 +1,1 @@
-"""Tasks beyond the image classifiers of the core: each one turns a user's model and data
-into what a search needs (a model, an example input, the layers to quantize and an
-evaluation function), so the search itself stays task-agnostic."""
+"""Tasks to search on: the demo, the reference networks, ``--model``/``--data`` parsing and the checks of a user's data."""

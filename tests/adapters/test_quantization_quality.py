@@ -13,13 +13,13 @@ from torch.ao.quantization.observer import PlaceholderObserver
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
 from haq_plugin import HaqError
-from haq_plugin.adapters._weight_ranges import mse_clip_ratios, reconstruction_error, symmetric_scale
-from haq_plugin.adapters._torch_ao_qconfig import FullRangeSymmetricObserver
+from haq_plugin.adapters.common.weight_ranges import mse_clip_ratios, reconstruction_error, symmetric_scale
+from haq_plugin.adapters.torch_ao.qconfig import FullRangeSymmetricObserver
 from haq_plugin.adapters.brevitas import BrevitasBackend, apply_policy
-from haq_plugin.adapters.torch_ao import TorchAoBackend, backend_config, convert_in_range, load_qconfig_mapping
-from haq_plugin.zoo import MobileNetV2
+from haq_plugin.adapters.torch_ao import TorchAoFxBackend, backend_config, convert_in_range, load_qconfig_mapping
+from haq_plugin.tasks.zoo import MobileNetV2
 
-from tests.adapters.test_torch_ao import EXAMPLE, LAYERS, DigitsNet, _accuracy, _train
+from tests.adapters.torch_ao.test_torch_ao import EXAMPLE, LAYERS, DigitsNet, _accuracy, _train
 from tests.adapters.digits import shuffled_digits
 
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
@@ -50,7 +50,7 @@ def digits_net(digits):
     return _train(DigitsNet(), *digits["train"], steps=80)
 
 
-def _levels(backend: TorchAoBackend, batch: torch.Tensor) -> dict[str, int]:
+def _levels(backend: TorchAoFxBackend, batch: torch.Tensor) -> dict[str, int]:
     """Distinct values each layer reads on ``batch``."""
     seen = {}
     hooks = [backend.model.get_submodule(name).register_forward_pre_hook(
@@ -74,7 +74,7 @@ def _kept_first(names: list[str], w: int, a: int) -> dict[str, tuple[int, int]]:
 def test_every_layer_after_relu6_uses_nearly_2_to_the_a_levels(relu6_net, digits, a_bits):
     """A ReLU6 output has its own observer: the a-bit grid spans [0, 6]-ish, not the pre-activation."""
     x = digits["train"][0][:512]
-    backend = TorchAoBackend()
+    backend = TorchAoFxBackend()
     backend.prepare(relu6_net, EXAMPLE, [x])
     names = backend.plan.layers
     assert len(names) == 12 and backend.plan.shared() == []
@@ -88,7 +88,7 @@ def test_every_layer_after_relu6_uses_nearly_2_to_the_a_levels(relu6_net, digits
 
 def test_relu6_layer_inputs_are_non_negative_and_span_the_clamp(relu6_net, digits):
     x = digits["train"][0][:256]
-    backend = TorchAoBackend()
+    backend = TorchAoFxBackend()
     backend.prepare(relu6_net, EXAMPLE, [x])
     backend.set_policy(_kept_first(backend.plan.layers, 8, 4))
     backend.calibrate()
@@ -108,7 +108,7 @@ def test_a_kept_first_layer_reads_8_bit_inputs_in_both_backends(digits_net, digi
     """The network input's observer is built from the first layer's QConfig and shared with proj.0."""
     x = digits["train"][0][:256]
     bits = {"stem.0": (8, 8), "proj.0": (4, 5), "expand.0": (4, 3), "fc": (8, 8)}
-    ao = TorchAoBackend()
+    ao = TorchAoFxBackend()
     ao.prepare(digits_net, EXAMPLE, [x])
     ao.set_policy(bits)
     assert ao.plan.shared() == [["stem.0", "proj.0"]]
@@ -148,7 +148,7 @@ def _weight_integers(int_model, names):
 @pytest.mark.parametrize("frozen", [True, False], ids=["observers-frozen", "observers-on"])
 def test_convert_in_range_keeps_weight_integers_inside_the_policy(digits_net, digits, tmp_path, frozen):
     bits = {"stem.0": (5, 8), "proj.0": (6, 6), "expand.0": (3, 5), "fc": (4, 6)}
-    backend = TorchAoBackend()
+    backend = TorchAoFxBackend()
     backend.prepare(digits_net, EXAMPLE, [digits["train"][0][:256]])
     path = backend.export(bits, tmp_path / "q.json")
     qat = _qat_model(digits_net, path, digits, steps=12, freeze_after=2 if frozen else 99)
@@ -204,7 +204,7 @@ def test_mse_clipping_is_off_above_4_bits_and_on_small_channels():
 
 def test_mse_clipped_weights_convert_inside_the_range_with_plain_convert_fx(digits_net, digits, tmp_path):
     bits = {"stem.0": (8, 8), "proj.0": (8, 8), "expand.0": (2, 8), "fc": (3, 8)}  # clipped: expand.0, fc
-    backend = TorchAoBackend()
+    backend = TorchAoFxBackend()
     backend.prepare(digits_net, EXAMPLE, [digits["train"][0][:256]])
     path = backend.export(bits, tmp_path / "q.json")
     qat = _qat_model(digits_net, path, digits, steps=3, freeze_after=99)
@@ -215,7 +215,7 @@ def test_mse_clipped_weights_convert_inside_the_range_with_plain_convert_fx(digi
 
 
 def test_the_search_model_never_clamps_its_weights(digits_net, digits):
-    backend = TorchAoBackend()
+    backend = TorchAoFxBackend()
     backend.prepare(digits_net, EXAMPLE, [digits["train"][0][:256]])
     weight = backend.model.get_submodule("fc").weight.detach().clone()
     backend.set_policy({n: (2, 8) for n in LAYERS})
@@ -229,7 +229,7 @@ def test_the_search_model_never_clamps_its_weights(digits_net, digits):
 def test_torch_ao_weight_only_keeps_activations_float_and_exports_it(digits_net, digits, tmp_path):
     x = digits["train"][0][:256]
     eval_fn = _accuracy(*digits["val"])
-    backend = TorchAoBackend()
+    backend = TorchAoFxBackend()
     backend.quantize = "weights"
     backend.prepare(digits_net, EXAMPLE, [x])
     backend.set_policy({n: (8, 2) for n in LAYERS})
@@ -241,7 +241,7 @@ def test_torch_ao_weight_only_keeps_activations_float_and_exports_it(digits_net,
     hook.remove()
     assert len(torch.unique(seen["x"])) > 64  # a float input
     assert backend.evaluate(eval_fn) < eval_fn(digits_net) - 5  # 2-bit weights are applied
-    both = TorchAoBackend()
+    both = TorchAoFxBackend()
     both.prepare(digits_net, EXAMPLE, [x])
     both.set_policy({n: (8, 2) for n in LAYERS})
     assert both.evaluate(eval_fn) < eval_fn(digits_net) - 5
@@ -256,8 +256,8 @@ def test_torch_ao_weight_only_keeps_activations_float_and_exports_it(digits_net,
 
 
 def test_brevitas_weight_only_has_no_input_quantizer_and_exports_it(digits_net, digits, tmp_path):
-    from haq_plugin.layers import extract_layers
-    from haq_plugin.policy import Policy
+    from haq_plugin.api.layers import extract_layers
+    from haq_plugin.api.policy import Policy
 
     x = digits["train"][0][:256]
     eval_fn = _accuracy(*digits["val"])
@@ -276,7 +276,7 @@ def test_brevitas_weight_only_has_no_input_quantizer_and_exports_it(digits_net, 
     assert all(float(qmodel.get_submodule(n).quant_weight().bit_width) == 3.0 for n in LAYERS)
 
 
-@pytest.mark.parametrize("backend_class", [TorchAoBackend, BrevitasBackend])
+@pytest.mark.parametrize("backend_class", [TorchAoFxBackend, BrevitasBackend])
 def test_an_unknown_quantize_mode_is_refused_with_the_choices(backend_class):
     backend = backend_class()
     with pytest.raises(HaqError, match="'weights\\+activations'.*'weights'"):
@@ -289,14 +289,14 @@ def test_an_unknown_quantize_mode_is_refused_with_the_choices(backend_class):
 
 @pytest.fixture(scope="module")
 def demo():
-    from haq_plugin.demo import load_demo
+    from haq_plugin.tasks.demo import load_demo
 
     return load_demo()
 
 
 @pytest.mark.slow
 def test_demo_torch_ao_within_1_point_of_brevitas_and_layer_inputs_use_their_levels(demo):
-    ao, brevitas = TorchAoBackend(), BrevitasBackend()
+    ao, brevitas = TorchAoFxBackend(), BrevitasBackend()
     for backend in (ao, brevitas):
         backend.prepare(demo.model, demo.example_input, demo.calibration_data)
     names = ao.plan.layers
@@ -339,8 +339,8 @@ def test_brevitas_clipped_weights_lower_the_error_and_stay_in_the_narrow_range(d
 
 
 def test_brevitas_clipped_weights_are_recorded_in_the_policy_file(digits_net, digits, tmp_path):
-    from haq_plugin.layers import extract_layers
-    from haq_plugin.policy import Policy
+    from haq_plugin.api.layers import extract_layers
+    from haq_plugin.api.policy import Policy
 
     x = digits["train"][0][:64]
     backend = BrevitasBackend()
@@ -362,12 +362,12 @@ def test_brevitas_clipped_weights_are_recorded_in_the_policy_file(digits_net, di
 
 def test_torch_ao_weight_only_in_eager_mode(digits, tmp_path):
     from haq_plugin.adapters.torch_ao import prepare_qat_eager
-    from tests.adapters.test_torch_ao import BranchyNet
+    from tests.adapters.torch_ao.test_torch_ao import BranchyNet
 
     x, y = digits["train"]
     model = _train(BranchyNet(), x, y, steps=40)
     eval_fn = _accuracy(*digits["val"])
-    backend = TorchAoBackend(mode="eager")
+    backend = TorchAoFxBackend(mode="eager")
     backend.quantize = "weights"
     backend.prepare(model, EXAMPLE, [x[:256]])
     names = ["stem.0", "body.0", "fc"]

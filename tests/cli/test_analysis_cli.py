@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from haq_plugin.cli import main
-from haq_plugin.policy import Policy
+from haq_plugin.api.policy import Policy
 
 HERE = Path(__file__).parent
 USER_TASK = ("--model", "user_task:model", "--data", "user_task:data")

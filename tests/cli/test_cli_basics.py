@@ -53,7 +53,7 @@ def test_cost_json_matches_the_hardware_model_layer_by_layer():
     import torch
 
     from haq_plugin import extract_layers, load_hardware
-    from haq_plugin.zoo import mobilenet_v1
+    from haq_plugin.tasks.zoo import mobilenet_v1
 
     proc = _invoke(["cost", "--model", "zoo:mobilenet_v1", "--hw", "bitfusion", "--bits", "4/4", "--format", "json"])
     assert proc.returncode == 0, proc.stderr

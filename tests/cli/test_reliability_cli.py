@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from haq_plugin.policy import Policy
+from haq_plugin.api.policy import Policy
 from tests.helpers import run_cli
 
 HERE = Path(__file__).parent

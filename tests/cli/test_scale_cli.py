@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from haq_plugin.policy import Policy
+from haq_plugin.api.policy import Policy
 from tests.helpers import CLI, cli_env, run_cli, start_cli
 
 DEMO = ["search", "--backend", "torch.ao", "--hw", "bitfusion", "--warmup-episodes", "2", "--quiet"]

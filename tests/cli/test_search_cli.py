@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from haq_plugin.policy import Policy
+from haq_plugin.api.policy import Policy
 from tests.helpers import run_cli as haq, start_cli
 
 HERE = Path(__file__).parent

@@ -171,7 +171,7 @@ def test_binary_and_deeply_nested_policy_files(user_dir, tmp_path):
 
 
 def test_a_policy_from_another_model_names_the_model_it_was_searched_on(user_dir, tmp_path):
-    from haq_plugin.policy import Policy
+    from haq_plugin.api.policy import Policy
 
     layers = conv_layers(user_dir)
     path = Policy.uniform(layers, 4, 4, task={"model": "mymod:conv", "input_shape": "1,3,8,8"}).save(
@@ -183,7 +183,7 @@ def test_a_policy_from_another_model_names_the_model_it_was_searched_on(user_dir
 
 
 def test_cost_of_a_policy_with_a_width_the_hardware_lacks_names_the_layer(user_dir, tmp_path):
-    from haq_plugin.policy import Policy
+    from haq_plugin.api.policy import Policy
 
     layers = conv_layers(user_dir)
     bits = {layers[0].name: (8, 8), layers[1].name: (8, 12)}  # a valid width (1..16), beyond the hardware's 8

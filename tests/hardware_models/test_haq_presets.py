@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from haq_plugin import HaqError, extract_layers, load_hardware
-from haq_plugin.costs import build_cost_table
+from haq_plugin.engine.costs import build_cost_table
 from haq_plugin.hardware_models.haq_presets import PAPER_BISMO_8BIT_MS, PAPER_BITFUSION_MOBILENET_V1
-from haq_plugin.zoo import IMAGENET_INPUT_SHAPE, ZOO
+from haq_plugin.tasks.zoo import IMAGENET_INPUT_SHAPE, ZOO
 
 PAIRS = ((4, 4), (6, 4), (6, 6), (8, 8))
 HAQ_TABLE_RATIOS = {4: 0.397, 5: 0.528, 6: 0.673}

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from haq_plugin import HaqError, LayerSpec, extract_layers, load_hardware
-from haq_plugin.costs import build_cost_table
-from haq_plugin.plugins import get_plugin_manager, reset_plugin_manager
-from haq_plugin.policy import Policy
-from haq_plugin.zoo import IMAGENET_INPUT_SHAPE, ZOO
+from haq_plugin.engine.costs import build_cost_table
+from haq_plugin.api.plugins import get_plugin_manager, reset_plugin_manager
+from haq_plugin.api.policy import Policy
+from haq_plugin.tasks.zoo import IMAGENET_INPUT_SHAPE, ZOO
 from tests.conftest import write_plugin_distribution
 from tests.helpers import run_cli
 
@@ -159,7 +159,7 @@ def test_short_search_on_roofline(roofline_site, tmp_path):
     assert policy.provenance["budget"]["fraction"] == 0.7
     achieved = policy.provenance["achieved"]
     assert achieved["cost_fraction"] <= 0.7 + 1e-12
-    from haq_plugin.demo import load_demo
+    from haq_plugin.tasks.demo import load_demo
 
     demo = load_demo()
     layers = extract_layers(demo.model, demo.example_input)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from haq_plugin import HaqError
+from haq_plugin.api.errors import HaqError
 
 LLM_INSTALL = 'pip install torch==2.13.0 -e ".[llm]"  (or: pip install "haq-plugin[llm]")'
 _EXTRA_MODULES = ("transformers", "gguf", "accelerate")

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from haq_plugin import HaqError
+from haq_plugin.api.errors import HaqError
 
 from haq_plugin.tasks.llm.float_cache import llm_cache_dir, sha256_of
 

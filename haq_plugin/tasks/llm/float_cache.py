@@ -23,24 +23,15 @@ from typing import Any
 
 import torch
 
+from haq_plugin.storage.cache import cache_dir
+
 STATE_FILE = "model.safetensors"
 SOURCE_FILE = "source.json"
 
 
 def llm_cache_dir(*parts: str) -> Path:
-    """``<cache>/llm/<parts>`` (created).
-
-    The same root as the rest of haq-plugin's cache: ``$HAQ_PLUGIN_CACHE`` when set, else
-    the platform's user cache directory.  Written out here rather than imported because
-    the core's cache module is being moved; this one function is the only copy of that rule
-    in the language-model task.
-    """
-    import platformdirs
-
-    root = os.environ.get("HAQ_PLUGIN_CACHE") or platformdirs.user_cache_dir("haq-plugin")
-    path = Path(root, "llm", *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """``<cache>/llm/<parts>`` (created), under haq-plugin's one cache root."""
+    return cache_dir("llm", *parts)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:

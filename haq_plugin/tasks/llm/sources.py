@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from haq_plugin import HaqError
+from haq_plugin.api.errors import HaqError
 
 from haq_plugin.tasks.llm._extra import require_llm_extra
 from haq_plugin.tasks.llm.embedded import embedded_gguf, embedded_model

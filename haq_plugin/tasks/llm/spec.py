@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping
 
-from haq_plugin import HaqError
+from haq_plugin.api.errors import HaqError
 from haq_plugin.tasks.llm.text import (DEFAULT_CALIBRATION_WINDOWS, DEFAULT_TEST_WINDOWS, DEFAULT_VAL_WINDOWS,
                                        DEFAULT_WINDOW)
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from haq_plugin import HaqError
+from haq_plugin.api.errors import HaqError
 
 from haq_plugin.tasks.llm.perplexity import DEFAULT_BATCH_SIZE, perplexity_eval_fn
 from haq_plugin.tasks.llm.sources import LanguageModel, load_language_model

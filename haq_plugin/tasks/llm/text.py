@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from haq_plugin import HaqError
+from haq_plugin.api.errors import HaqError
 
 # CPU-sized defaults.  A 256-token forward of a 135M model takes about 1.2 s on one
 # thread, so two val windows keep one evaluation near 2.5 s and a 100-evaluation search

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from haq_plugin import HaqError, LayerSpec, load_hardware
-from haq_plugin.costs import build_cost_table
+from haq_plugin.engine.costs import build_cost_table
 from tests.helpers import run_cli
 
 HERE = Path(__file__).parent
@@ -126,7 +126,7 @@ def test_cost_table_has_energy_for_every_width():
 
 
 def test_discovered_through_its_entry_point():
-    from haq_plugin.plugins import get_plugin_manager
+    from haq_plugin.api.plugins import get_plugin_manager
 
     registration = get_plugin_manager().hardware.get("llm-decode")
     assert registration.plugin == "llm_decode"

@@ -1,0 +1,399 @@
+"""The ``torch.ao`` quantization backend: HAQ policies as torch.ao QConfigMappings.
+
+A policy becomes one ``QConfig`` per layer, set by module name:
+
+* weights: ``FakeQuantize`` with a ``PerChannelMinMaxObserver`` (subclass
+  ``FullRangeSymmetricObserver``, whose scale keeps converted integer weights in
+  range), ``torch.qint8``, ``per_channel_symmetric``, range
+  ``[-2^(w-1), 2^(w-1) - 1]``;
+* activations: ``FakeQuantize`` with ``MinMaxObserver`` (or
+  ``MovingAverageMinMaxObserver``, option ``act_observer``), ``torch.quint8``,
+  ``per_tensor_affine``, range ``[0, 2^a - 1]``.  Affine unsigned ranges also
+  hold negative inputs (the observer moves the zero point), whereas signed
+  activation QConfigs are silently ignored by torch.ao's default backend config.
+
+In FX graph mode a QConfig's activation quantizes the node's *output*, so a
+layer's activation bits go to the QConfig of whatever produces its input; see
+:mod:`haq_plugin.adapters.torch_ao.plan` for how that producer is found, and
+for the two cases where one observer serves several layers (the network input
+shares the first layer's QConfig; a tensor read by several layers has one
+observer): such observers take the smallest of those layers' bits.  Models that
+FX cannot trace fall back to eager mode (:mod:`haq_plugin.adapters.torch_ao.eager`),
+where every layer quantizes its own input.
+
+Search loop costs: ``prepare`` copies the model once and traces it once
+(``prepare_qat_fx``, 8 bits everywhere); ``set_policy`` rewrites
+``quant_min``/``quant_max`` of the existing fake-quantizers and resets their
+statistics; ``calibrate`` observes the calibration batches and freezes the
+ranges; ``finetune`` trains a few steps and the next ``set_policy`` restores
+the weights of ``prepare``, so episodes stay independent.
+
+Export file (``qconfig_mapping.json``, ``schema_version`` 1)::
+
+    {
+      "format": "haq-plugin torch.ao QConfigMapping",
+      "schema_version": 1,
+      "mode": "fx" | "eager",
+      "graph": "traced" | "assumed-chain" | "eager",
+      "layers": [{"name": "features.0.0", "shape": "conv:...", "weight_bits": 8,
+                  "activation_bits": 8, "effective_activation_bits": 8}, ...],
+      "shared_activation_observers": [["features.0.0", "features.1.conv.0.0"], ...],
+      "qconfig_mapping": {
+        "global": QCONFIG,
+        "module_name": [{"name": "features.0.0", "qconfig": QCONFIG}, ...],
+        "module_name_object_type_order": [{"module_name": "features.1", "object_type": "_operator.add",
+                                           "index": 0, "qconfig": QCONFIG}, ...]
+      }
+    }
+
+where ``QCONFIG`` is ``{"activation": CTOR, "weight": CTOR}`` and ``CTOR`` is
+described in :mod:`haq_plugin.adapters.torch_ao.mapping_json`.  ``graph`` says how
+the producers were found: ``traced`` from the model (exact); ``assumed-chain``
+when the policy was exported without its model (each layer is assumed to read
+the previous layer's output; give the model to :func:`load_qconfig_mapping` to
+rebuild it exactly); ``eager`` for eager mode, where each entry's activation
+describes the layer's *input* and the file is applied with
+:func:`prepare_qat_eager`.
+
+Apply an exported policy with :func:`backend_config` and :func:`convert_in_range` (see their docs)::
+
+    mapping = load_qconfig_mapping("qconfig_mapping.json", model, example_input)
+    qat_model = prepare_qat_fx(model.train(), mapping, (example_input,), backend_config=backend_config())
+    ...train qat_model as usual...
+    int_model = convert_in_range(qat_model)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.ao.nn.intrinsic import qat as nniqat
+from torch.ao.quantization import FakeQuantize, QConfigMapping
+
+from haq_plugin.api.backend import QuantBackend, batch_inputs, layer_difference
+from haq_plugin.api.errors import HaqError
+from haq_plugin.api.hookspecs import hookimpl
+from haq_plugin.api.layers import LayerSpec, extract_layers
+from haq_plugin.api.options import Option
+from haq_plugin.storage.files import read_versioned_json, write_text_atomic
+from haq_plugin.api.policy import Policy
+
+from haq_plugin.adapters.torch_ao.eager import eager_handles, prepare_qat_eager
+from haq_plugin.adapters.torch_ao.mapping_json import mapping_from_json, mapping_to_json
+from haq_plugin.adapters.torch_ao.match import warn_unmatched_layers
+from haq_plugin.adapters.torch_ao.plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
+from haq_plugin.adapters.common.integer_ranges import act_range, set_fake_quant_range, weight_range
+from haq_plugin.adapters.torch_ao.qconfig import ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS
+from haq_plugin.adapters.torch_ao.convert import backend_config, convert_in_range
+from haq_plugin.api.quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
+
+__all__ = ["TorchAoFxBackend", "TorchAoBackend", "backend_config", "convert_in_range", "load_qconfig_mapping", "prepare_qat_eager",
+           "qconfig_mapping_for", "SUPPORTED_BITS", "BITS_HELP"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "haq-plugin torch.ao QConfigMapping"
+SCHEMA_VERSION = 1
+BitMap = Mapping[str, tuple[int, int]]
+
+
+def _check_other_bits(value: int) -> str | None:
+    return None if value in SUPPORTED_BITS else BITS_HELP
+
+
+def checked_bits(bits: BitMap, layers: list[str]) -> dict[str, tuple[int, int]]:
+    """``bits`` in layer order, with every width checked; :class:`HaqError` otherwise."""
+    return TorchAoFxBackend().check_bits(bits, layers)
+
+
+def _layer_names(model: nn.Module, example_input: Any) -> list[str]:
+    return [spec.name for spec in extract_layers(model, example_input)]
+
+
+def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, act_observer: str = "minmax",
+                        other_act_bits: int = 8, quantize: str = QUANTIZE_MODES[0]) -> QConfigMapping:
+    """The QConfigMapping that makes ``prepare_qat_fx(model, mapping, ...)`` apply ``bits``.
+
+    ``bits`` maps layer name -> (weight_bits, activation_bits of the layer's
+    input).  A copy of the model is traced once to find which QConfig builds
+    the observer in front of each layer; ``model`` itself is left as it was.
+    """
+    layers = _layer_names(model, example_input)
+    checked = checked_bits(bits, layers)
+    try:
+        check_traceable(model)
+    except Exception as exc:
+        raise HaqError(f"torch.fx cannot trace {type(model).__name__} ({_one_line(exc)}), so no FX "
+                       "QConfigMapping applies; use the torch.ao backend's eager mode and prepare_qat_eager.") from None
+    # prepare_qat_fx writes .qconfig attributes into the modules it is given: trace a copy.
+    _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, layers, act_observer, other_act_bits)
+    plan.quantize = check_quantize(quantize, "qconfig_mapping_for")
+    return plan.mapping(checked)
+
+
+def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
+                         example_input: Any = None) -> QConfigMapping:
+    """Rebuild the QConfigMapping of an exported ``qconfig_mapping.json``.
+
+    Pass the model: ``load_qconfig_mapping(path, model, example_input)`` is the
+    safe form.  With both (FX files), the mapping is recomputed from the file's
+    bits by tracing the model, exact also for files whose ``graph`` is
+    ``assumed-chain``, and a model whose layers differ from the policy's is
+    refused with a :class:`HaqError` naming them.  With the model alone (or an
+    eager-mode file) the stored mapping is returned, with a ``UserWarning``
+    naming the layers it has that the model lacks.  Without the model nothing
+    can be checked: ``prepare_qat_fx`` ignores unknown names, and a renamed
+    layer silently gets the global 8-bit QConfig.
+    """
+    data = _read_export(Path(path))
+    if model is None or example_input is None or data["mode"] == "eager":
+        mapping = mapping_from_json(data["qconfig_mapping"], str(path))
+        if model is not None:
+            warn_unmatched_layers(mapping, model, path)
+        return mapping
+    bits = {entry["name"]: (int(entry["weight_bits"]), int(entry["activation_bits"])) for entry in data["layers"]}
+    observer = _stored_observer(data)
+    return qconfig_mapping_for(bits, model, example_input, act_observer=observer,
+                               other_act_bits=int(data.get("other_activation_bits", 8)),
+                               quantize=data.get("quantize", QUANTIZE_MODES[0]))
+
+
+def _stored_observer(data: Mapping[str, Any]) -> str:
+    observer = data.get("activation_observer", "minmax")
+    if observer not in ACT_OBSERVERS:
+        raise HaqError(f"qconfig mapping file: activation_observer {observer!r} is unknown.")
+    return observer
+
+
+def _read_export(path: Path) -> dict[str, Any]:
+    data = read_versioned_json(path, "QConfigMapping file", "torch.ao QConfigMapping file", FORMAT, SCHEMA_VERSION)
+    for key in ("mode", "layers", "qconfig_mapping"):
+        if key not in data:
+            raise HaqError(f"{path}: field '{key}' is missing.")
+    return data
+
+
+def _bits_problem(bits: Any, names: Sequence[str]) -> str:
+    """The first thing wrong with ``bits``: missing or unknown layers, else the first bad width."""
+    if not isinstance(bits, Mapping):
+        return f"bits must map layer names to pairs, got {type(bits).__name__}"
+    missing, extra = layer_difference(bits, names)
+    if missing or extra:
+        return "; ".join(([f"no bits for layer(s) {', '.join(missing)}"] if missing else [])
+                         + ([f"bits for unknown layer(s) {', '.join(extra)}"] if extra else []))
+    for name in names:
+        pair = tuple(bits[name]) if isinstance(bits[name], (tuple, list)) else (bits[name],)
+        for kind, value in zip(("weight", "activation"), pair):
+            if value not in SUPPORTED_BITS or isinstance(value, bool):
+                return f"the {kind} bit width of layer '{name}' is {value!r}"
+    return "the bits are malformed"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class TorchAoFxBackend(QuantizeMode, QuantBackend):
+    """Fake quantization with torch.ao QConfigs, FX graph mode or eager mode (see module docstring)."""
+
+    name = "torch.ao"
+    description = ("torch.ao QAT fake quantization: a QConfig per layer (per-channel symmetric weights, "
+                   "affine unsigned activations), FX graph mode with an eager fallback; exports a QConfigMapping")
+    export_filename = "qconfig_mapping.json"
+    supported_bits = SUPPORTED_BITS
+    bits_help = BITS_HELP
+    options = (
+        Option("mode", str, "auto", "fx: FX graph mode; eager: per-module qconfig with input fake-quantizers; "
+               "auto: FX when the model can be traced, else eager.", choices=("auto", "fx", "eager")),
+        Option("act_observer", str, "minmax", "Activation observer: minmax (range of all calibration "
+               "batches) or moving_average.", choices=tuple(ACT_OBSERVERS)),
+        Option("other_act_bits", int, 8, "Bits of activation observers that feed no quantizable layer "
+               "(e.g. a residual branch before its add, the network output).", check=_check_other_bits),
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._model: nn.Module | None = None
+        self._plan: ActivationPlan | None = None
+        self._weight_fqs: dict[str, FakeQuantize] = {}
+        self._act_fqs: list[tuple[FakeQuantize, OwnerKey]] = []
+        self._calibration: list[Any] = []
+        self._bits: dict[str, tuple[int, int]] = {}
+        self._calibrated = False
+
+    # -- setup ----------------------------------------------------------------------
+    def prepare(self, model: nn.Module, example_input: Any, calibration_data: Iterable[Any],
+                layers: Sequence[LayerSpec] | None = None) -> None:
+        names = [spec.name for spec in self.use_layers(model, example_input, layers)]
+        work = copy.deepcopy(model)
+        if self._use_fx(work):
+            self._model, self._plan, handles = prepare_probed(
+                work, example_input, names, self.config["act_observer"], self.config["other_act_bits"])
+            self._weight_fqs, self._act_fqs = handles.weights, handles.activations
+            for group in self._plan.shared():
+                log.info("torch.ao: the inputs of layers %s are quantized by observers of one QConfig; they "
+                         "share the smallest of their activation bit widths.", ", ".join(group))
+        else:
+            self._plan = ActivationPlan.eager(names, self.config["act_observer"], self.config["other_act_bits"])
+            uniform = {name: (8, 8) for name in names}
+            self._model = prepare_qat_eager(work, self._plan.mapping(uniform), inplace=True)
+            self._weight_fqs, inputs = eager_handles(self._model, names)
+            self._act_fqs = [(inputs[name], self._plan.input_key[name]) for name in names]
+        self._act_fqs = self._plan.apply_quantize(self.quantize, self._act_fqs)
+        self._calibration = list(calibration_data)
+        self.mark_prepared()
+        self.set_policy({name: (8, 8) for name in names})
+
+    def _use_fx(self, model: nn.Module) -> bool:
+        mode = self.config["mode"]
+        if mode == "eager":
+            return False
+        try:
+            check_traceable(model)
+        except Exception as exc:
+            if mode == "fx":
+                raise HaqError(f"torch.ao backend (mode=fx): torch.fx cannot trace {type(model).__name__} "
+                               f"({_one_line(exc)}); use mode=eager or mode=auto.") from None
+            log.warning("torch.ao: FX cannot trace %s (%s); using eager mode (per-layer qconfig, weight and "
+                        "input fake-quantizers).", type(model).__name__, _one_line(exc))
+            return False
+        return True
+
+    def _require_prepared(self) -> tuple[nn.Module, ActivationPlan]:
+        self.require_prepared()
+        assert self._model is not None and self._plan is not None
+        return self._model, self._plan
+
+    def bits_refusal(self, message: str, bits: Any, names: Sequence[str]) -> str:
+        """Says first which layer or width is wrong, in this backend's words."""
+        return f"torch.ao backend: {_bits_problem(bits, names)}. {message} {BITS_HELP}"
+
+    # -- per episode ----------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """``fx`` or ``eager``: how the prepared model was built."""
+        return self._require_prepared()[1].mode
+
+    @property
+    def plan(self) -> ActivationPlan:
+        """Which QConfig builds the observer in front of each layer."""
+        return self._require_prepared()[1]
+
+    def effective_act_bits(self, bits: BitMap | None = None) -> dict[str, int]:
+        """Activation bits each layer's input really gets (see :meth:`ActivationPlan.shared`)."""
+        plan = self._require_prepared()[1]
+        return plan.effective_act_bits(self.check_bits(bits, plan.layers) if bits is not None else self._bits)
+
+    def set_policy(self, bits: BitMap) -> None:
+        model, plan = self._require_prepared()
+        checked = self.check_bits(bits, plan.layers)
+        self.restore_weights(model)
+        for name, fq in self._weight_fqs.items():
+            set_fake_quant_range(fq, *weight_range(checked[name][0]))
+        act_bits = plan.act_bits_by_key(checked)
+        for fq, key in self._act_fqs:
+            set_fake_quant_range(fq, *act_range(act_bits[key]))
+        self._bits = checked
+        self._calibrated = False
+
+    def _fake_quants(self) -> list[FakeQuantize]:
+        return list(self._weight_fqs.values()) + [fq for fq, _ in self._act_fqs]
+
+    def calibrate(self) -> None:
+        model, _ = self._require_prepared()
+        model.eval()
+        for fq in self._fake_quants():
+            fq.activation_post_process.reset_min_max_vals()
+            fq.enable_observer()
+            fq.enable_fake_quant()
+        with torch.no_grad():
+            for batch in self._calibration:
+                model(batch_inputs(batch))
+        for fq in self._fake_quants():
+            fq.disable_observer()
+        self._calibrated = True
+
+    def evaluate(self, eval_fn: Any) -> float:
+        """Accuracy of the current policy; calibrates first if the policy has not been calibrated."""
+        if not self._calibrated:
+            self.calibrate()
+        return super().evaluate(eval_fn)
+
+    def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
+        """``steps`` Adam steps with cross-entropy on ``(x, y)`` batches; activation ranges stay frozen.
+
+        Weight ranges follow the weights, BatchNorm statistics are frozen, and the
+        next :meth:`set_policy` restores the weights of :meth:`prepare`.
+        """
+        model, _ = self._require_prepared()
+        if steps <= 0:
+            return
+        if not self._calibrated:
+            self.calibrate()
+        model.apply(nniqat.freeze_bn_stats)
+        for fq in self._weight_fqs.values():
+            fq.enable_observer()
+        try:
+            self.train_steps(model, train_data, steps, lr)
+        finally:
+            for fq in self._weight_fqs.values():
+                fq.disable_observer()
+            model.apply(nniqat.update_bn_stats)
+            model.eval()
+
+    @property
+    def model(self) -> nn.Module:
+        return self._require_prepared()[0]
+
+    # -- export ---------------------------------------------------------------------
+    def export(self, policy: Policy | BitMap, path: str | Path) -> Path:
+        """Write ``qconfig_mapping.json``; without :meth:`prepare` the layers are assumed to form a chain."""
+        bits = dict(getattr(policy, "bits", policy))
+        shapes = dict(getattr(policy, "layers", []) or [])
+        if self._plan is not None:
+            plan, graph = self._plan, ("eager" if self._plan.mode == "eager" else "traced")
+        else:
+            plan = ActivationPlan.chain(list(bits), self.config["act_observer"], self.config["other_act_bits"])
+            plan.quantize, graph = self.quantize, "assumed-chain"
+            log.warning("torch.ao: exporting without the model, so each layer is assumed to read the previous "
+                        "layer's output; pass the model to load_qconfig_mapping(path, model, example_input) to "
+                        "rebuild the mapping exactly.")
+        checked = self.check_bits(bits, plan.layers)
+        data = export_document(plan, checked, shapes, graph)
+        return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def export_document(plan: ActivationPlan, bits: BitMap, shapes: Mapping[str, str], graph: str) -> dict[str, Any]:
+    """The JSON document of the module docstring for ``plan`` and ``bits``."""
+    mapping = plan.mapping(bits)
+    effective = plan.effective_act_bits(bits)
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "mode": plan.mode,
+        "graph": graph,
+        "activation_observer": plan.observer,
+        "other_activation_bits": plan.other_act_bits,
+        "quantize": plan.quantize,
+        "layers": [{"name": name, "shape": shapes.get(name, ""), "weight_bits": bits[name][0],
+                    "activation_bits": bits[name][1], "effective_activation_bits": effective[name]}
+                   for name in plan.layers],
+        "shared_activation_observers": plan.shared(),
+        "qconfig_mapping": mapping_to_json(mapping),
+    }
+
+
+#: The class's name before the adapters became one package each (kept for existing imports).
+TorchAoBackend = TorchAoFxBackend
+
+
+@hookimpl
+def haq_quant_backends() -> list[type[QuantBackend]]:
+    return [TorchAoFxBackend]

@@ -1,0 +1,86 @@
+"""``convert_fx`` that keeps every layer's weight integers inside the policy's range.
+
+``convert_fx`` quantizes each weight again from the float weight and the
+scale its fake-quantizer last computed, and clamps to the limits of
+``torch.qint8`` (-128..127), not to the layer's ``quant_min``/``quant_max``.
+Two cases then leave the range:
+
+* observers frozen for the last QAT epochs (the usual practice): the weights
+  keep moving, the scale does not, and a weight that grew past the frozen
+  range becomes ``quant_max + 1`` or more;
+* a clipped weight range (MSE clipping at low bits), whose outliers lie beyond
+  the range by design.
+
+Fake quantization clamps those weights during training, so the QAT model
+computed with the clamped values all along; :func:`convert_in_range` clamps
+the converted integers the same way, which makes the integer model compute
+what the QAT model computed.
+
+What this does not change: activations.  A converted layer requantizes its
+output with the calibrated scale and zero point, but the quantized kernels
+saturate at 0..255, not at ``2^a - 1``.  Inputs inside the range the
+activation observers saw map into ``[0, 2^a - 1]``; inputs beyond it can give
+larger integers.
+"""
+
+from __future__ import annotations
+
+__all__ = ["backend_config", "clamp_weight_integers", "convert_in_range", "weight_ranges"]
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.ao.quantization import FakeQuantize
+from torch.ao.quantization.quantize_fx import convert_fx
+
+from haq_plugin.adapters.torch_ao.fx_backend import backend_config
+from haq_plugin.adapters.torch_ao.qconfig import fake_quant_range
+from haq_plugin.adapters.torch_ao.quiet import quiet_torch_ao
+
+
+def weight_ranges(qat_model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Module name -> integer range of its weight fake-quantizer."""
+    return {name: fake_quant_range(module.weight_fake_quant) for name, module in qat_model.named_modules()
+            if isinstance(getattr(module, "weight_fake_quant", None), FakeQuantize)}
+
+
+def _clamped(weight: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    ints = weight.int_repr().clamp(low, high)
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return torch._make_per_channel_quantized_tensor(
+            ints, weight.q_per_channel_scales(), weight.q_per_channel_zero_points(), weight.q_per_channel_axis())
+    return torch._make_per_tensor_quantized_tensor(ints, weight.q_scale(), weight.q_zero_point())
+
+
+def clamp_weight_integers(int_model: nn.Module, ranges: dict[str, tuple[int, int]]) -> list[str]:
+    """Clamp the packed weights of converted layers into ``ranges``; the names of layers that changed."""
+    changed = []
+    modules = dict(int_model.named_modules())
+    for name, (low, high) in ranges.items():
+        module = modules.get(name)
+        if module is None or not hasattr(module, "set_weight_bias") or not callable(getattr(module, "weight", None)):
+            continue
+        weight = module.weight()
+        ints = weight.int_repr()
+        if int(ints.min()) >= low and int(ints.max()) <= high:
+            continue
+        bias = module.bias() if callable(getattr(module, "bias", None)) else getattr(module, "bias", None)
+        module.set_weight_bias(_clamped(weight, low, high), bias)
+        changed.append(name)
+    return changed
+
+
+def convert_in_range(qat_model: nn.Module, **convert_kwargs: Any) -> fx.GraphModule:
+    """``convert_fx(qat_model.eval(), backend_config=backend_config())`` with weight integers held in range.
+
+    Every converted Conv/Linear stores weight integers inside its policy's
+    ``[-2^(w-1), 2^(w-1) - 1]``, whether the observers were frozen or not;
+    see the module docstring for what holds for activations.
+    """
+    ranges = weight_ranges(qat_model)
+    convert_kwargs.setdefault("backend_config", backend_config())
+    with quiet_torch_ao():
+        int_model = convert_fx(qat_model.eval(), **convert_kwargs)
+    clamp_weight_integers(int_model, ranges)
+    return int_model

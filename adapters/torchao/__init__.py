@@ -1,0 +1,286 @@
+"""The ``torchao`` backend: HAQ policies on PyTorch's maintained PT2E quantization stack.
+
+The model is captured once with ``torch.export.export`` (batch dimension
+dynamic) and prepared once with torchao's ``prepare_qat_pt2e`` and a
+:class:`~haq_plugin.adapters.torchao.quantizer.LayerBitsQuantizer` at 8
+bits: every conv/linear node gets a per-channel symmetric weight fake
+quantizer and a per-tensor affine fake quantizer on its input, which is
+exactly HAQ's "activation bits of the layer's input" (no observer is shared
+between layers, unlike torch.ao's FX mode).  Layers are matched by module
+name through the exported graph's ``nn_module_stack``.
+
+Search loop costs: ``set_policy`` rewrites ``quant_min``/``quant_max`` of
+the existing fake quantizers in place and forgets their statistics;
+``calibrate`` observes the calibration batches and freezes the ranges;
+``finetune`` trains a few steps (Adam, cross-entropy by default) and the next
+``set_policy`` restores the prepared weights.  Option ``quantize=weights``
+leaves every input in floating point (weight-only policies; activation bits
+of the bit map are then ignored).
+
+Export file (``torchao_quantizer.json``, ``schema_version`` 1)::
+
+    {
+      "format": "haq-plugin torchao PT2E quantizer",
+      "schema_version": 1,
+      "quantize": "weights+activations" | "weights",
+      "layers": [{"name": "features.0.0", "shape": "conv:...",
+                  "weight_bits": 4, "activation_bits": 3,        # null when quantize is "weights"
+                  "weight": {"dtype": "int8", "quant_min": -8, "quant_max": 7,
+                             "qscheme": "per_channel_symmetric", "ch_axis": 0},
+                  "activation": {"dtype": "uint8", "quant_min": 0, "quant_max": 7,
+                                 "qscheme": "per_tensor_affine", "ch_axis": null} | null}, ...]
+    }
+
+``weight``/``activation`` spell out the torchao ``QuantizationSpec`` each
+layer gets; the loader reads the bits and rebuilds the specs from them.
+
+Apply an exported policy in your own training script (quantization-aware)::
+
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e, convert_pt2e
+    from haq_plugin.adapters.torchao import load_quantizer
+
+    quantizer = load_quantizer("haq-output/torchao_quantizer.json")
+    qat = prepare_qat_pt2e(torch.export.export(model, (example_input,)).module(), quantizer)
+    ...train qat as usual...
+    int_model = convert_pt2e(qat)
+
+(``prepare_pt2e`` with ``load_quantizer(path, for_training=False)`` and a
+few calibration batches works for post-training quantization; export with
+``dynamic_shapes`` when batches vary in size.)  Weight-only policies also
+apply with ``quantize_(model, load_quantize_config(path), filter_fn=None)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+import types
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import torch
+from torch import fx, nn
+
+from haq_plugin.api.backend import BitMap, QuantBackend, batch_inputs
+from haq_plugin.api.errors import HaqError
+from haq_plugin.api.hookspecs import hookimpl
+from haq_plugin.api.layers import LayerSpec
+from haq_plugin.api.options import Option
+from haq_plugin.api.policy import Policy
+
+from haq_plugin.adapters.torchao.quantizer_file import (
+    SUPPORTED_BITS, export_document, read_quantizer_file, write_document)
+from haq_plugin.api.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, QuantizeMode
+from haq_plugin.adapters.common.integer_ranges import act_range, set_fake_quant_range, weight_range
+from haq_plugin.adapters.torchao.quiet import quiet_export
+
+if TYPE_CHECKING:
+    from torchao.quantization import FqnToConfig
+
+    from haq_plugin.adapters.torchao.quantizer import LayerBitsQuantizer, LayerFakeQuants
+
+__all__ = ["TorchaoPt2eBackend", "TorchaoBackend", "load_quantizer", "load_quantize_config", "export_for_quantization"]
+
+log = logging.getLogger(__name__)
+
+BITS_HELP = ("The torchao backend quantizes with 2 to 8 bits: weights are held in torch.int8 and inputs in "
+             "torch.uint8, and 1 bit has no symmetric signed weight range.")
+
+
+def pt2e() -> types.ModuleType:
+    """torchao's PT2E API and this backend's quantizer, imported on first use.
+
+    Importing torchao takes seconds; deferring it keeps every command that does
+    not quantize with torchao (``hw list``, a search on another backend) fast.
+    """
+    from haq_plugin.adapters.torchao import quantizer as _torchao_quantizer
+
+    return _torchao_quantizer
+
+
+def load_quantizer(path: str | Path, for_training: bool = True) -> LayerBitsQuantizer:
+    """The torchao ``Quantizer`` of an exported ``torchao_quantizer.json``.
+
+    Use it with ``prepare_qat_pt2e`` (fake quantizers, the default) or, with
+    ``for_training=False``, with ``prepare_pt2e`` (observers).  Preparing a
+    model whose conv/linear module names differ from the file's raises
+    :class:`HaqError` naming the missing and unknown layers.
+    """
+    return pt2e().LayerBitsQuantizer(read_quantizer_file(path).bits, for_training=for_training)
+
+
+def load_quantize_config(path: str | Path) -> FqnToConfig:
+    """An ``FqnToConfig`` with ``IntxWeightOnlyConfig(torch.int{w}, PerAxis(0))`` per layer of the file.
+
+    Apply it with ``quantize_(model, config, filter_fn=None)``.  This recipe
+    quantizes weights only, so any activation bits of the file are not used.
+    torchao 0.18's ``IntxWeightOnlyConfig`` takes 2-d weights and 1x1
+    convolutions (one scale per output channel); it cannot quantize a conv
+    with a larger kernel per output channel, so those layers map to ``None``
+    (left in floating point, listed in a warning): use :func:`load_quantizer`
+    to quantize every layer.
+    """
+    ao = pt2e()
+    contents = read_quantizer_file(path)
+    configs: dict[str, Any] = {}
+    for name, (weight_bits, _) in contents.bits.items():
+        takes = intx_weight_only_takes(contents.shapes[name])
+        configs[name] = ao.IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{weight_bits}"),
+                                                granularity=ao.PerAxis(0)) if takes else None
+    skipped = [name for name, config in configs.items() if config is None]
+    if skipped:
+        log.warning("torchao: IntxWeightOnlyConfig cannot quantize convolutions with kernels larger than 1x1 per "
+                    "output channel; %d layer(s) stay in floating point: %s. load_quantizer(path) quantizes them.",
+                    len(skipped), ", ".join(skipped))
+    return ao.FqnToConfig(fqn_to_config=configs)
+
+
+def intx_weight_only_takes(shape_key: str) -> bool:
+    """Whether torchao's per-output-channel ``IntxWeightOnlyConfig`` can quantize a layer of this shape."""
+    return not shape_key.startswith("conv") or ":k(1,1):" in shape_key
+
+
+def export_for_quantization(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    """``torch.export`` of a copy of ``model`` with a dynamic batch dimension, as a graph module.
+
+    A model that ``torch.export`` cannot capture is a :class:`HaqError` naming
+    the construct it failed on.
+    """
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
+        raise HaqError("backend 'torchao': example_input must be one batched tensor, got "
+                       f"{type(example_input).__name__}.")
+    example = torch.cat([example_input[:1]] * 2)  # a batch of 2: export keeps size-1 dims static
+    try:
+        with quiet_export():
+            exported = torch.export.export(copy.deepcopy(model).eval(), (example,),
+                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as exc:  # torch.export raises many types: user errors, unsupported ops, guards
+        raise HaqError(f"backend 'torchao': torch.export cannot capture {type(model).__name__}: "
+                       f"{_first_line(exc)}. PT2E quantization needs an exportable model (no data-dependent "
+                       "control flow, no unsupported Python constructs in forward); use --backend torch.ao, "
+                       "which falls back to eager mode for such models.") from None
+    return exported.module()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
+    """Fake quantization with torchao PT2E (``prepare_qat_pt2e``); see the module docstring."""
+
+    name = "torchao"
+    description = ("torchao PT2E (torch.export + prepare_qat_pt2e): per-channel symmetric weights and affine "
+                   "unsigned layer inputs, ranges changed in place; exports a torchao Quantizer (recommended)")
+    export_filename = "torchao_quantizer.json"
+    supported_bits = SUPPORTED_BITS
+    bits_help = BITS_HELP
+    options = (
+        Option("quantize", str, WEIGHTS_AND_ACTIVATIONS, choices=QUANTIZE_MODES,
+               help="What is quantized: weights and layer inputs, or weights only (inputs stay float and the "
+                    "activation bits of a policy are ignored)."),
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._model: fx.GraphModule | None = None
+        self._fake_quants: dict[str, LayerFakeQuants] = {}
+        self._calibration: list[Any] = []
+        self._bits: dict[str, tuple[int, int]] = {}
+        self._calibrated = False
+        self.quantize = self.config["quantize"]
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
+                layers: Sequence[LayerSpec] | None = None) -> None:
+        """Export and prepare ``model`` once (8 bits everywhere), then calibrate."""
+        names = [layer.name for layer in self.use_layers(model, example_input, layers)]
+        self._calibration = [batch_inputs(batch) for batch in calibration_data]
+        if not self._calibration:
+            raise HaqError("backend 'torchao': calibration_data is empty; give at least one input batch.")
+        act_bits = None if self.weights_only else 8
+        ao = pt2e()
+        quantizer = ao.LayerBitsQuantizer({name: (8, act_bits) for name in names})
+        prepared = ao.prepare_qat_pt2e(export_for_quantization(model, example_input), quantizer)
+        ao.allow_exported_model_train_eval(prepared)
+        self._model, self._fake_quants = prepared, ao.layer_fake_quants(prepared)
+        self.mark_prepared()
+        self.set_policy({name: (8, 8) for name in names})
+        self.calibrate()
+
+    def _require_prepared(self) -> fx.GraphModule:
+        self.require_prepared()
+        assert self._model is not None
+        return self._model
+
+    def set_policy(self, bits: BitMap) -> None:
+        """Write every layer's weight and input range into its fake quantizers."""
+        model = self._require_prepared()
+        checked = self.check_bits(bits)
+        self.restore_weights(model)
+        for name, (weight_bits, act_bits) in checked.items():
+            for fq in self._fake_quants[name].weights:
+                set_fake_quant_range(fq, *weight_range(weight_bits))
+            for fq in self._fake_quants[name].inputs:
+                set_fake_quant_range(fq, *act_range(act_bits))
+        self._bits, self._calibrated = checked, False
+
+    def _all_fake_quants(self) -> list[Any]:
+        return [fq for entry in self._fake_quants.values() for fq in entry.weights + entry.inputs]
+
+    def calibrate(self) -> None:
+        """Observe the calibration batches with fresh statistics, then freeze every range."""
+        model = self._require_prepared()
+        model.eval()
+        for fq in self._all_fake_quants():
+            fq.activation_post_process.reset_min_max_vals()
+            fq.enable_observer()
+            fq.enable_fake_quant()
+        with torch.no_grad():
+            for batch in self._calibration:
+                model(batch)
+        for fq in self._all_fake_quants():
+            fq.disable_observer()
+        self._calibrated = True
+
+    def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
+        """QAT for ``steps`` batches: weight ranges follow the weights, input ranges stay frozen."""
+        model = self._require_prepared()
+        if steps <= 0:
+            return
+        if not self._calibrated:
+            self.calibrate()
+        weights = [fq for entry in self._fake_quants.values() for fq in entry.weights]
+        for fq in weights:
+            fq.enable_observer()
+        try:
+            self.train_steps(model, train_data, steps, lr)
+        finally:
+            for fq in weights:
+                fq.disable_observer()
+
+    def evaluate(self, eval_fn: Any) -> float:
+        """Accuracy of the current policy; calibrates first if the policy has not been calibrated."""
+        if not self._calibrated:
+            self.calibrate()
+        return super().evaluate(eval_fn)
+
+    @property
+    def model(self) -> fx.GraphModule:
+        return self._require_prepared()
+
+    def export(self, policy: Policy | BitMap, path: str | Path) -> Path:
+        """Write ``torchao_quantizer.json`` (into ``path`` if it is a directory)."""
+        self.require_prepared()
+        bits = self.policy_bits(policy)
+        shapes = {layer.name: layer.shape_key() for layer in self.layers}
+        return write_document(self.export_path(path), export_document(bits, shapes, self.quantize))
+
+
+#: The class's name before the adapters became one package each (kept for existing imports).
+TorchaoBackend = TorchaoPt2eBackend
+
+
+@hookimpl
+def haq_quant_backends() -> list[type[QuantBackend]]:
+    return [TorchaoPt2eBackend]

@@ -1,0 +1,1 @@
+"""Analyses built on the search: budget sweeps, layer sensitivity and their reports."""

@@ -1,0 +1,156 @@
+"""Per-layer sensitivity: how much accuracy each layer loses at low bits, and what it costs.
+
+For every quantizable layer and every width ``b`` of ``bits``, the model is
+evaluated twice with everything at 8 bits except that layer's weights (first)
+or its input activations (second) at ``b`` bits: ``layers x bits x 2``
+evaluations, plus one for the uniform 8-bit reference, which is the 8-bit column
+of every layer.  Beside the accuracies stands each layer's share of the
+constrained cost of the uniform 8-bit policy (from the hardware cost table), so
+that a cheap, robust layer and an expensive, sensitive one can be told apart:
+this is why a searched policy gives some layers few bits and others many.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from torch import nn
+
+from haq_plugin.storage import outputs
+from haq_plugin.api.backend import QuantBackend, prepare_for_search
+from haq_plugin.api.bits import check_width
+from haq_plugin.engine.costs import CONSTRAINTS, build_cost_table
+from haq_plugin.engine.environment import KEPT_BITS
+from haq_plugin.api.errors import HaqError
+from haq_plugin.api.hardware import HardwareModel
+from haq_plugin.api.layers import LayerSpec, extract_layers
+from haq_plugin.engine.evaluate import float_accuracy, policy_accuracy
+from haq_plugin.api.plugins import load_backend, load_hardware
+from haq_plugin.engine.search import seed_everything
+
+DEFAULT_BITS = (2, 3, 4)
+TARGETS = ("weights", "activations")
+
+
+@dataclass
+class LayerSensitivity:
+    """One layer's accuracies (percent) by bit width, its weights and its input activations separately."""
+
+    index: int
+    name: str
+    describe: str
+    cost_share: float
+    weights: dict[int, float]
+    activations: dict[int, float]
+
+
+@dataclass
+class SensitivityResult:
+    """The per-layer table, the reference accuracies and the run's size and time."""
+
+    layers: list[LayerSensitivity]
+    bits: tuple[int, ...]
+    constraint: str
+    hardware: str
+    backend: str
+    eight_bit_accuracy: float
+    float_accuracy: float
+    evaluations: int
+    seconds: float
+    output_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> tuple[int, ...]:
+        """The bit widths of the table: the measured ones and the 8-bit reference."""
+        return (*self.bits, KEPT_BITS)
+
+
+def parse_bit_list(text: str, flag: str = "--bits") -> tuple[int, ...]:
+    """``"2,3,4"`` -> (2, 3, 4)."""
+    try:
+        return tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        raise HaqError(f"{flag} {text!r}: write comma-separated bit widths, e.g. 2,3,4.") from None
+
+
+def check_bit_list(bits: Iterable[Any], hardware: HardwareModel, backend: QuantBackend) -> tuple[int, ...]:
+    """Distinct widths below 8 that both the hardware and the backend support, in increasing order."""
+    values = list(bits)
+    if not values:
+        raise HaqError("Sensitivity needs at least one bit width, e.g. bits=[2, 3, 4] (--bits 2,3,4).")
+    supported = sorted(set(hardware.supported_bits) & set(backend.supported_bits))
+    who = f"by both hardware '{hardware.name}' and backend '{backend.name}'"
+    checked = [check_width(value, "sensitivity bit width", supported, who) for value in values]
+    check_width(KEPT_BITS, "the 8-bit reference", supported, who)
+    if KEPT_BITS in checked or len(set(checked)) != len(checked):
+        raise HaqError(f"Sensitivity bit widths {', '.join(map(str, checked))}: give each width once, without "
+                       f"{KEPT_BITS} (the {KEPT_BITS}-bit reference column is always measured).")
+    return tuple(sorted(checked))
+
+
+def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel | str,
+                backend: QuantBackend | str, eval_fn: Callable[[nn.Module], float], calibration_data: Iterable[Any],
+                bits: Sequence[int] = DEFAULT_BITS, constraint: str = "latency", seed: int = 0,
+                output_dir: str | Path | None = None, force: bool = False, progress: bool = True,
+                use_cache: bool = True) -> SensitivityResult:
+    """Measure every layer's accuracy at each of ``bits``, weights and input activations separately.
+
+    ``constraint`` chooses the cost whose per-layer share is reported.  With an
+    ``output_dir`` the CSV, the heatmap and the markdown table are written there
+    (a non-empty directory needs ``force``).  ``progress`` shows a bar and the
+    number of evaluations on stderr before the first one.
+    """
+    from tqdm import tqdm
+
+    from haq_plugin.analyses.sensitivity_report import write_sensitivity_outputs
+
+    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    be = load_backend(backend) if isinstance(backend, str) else backend
+    if constraint not in CONSTRAINTS:
+        raise HaqError(f"Unknown constraint '{constraint}'. Choose one of: {', '.join(CONSTRAINTS)}.")
+    widths = check_bit_list(bits, hw, be)
+    layers = extract_layers(model, example_input)
+    shares = cost_shares(hw, layers, constraint, widths, use_cache)
+    directory = outputs.prepare_output_dir(output_dir, resume=False, force=force) if output_dir else None
+    total = len(layers) * len(widths) * len(TARGETS)
+    if progress:
+        print(f"sensitivity: {len(layers)} layers x {len(widths)} bit widths x 2 (weights, activations) = {total} "
+              "evaluations, plus 1 for the uniform 8-bit reference", file=sys.stderr)
+    start = time.perf_counter()
+    seed_everything(seed)
+    prepare_for_search(be, model, example_input, calibration_data)
+    eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
+    reference = policy_accuracy(be, eight, eval_fn)
+    rows = []
+    with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for i, layer in enumerate(layers):
+            measured: dict[str, dict[int, float]] = {target: {} for target in TARGETS}
+            for slot, target in enumerate(TARGETS):
+                for width in widths:
+                    pair = (width, KEPT_BITS) if slot == 0 else (KEPT_BITS, width)
+                    measured[target][width] = policy_accuracy(be, {**eight, layer.name: pair}, eval_fn)
+                    bar.update(1)
+                measured[target][KEPT_BITS] = reference
+            rows.append(LayerSensitivity(i, layer.name, layer.describe(), shares[i], measured["weights"],
+                                         measured["activations"]))
+    result = SensitivityResult(layers=rows, bits=widths, constraint=constraint, hardware=hw.name, backend=be.name,
+                               eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, eval_fn),
+                               evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory)
+    if directory is not None:
+        result.files = write_sensitivity_outputs(result)
+    return result
+
+
+def cost_shares(hardware: HardwareModel, layers: Sequence[LayerSpec], constraint: str, widths: Sequence[int],
+                use_cache: bool) -> list[float]:
+    """Each layer's share of the uniform 8-bit policy's ``constraint`` cost."""
+    table = build_cost_table(hardware, layers, bits=sorted({*widths, KEPT_BITS}), cache=use_cache)
+    per_layer = table.layer_costs(constraint, [(KEPT_BITS, KEPT_BITS)] * len(layers))
+    total = float(per_layer.sum())
+    return [float(c) / total if total > 0 else 0.0 for c in per_layer]

@@ -1,0 +1,28 @@
+import torch
+
+from haq_plugin import extract_layers
+from haq_plugin.tasks.demo import TrainSettings, demo_cache_key, digits_splits, load_demo
+
+
+def test_fixed_split_sizes_and_disjointness():
+    splits = digits_splits()
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 1078, "val": 359, "test": 360}
+    again = digits_splits()
+    assert torch.equal(splits["test"][0], again["test"][0])  # seeded, not random per call
+    assert float(splits["train"][0].max()) == 1.0 and float(splits["train"][0].min()) == 0.0
+
+
+def test_demo_model_is_accurate_cached_and_has_depthwise_layers():
+    task = load_demo()
+    assert task.float_test_accuracy >= 95.0
+    assert task.float_val_accuracy >= 95.0
+    again = load_demo()
+    assert not again.trained_now  # second load comes from the cache
+    assert again.float_test_accuracy == task.float_test_accuracy
+    layers = extract_layers(task.model, task.example_input)
+    assert len(layers) == 14 and sum(l.is_depthwise for l in layers) == 4
+
+
+def test_cache_key_follows_training_settings():
+    assert demo_cache_key(TrainSettings()) == demo_cache_key(TrainSettings())
+    assert demo_cache_key(TrainSettings(epochs=16)) != demo_cache_key(TrainSettings())
