@@ -44,6 +44,8 @@ class GroupwiseBackend(QuantBackend):
                "torchao's usual sizes; 0: one group per output channel)", choices=GROUP_SIZES),
         Option("zero_point", str, "float", "'float': float16 minimum per group (llama.cpp Q4_1); 'integer': "
                "torchao's int8 zero point (what its IntxWeightOnlyConfig computes)", choices=ZERO_POINTS),
+        Option("cache_mb", int, 1024, "rounded weights kept for reuse, in MiB (a search revisits the same layer "
+               "and width often; 0 rounds every time)", minimum=0),
         Option("weight_range", str, "minmax", "'minmax': each group's full range; 'mse': the range narrowed to the "
                "smallest squared error (float zero point only)", choices=WEIGHT_RANGES),
     )
@@ -100,7 +102,8 @@ class GroupwiseBackend(QuantBackend):
         originals = dict(model.named_modules())
         copies = dict(self._model.named_modules())
         self._weights = GroupQuantizedWeights(
-            {layer.name: (originals[layer.name].weight, copies[layer.name].weight) for layer in layers}, self.grid)
+            {layer.name: (originals[layer.name].weight, copies[layer.name].weight) for layer in layers}, self.grid,
+            cache_bytes=self.config["cache_mb"] * 2 ** 20)
         self.mark_prepared()
         self.set_policy({layer.name: (8, 8) for layer in layers})
 

@@ -1,14 +1,17 @@
 """The float weights of the quantized layers and their rounded copies, rewritten per policy.
 
 A language model's block linears hold about 10^8 weights, so a policy is
-written into the model in place, layer by layer, and only where its bits
-changed: no second copy of the model per episode, and an episode that changes
-a few layers costs a few layers.  The float weights are read from the model the
-backend was prepared on, which is never modified.
+written into the model layer by layer, and only where its bits changed: an
+episode that changes a few layers costs a few layers.  Rounded weights are
+kept, most recently used first, up to ``cache_bytes``: a search revisits the
+same (layer, width) pairs all the time, and a kept one is swapped in without
+rounding again.  The float weights are read from the model the backend was
+prepared on, which is never modified.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Mapping
 
 import torch
@@ -34,9 +37,12 @@ def rounded_weight(weight: torch.Tensor, bits: int, grid: GroupGrid, ratio: torc
 class GroupQuantizedWeights:
     """Per layer: the float weight, the weight the model computes with, and the bits it holds now."""
 
-    def __init__(self, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grid: GroupGrid) -> None:
+    def __init__(self, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grid: GroupGrid,
+                 cache_bytes: int = 0) -> None:
         """``weights`` maps a layer name to (its float weight, the parameter of the model to write into)."""
-        self.grid = grid
+        self.grid, self.cache_bytes = grid, cache_bytes
+        self._kept: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._kept_bytes = 0
         self._float = {name: pair[0].detach() for name, pair in weights.items()}
         self._target = {name: pair[1] for name, pair in weights.items()}
         self._current: dict[str, int] = {}
@@ -48,9 +54,24 @@ class GroupQuantizedWeights:
             for name, width in bits.items():
                 if self._current.get(name) == width:
                     continue
-                rounded_weight(self._float[name], width, self.grid, self._ratio(name, width),
-                               out=self._target[name].data)
+                self._target[name].data = self._rounded(name, width)
                 self._current[name] = width
+
+    def _rounded(self, name: str, bits: int) -> torch.Tensor:
+        """The layer's weight rounded at ``bits``: kept from before, or rounded now (and kept if it fits)."""
+        key = (name, bits)
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return self._kept[key]
+        rounded = rounded_weight(self._float[name], bits, self.grid, self._ratio(name, bits))
+        size = rounded.numel() * rounded.element_size()
+        if size <= self.cache_bytes:
+            while self._kept and self._kept_bytes + size > self.cache_bytes:
+                _, dropped = self._kept.popitem(last=False)
+                self._kept_bytes -= dropped.numel() * dropped.element_size()
+            self._kept[key] = rounded
+            self._kept_bytes += size
+        return rounded
 
     def _ratio(self, name: str, bits: int) -> torch.Tensor | None:
         """The MSE clip ratios of a layer at a width, found once and kept (they depend on nothing else)."""

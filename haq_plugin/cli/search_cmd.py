@@ -16,7 +16,7 @@ import click
 from click.core import ParameterSource
 
 from haq_plugin.storage.checkpoint import stored_settings
-from haq_plugin.cli.options import (backend_options, data_option, ddpg_options, hw_options, model_options,
+from haq_plugin.cli.options import (apply_task_defaults, backend_options, data_option, ddpg_options, hw_options, model_options,
                                     no_cache_option, placement_options, plugin_options, setting_options,
                                     settings_from_params)
 from haq_plugin.engine.device import resolve_device
@@ -68,11 +68,12 @@ def search_cmd(**params: Any) -> None:
     """
     quiet = params["quiet"]
     ctx = click.get_current_context()
+    apply_task_defaults(params, ctx)
     plan = resumed_plan(ctx, params["resume_dir"]) if params["resume_dir"] else new_plan(params)
     check_placement(plan.settings, params["device"])
     task = plan.settings.task
-    source = load_model(task["model"], task["input_shape"])
-    data = load_task_data(task["data"], task["model"])
+    source = load_model(task["model"], task["input_shape"], task.get("data"), task.get("data_options"))
+    data = load_task_data(task["data"], task["model"], task.get("data_options"))
     if data.description and not quiet:
         click.echo(data.description, err=True)
     if plan.settings.finetune_steps and data.train_data is None:
@@ -101,6 +102,8 @@ def search_cmd(**params: Any) -> None:
 def new_plan(params: Mapping[str, Any]) -> Plan:
     """A new search from the options (settings checked first, before any model or data is loaded)."""
     task = {"model": params["model_spec"], "input_shape": params["input_shape"], "data": params["data_spec"]}
+    if params.get("data_options"):
+        task["data_options"] = plugin_options(params["data_options"], "--data-option")
     settings = settings_from_params(params, task)
     hardware = load_hardware(params["hw_name"], **plugin_options(params["hw_options"], "--hw-option"))
     backend = load_backend(params["backend_name"], **plugin_options(params["backend_options"], "--backend-option"))
@@ -162,8 +165,10 @@ def print_outcome(result: SearchResult, output: Path, backend: Any, model_spec: 
     if test_eval_fn is not None:
         backend.set_policy(result.policy.bits)
         backend.calibrate()
-        click.echo(f"Held-out test accuracy of the best policy: {backend.evaluate(test_eval_fn):.2f}% "
-                   f"(float {test_eval_fn(float_model.eval()):.2f}%).")
+        metric = result.metric
+        tested = backend.evaluate(test_eval_fn)
+        click.echo(f"Held-out test {metric.name} of the best policy: {metric.format(tested)} "
+                   f"(float {metric.format(test_eval_fn(float_model.eval()))}).")
     click.echo("")
     written = ", ".join(path.name for path in result.files.values())
     click.echo(f"Outputs in {output}/: {written}")

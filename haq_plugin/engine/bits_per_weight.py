@@ -68,3 +68,12 @@ def bits_per_weight_fraction(bits_per_weight: float, layers: Sequence[LayerSpec]
     reference = math.fsum(storage_bits(backend, layer, 8) for layer in layers)
     fraction = (min(bits_per_weight, high) * params + fixed) / reference
     return min(fraction, 1.0)
+
+
+def table_bits_per_weight(table: Any, bits: Sequence[tuple[int, int]], names: Sequence[str]) -> float:
+    """Stored bits per weight of a per-layer policy over ``names``, from a cost table's sizes (bytes)."""
+    chosen = set(names)
+    rows = [i for i, layer in enumerate(table.layers) if layer.name in chosen]
+    size = table.metric("size")
+    stored = math.fsum(8.0 * float(size[i, table.index(bits[i][0]), 0]) for i in rows)
+    return stored / sum(table.layers[i].params for i in rows)

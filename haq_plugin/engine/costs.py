@@ -11,7 +11,8 @@ Four constraints can be budgeted:
 * ``latency`` (seconds per batch) and ``energy`` (joules per batch) from the
   hardware model;
 * ``size``: weight storage in bytes, ``params * weight_bits / 8`` (biases stay in
-  float and are not counted);
+  float and are not counted), or the backend's own count where it stores more
+  than the integers (group scales: :func:`with_backend_storage`);
 * ``bops``: bit operations, ``MACs * weight_bits * activation_bits``.
 
 The last two are hardware independent and computed here.
@@ -19,6 +20,7 @@ The last two are hardware independent and computed here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -57,6 +59,9 @@ class CostTable:
     hardware_name: str = ""
     build_seconds: float = 0.0
     from_cache: bool = False
+    #: ``[layer, weight bits]`` bytes and ``[layer, w, a]`` BOPs, when not derived from the layer shapes
+    size: np.ndarray | None = None
+    bops: np.ndarray | None = None
     _index: dict[int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,10 @@ class CostTable:
                                "use --constraint latency, size or bops.")
             return self.energy
         b = np.asarray(self.bits, dtype=np.float64)
+        if name == "size" and self.size is not None:
+            return np.broadcast_to(self.size[:, :, None], self.latency.shape)
+        if name == "bops" and self.bops is not None:
+            return self.bops
         if name == "size":
             params = np.array([layer.params for layer in self.layers], dtype=np.float64)
             return np.broadcast_to((params[:, None] * b[None, :] / 8.0)[:, :, None], self.latency.shape)
@@ -116,6 +125,26 @@ class CostTable:
     def uniform_cost(self, name: str, bits: int = 8) -> float:
         """Total cost when every layer has ``bits`` weights and activations."""
         return self.policy_cost(name, [(bits, bits)] * len(self.layers))
+
+
+def with_backend_storage(table: CostTable, backend: object) -> CostTable:
+    """``table`` with sizes as ``backend`` stores them (``weight_storage_bits``), where it says so."""
+    counted = getattr(backend, "weight_storage_bits", None)
+    if counted is None:
+        return table
+    size = np.array([[counted(layer, bits) / 8.0 for bits in table.bits] for layer in table.layers])
+    return dataclasses.replace(table, size=size)
+
+
+def summed_table(table: CostTable, layers: Sequence[LayerSpec], members: Sequence[Sequence[int]]) -> CostTable:
+    """A table whose rows are groups of ``table``'s layers (their costs added), for decisions per group."""
+    def summed(values: np.ndarray) -> np.ndarray:
+        return np.stack([values[list(rows)].sum(axis=0) for rows in members])
+
+    return dataclasses.replace(
+        table, layers=list(layers), latency=summed(table.latency),
+        energy=None if table.energy is None else summed(table.energy),
+        size=summed(np.asarray(table.metric("size"))[:, :, 0]), bops=summed(np.asarray(table.metric("bops"))))
 
 
 def table_bits(hardware: HardwareModel, bits: Sequence[int] | None = None) -> tuple[int, ...]:

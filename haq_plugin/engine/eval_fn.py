@@ -1,4 +1,4 @@
-"""Calling the user's ``eval_fn``: its answer must be an accuracy in percent.
+"""Calling the user's ``eval_fn``: its answer must be an accuracy in percent (or a perplexity).
 
 A search trusts the number ``eval_fn(model)`` returns: a string, None, NaN or
 a value outside 0..100 would make every reward meaningless and the written
@@ -17,6 +17,7 @@ from typing import Any, Callable
 from torch import nn
 
 from haq_plugin.api.errors import HaqError
+from haq_plugin.engine.metric import ACCURACY, Metric
 
 EvalFn = Callable[[nn.Module], float]
 ALLOWED = ("eval_fn(model) must return the model's accuracy in percent, a number from 0 to 100 "
@@ -37,7 +38,7 @@ def _scalar(value: Any) -> Any:
     return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
 
 
-def accuracy_problem(value: Any) -> str | None:
+def accuracy_problem(value: Any, metric: Metric = ACCURACY) -> str | None:
     """Why ``value`` is not an accuracy in percent (``"returned ..."``), or None when it is one.
 
     The single test of an accuracy: the search's :func:`checked_eval_fn` and
@@ -51,34 +52,37 @@ def accuracy_problem(value: Any) -> str | None:
     number = float(value)
     if math.isnan(number):
         return "returned NaN"
+    if metric is not ACCURACY:
+        problem = metric.problem(number)
+        return f"returned {number:g}, not a {metric.name}" if problem else None
     if not 0.0 <= number <= 100.0:
         return f"returned {number:g}, outside 0..100"
     return None
 
 
-def accuracy_value(value: Any, what: str = "eval_fn") -> float:
-    """``value`` as a float accuracy in percent; :class:`EvaluationError` ``"WHAT returned ..."`` otherwise."""
-    problem = accuracy_problem(value)
+def accuracy_value(value: Any, what: str = "eval_fn", metric: Metric = ACCURACY) -> float:
+    """``value`` as a float accuracy in percent (or ``metric``); :class:`EvaluationError` otherwise."""
+    problem = accuracy_problem(value, metric)
     if problem:
         raise EvaluationError(f"{what} {problem}")
     return float(_scalar(value))
 
 
-def call_eval_fn(eval_fn: EvalFn, model: nn.Module, what: str = "eval_fn") -> float:
+def call_eval_fn(eval_fn: EvalFn, model: nn.Module, what: str = "eval_fn", metric: Metric = ACCURACY) -> float:
     """``eval_fn(model)`` as a float accuracy; its exception or a meaningless value becomes :class:`EvaluationError`."""
     try:
         value = eval_fn(model)
     except Exception as exc:  # the user's code: report it, do not lose the search
         detail = (str(exc).strip().splitlines() or [""])[0]
         raise EvaluationError(f"{what} raised {type(exc).__name__}: {detail}") from exc
-    return accuracy_value(value, what)
+    return accuracy_value(value, what, metric)
 
 
-def checked_eval_fn(eval_fn: EvalFn) -> EvalFn:
-    """``eval_fn`` that returns a float accuracy or raises :class:`EvaluationError` (one line of detail)."""
+def checked_eval_fn(eval_fn: EvalFn, metric: Metric = ACCURACY) -> EvalFn:
+    """``eval_fn`` that returns a float ``metric`` or raises :class:`EvaluationError` (one line of detail)."""
     if not callable(eval_fn):
-        raise HaqError(f"eval_fn must be a callable model -> accuracy, got {type(eval_fn).__name__}.")
-    return lambda model: call_eval_fn(eval_fn, model)
+        raise HaqError(f"eval_fn must be a callable model -> {metric.name}, got {type(eval_fn).__name__}.")
+    return lambda model: call_eval_fn(eval_fn, model, metric=metric)
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
@@ -87,9 +91,11 @@ def short_repr(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def explain(error: EvaluationError, what: str, output_dir: Any = None, saved: int = 0) -> str:
+def explain(error: EvaluationError, what: str, output_dir: Any = None, saved: int = 0,
+            metric: Metric = ACCURACY) -> str:
     """The full message for a failure while evaluating ``what``; with ``saved`` episodes, how to resume."""
-    message = f"{error} while evaluating {what}. {ALLOWED}."
+    allowed = ALLOWED if metric is ACCURACY else metric.answer
+    message = f"{error} while evaluating {what}. {allowed}."
     if saved:
         message += (f" The {saved} finished episode(s) are saved in {output_dir}/checkpoint.pt; fix eval_fn and "
                     f"resume (resume=True, or haq-plugin search --resume {output_dir}).")

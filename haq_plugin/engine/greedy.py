@@ -20,9 +20,17 @@ sensitivity method makes and the one a learned search (DDPG) does not need.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+import sys
+import weakref
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from haq_plugin.api.bits import BitPair
+from haq_plugin.api.errors import HaqError
+from haq_plugin.engine.environment import BUDGET_RTOL
+from haq_plugin.engine.metric import Metric
 
 
 def measure_losses(n_units: int, widths: Sequence[int], free: Sequence[bool],
@@ -101,3 +109,65 @@ def _give_back(losses: np.ndarray, costs: np.ndarray, budget: float, free: Seque
         u = best[1]
         total += costs[u, level[u] + 1] - costs[u, level[u]]
         level[u] += 1
+
+
+# -- the strategy, on a search's environment ----------------------------------------------
+_MEASURED: "weakref.WeakKeyDictionary[Any, dict[Any, np.ndarray]]" = weakref.WeakKeyDictionary()
+
+
+def _unit_view(env: Any) -> tuple[Any, Callable[[list[BitPair]], list[BitPair]]]:
+    """The environment that decides per unit, and how its bits become per-layer bits."""
+    units = getattr(env, "units", None)
+    if units is None:
+        return env, list
+    return env.unit_env, units.expand
+
+
+def greedy_policy(env: Any, evaluate: Callable[[list[BitPair]], float], metric: Metric, reference: float, *,
+                  memo: tuple[Any, Any] | None = None, progress: bool = False) -> tuple[list[BitPair], int]:
+    """The greedy strategy's per-layer bits on ``env``, and how many evaluations it measured.
+
+    ``evaluate(layer_bits)`` returns the metric of a policy.  Under weights and
+    activations a unit's weight and input take the same width.  ``memo`` is
+    (an object whose lifetime bounds the memo, a key): a sweep's searches on one
+    backend measure the losses once and reuse them at every budget.
+    """
+    unit_env, expand = _unit_view(env)
+    widths = list(unit_env.allowed)
+    fixed = list(unit_env.fixed)
+    free = [fw is None for fw, _ in fixed]
+
+    def pair(u: int, width: int) -> BitPair:
+        fw, fa = fixed[u]
+        return (fw if fw is not None else width, fa if fa is not None else width)
+
+    top = [pair(u, widths[-1]) for u in range(len(fixed))]
+    costs = np.array([[unit_env.layer_cost(u, *pair(u, w)) for w in widths] for u in range(len(fixed))])
+    cache = _MEASURED.setdefault(memo[0], {}) if memo is not None else {}
+    key = None if memo is None else (memo[1], tuple(widths), tuple(fixed))
+    measured = 0
+    if key not in cache:
+        bar = tqdm(total=sum(free) * (len(widths) - 1) + 1, desc="greedy: losses", unit="eval", file=sys.stderr,
+                   disable=not progress, dynamic_ncols=True)
+
+        def score(bits: list[BitPair]) -> float:
+            bar.update(1)
+            return metric.score(evaluate(expand(bits)), reference)
+
+        def score_of(u: int, width: int) -> float:
+            return score([pair(v, width) if v == u else top[v] for v in range(len(fixed))])
+
+        try:
+            losses = measure_losses(len(fixed), widths, free, score_of, score(top))
+        finally:
+            bar.close()
+        measured = bar.n
+        if key is not None:
+            cache[key] = losses
+    losses = cache[key] if key is not None else losses
+    budget = unit_env.budget.absolute * (1.0 + BUDGET_RTOL)
+    levels = greedy_widths(losses, costs, budget, free, [len(widths) - 1] * len(fixed))
+    if levels is None:
+        raise HaqError("the greedy strategy found no policy within the budget (every free layer at its fewest "
+                       "bits still costs more); raise the budget or lower min_bits.")
+    return expand([pair(u, widths[k]) for u, k in enumerate(levels)]), measured

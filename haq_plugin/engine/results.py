@@ -10,8 +10,11 @@ from typing import Any, Mapping
 
 import torch
 
+from haq_plugin.engine.bits_per_weight import table_bits_per_weight
 from haq_plugin.engine.costs import UNITS, CostTable
 from haq_plugin.engine.environment import Budget
+from haq_plugin.engine.metric import Metric, metric_named
+from haq_plugin.engine.space import fixed_bits_for
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.api.policy import Policy
 from haq_plugin.engine.settings import SearchSettings
@@ -129,6 +132,21 @@ class SearchResult:
     @property
     def cost_fraction(self) -> float:
         return self.best.cost_fraction
+
+    @property
+    def metric(self) -> Metric:
+        """What ``accuracy`` holds: an accuracy in percent, or a perplexity (``settings.metric``)."""
+        return metric_named(self.settings.metric)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Stored bits per weight of the searched (not kept or pinned) layers, under the size constraint."""
+        if self.budget.constraint != "size":
+            return None
+        s = self.settings
+        fixed = fixed_bits_for(self.layers, s.keep_first_layer_8bit, s.keep_last_layer_8bit, s.pins)
+        names = [layer.name for layer in self.layers if layer.name not in fixed] or [l.name for l in self.layers]
+        return table_bits_per_weight(self.cost_table, self.best.bits, names)
 
     @property
     def unit(self) -> str:

@@ -43,8 +43,11 @@ from haq_plugin.engine.agent import DDPGAgent, DDPGConfig
 from haq_plugin.api.backend import QuantBackend, prepare_for_search
 from haq_plugin.storage.checkpoint import CHECKPOINT, FORMAT as CHECKPOINT_FORMAT, Checkpoint, checkpoint_settings
 from haq_plugin.storage.checkpoint import capture_rng_state, restore_rng_state, seed_everything
-from haq_plugin.engine.costs import UNITS, build_cost_table
-from haq_plugin.engine.environment import STATE_DIM, QuantizationEnv, reward
+from haq_plugin.engine.costs import UNITS, build_cost_table, with_backend_storage
+from haq_plugin.engine.decisions import build_environment
+from haq_plugin.engine.environment import STATE_DIM
+from haq_plugin.engine.greedy import greedy_policy
+from haq_plugin.engine.metric import metric_named
 from haq_plugin.api.errors import HaqError
 from haq_plugin.engine.eval_fn import EvaluationError, checked_eval_fn, explain
 from haq_plugin.engine.device import resolve_device
@@ -68,7 +71,7 @@ __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "DEFAULT_EPISODES", "STRATEGIES", 
 
 
 def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | str,
-           backend: QuantBackend | str, constraint: str = "latency", budget: float = DEFAULT_BUDGET,
+           backend: QuantBackend | str, constraint: str = "latency", budget: float | str = DEFAULT_BUDGET,
            eval_fn: Callable[[nn.Module], float], calibration_data: Iterable[Any],
            train_data: Iterable[Any] | None = None, finetune_steps: int = 0, episodes: int = DEFAULT_EPISODES,
            strategy: str = "ddpg", min_bits: int = 2, max_bits: int = 8, keep_first_layer_8bit: bool = True,
@@ -76,13 +79,17 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
            output_dir: str | Path | None = None, resume: bool = False, force: bool = False,
            progress: bool = True, ddpg: DDPGConfig = DDPGConfig(), float_accuracy: float | None = None,
            use_cache: bool = True, task: Mapping[str, Any] | None = None, quantize: str | None = None,
-           workers: int = 1, device: str = "auto", ray_address: str | None = None) -> SearchResult:
+           workers: int = 1, device: str = "auto", ray_address: str | None = None, metric: str = "accuracy",
+           decisions: str = "layer", bits_per_weight: float | None = None) -> SearchResult:
     """Search per-layer (weight, activation) bits for ``model`` under a hardware budget.
 
     ``budget`` is a fraction of the uniform 8-bit (w8/a8) cost of ``constraint``
-    (latency, energy, size or bops) on ``hardware``.  ``eval_fn(model)`` returns
-    accuracy in percent (0 to 100); the reward of a policy is 0.1 x (its
-    accuracy - the float accuracy).  ``hardware`` and ``backend`` are instances or
+    (latency, energy, size or bops) on ``hardware``, or under ``size`` stored bits
+    per weight (``"3.5bpw"``, the same as ``bits_per_weight=3.5``).  ``eval_fn(model)``
+    returns accuracy in percent (0 to 100), or with ``metric="perplexity"`` a
+    perplexity; the reward of a policy is 0.1 x (its score - the float model's)
+    (:mod:`haq_plugin.engine.metric`).  ``decisions`` (layer, block, role) groups
+    layers that share their bits (:mod:`haq_plugin.engine.decisions`).  ``hardware`` and ``backend`` are instances or
     registered names.  ``force`` lets a new search write into a non-empty
     ``output_dir``; ``use_cache=False`` re-simulates the cost table instead of
     reading the disk cache.  See the module docstring for strategies,
@@ -101,7 +108,8 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
         constraint=constraint, budget=budget, episodes=episodes, strategy=strategy, min_bits=min_bits,
         max_bits=max_bits, keep_first_layer_8bit=keep_first_layer_8bit, keep_last_layer_8bit=keep_last_layer_8bit,
         pins=dict(pins or {}), finetune_steps=finetune_steps, seed=seed, ddpg=ddpg, float_accuracy=float_accuracy,
-        task=dict(task or {}), quantize=quantize, workers=workers)
+        task=dict(task or {}), quantize=quantize, workers=workers, metric=metric, decisions=decisions,
+        bits_per_weight=bits_per_weight)
     return run_search(model, example_input, settings, hardware=hardware, backend=backend, eval_fn=eval_fn,
                       calibration_data=calibration_data, train_data=train_data, output_dir=output_dir,
                       resume=resume, force=force, progress=progress, use_cache=use_cache, device=device,
@@ -155,16 +163,20 @@ class SearchRun:
         self.model, self.example_input, self.settings = model, example_input, settings
         self.cpu_model, self.placement, self.user_eval_fn = model, placement, eval_fn
         self.hardware, self.backend = hardware, backend
-        self.eval_fn = checked_eval_fn(eval_fn)
+        self.metric = metric_named(settings.metric)
+        self.eval_fn = checked_eval_fn(eval_fn, self.metric)
         self.train_data, self.progress = train_data, progress
         self.calibration_data = check_calibration(model, calibration_data)
         check_constraint(hardware, settings.constraint)
         self.layers = extract_layers(model, example_input)
         self.names = [layer.name for layer in self.layers]
         self.space = build_space(self.layers, hardware, backend, settings)
-        self.table = build_cost_table(hardware, self.layers, bits=self.space.table_bits, cache=use_cache)
-        self.env = QuantizationEnv(self.layers, self.table, settings.constraint, float(settings.budget),
-                                   self.space.allowed, self.space.fixed, quantize=settings.quantize)
+        self.table = with_backend_storage(
+            build_cost_table(hardware, self.layers, bits=self.space.table_bits, cache=use_cache), backend)
+        self.env = build_environment(
+            self.layers, self.table, constraint=settings.constraint, budget=float(settings.budget),
+            bits_per_weight=settings.bits_per_weight, decisions=settings.decisions, quantize=str(settings.quantize),
+            allowed=self.space.allowed, fixed=self.space.fixed, backend=backend)
         use_quantize_mode(backend, settings.quantize)
         self.identity = jsonable({
             "hardware": PluginChoice(hardware.name, hardware.config).to_dict(),
@@ -195,7 +207,8 @@ class SearchRun:
 
     def _run(self, restored: Checkpoint | None) -> SearchResult:
         done = len(restored.history) if restored is not None else 0
-        if self.settings.workers > 1 and self.settings.strategy != "uniform" and done < self.settings.episodes:
+        if (self.settings.workers > 1 and self.settings.strategy not in ("uniform", "greedy")
+                and done < self.settings.episodes):
             # started first: the actors prepare their backends while this process does its own set-up
             self.pool = self.placement.start_pool(self.settings.workers, self._worker_payload())
         try:
@@ -223,7 +236,12 @@ class SearchRun:
             self._restore(restored)
         self.timings["setup"] = time.perf_counter() - start
         get_plugin_manager().notify("haq_search_started", info=self._start_info(resumed=restored is not None))
-        self._run_uniform_strategy() if s.strategy == "uniform" else self._run_episodes()
+        if s.strategy == "uniform":
+            self._run_uniform_strategy()
+        elif s.strategy == "greedy":
+            self._run_greedy_strategy()
+        else:
+            self._run_episodes()
         return self._finish()
 
     def _start_info(self, resumed: bool) -> dict[str, Any]:
@@ -247,7 +265,8 @@ class SearchRun:
             hint = "" if self.placement.on_cpu else (
                 f" The model is on {self.placement.device} (device): eval_fn must move its batches there, e.g. "
                 "with haq_plugin.engine.device.on_model_device(batch, model).")
-            raise EvaluationError(explain(exc, "the float model (before the first episode)") + hint) from exc
+            raise EvaluationError(explain(exc, "the float model (before the first episode)", metric=self.metric)
+                                  + hint) from exc
         finally:
             self.model.train(was_training)
 
@@ -272,9 +291,9 @@ class SearchRun:
     def _evaluation_failed(self, exc: EvaluationError, what: str) -> EvaluationError:
         """Stop with what is saved: the finished episodes are in the checkpoint, ready to resume."""
         if self.output_dir is None or not self.history:
-            return EvaluationError(explain(exc, what))
-        write_episodes_csv(self.output_dir, self.history)
-        return EvaluationError(explain(exc, what, self.output_dir, len(self.history)),
+            return EvaluationError(explain(exc, what, metric=self.metric))
+        write_episodes_csv(self.output_dir, self.history, self.settings.metric)
+        return EvaluationError(explain(exc, what, self.output_dir, len(self.history), metric=self.metric),
                                checkpoint=self.output_dir / CHECKPOINT)
 
     def _evaluate_uniform(self) -> UniformBaseline | None:
@@ -299,6 +318,21 @@ class SearchRun:
             return
         assert self.uniform is not None  # checked in _evaluate_uniform
         self._record(0, self.uniform.policy.as_list(), self.uniform.accuracy, None, 0.0, 0.0)
+        self._save_checkpoint()
+        get_plugin_manager().notify("haq_episode_finished", record=self.history[-1].to_dict())
+
+    def _run_greedy_strategy(self) -> None:
+        """The 'greedy' strategy: measure every unit's loss per width, choose, evaluate the one policy."""
+        if self.history:
+            return
+        start = time.perf_counter()
+        bits, measured = greedy_policy(
+            self.env, lambda layer_bits: self._evaluate(layer_bits, "a greedy measurement")[0], self.metric,
+            self.float_accuracy, memo=(self.backend, (id(self.user_eval_fn), tuple(self.names))),
+            progress=self.progress)
+        self.timings["greedy_measurements"] = float(measured)
+        accuracy, eval_seconds = self._evaluate(bits, "the greedy policy")
+        self._record(0, bits, accuracy, None, eval_seconds, time.perf_counter() - start)
         self._save_checkpoint()
         get_plugin_manager().notify("haq_episode_finished", record=self.history[-1].to_dict())
 
@@ -329,7 +363,7 @@ class SearchRun:
         learn_start = time.perf_counter()
         if self.agent is not None:
             for (_, states, actions), (accuracy, _) in zip(proposals, results):
-                self.agent.observe_episode(states, actions, reward(accuracy, self.float_accuracy))
+                self.agent.observe_episode(states, actions, self.metric.reward(accuracy, self.float_accuracy))
         self.timings["agent"] += time.perf_counter() - learn_start
         seconds = (time.perf_counter() - started) / size
         records = [self._record(first + i, bits, accuracy, sigma, eval_seconds, seconds)
@@ -362,18 +396,18 @@ class SearchRun:
             self.backend, model=self.cpu_model, example_input=self.example_input,
             calibration_data=list(self.calibration_data),
             train_data=None if self.train_data is None else list(self.train_data),
-            eval_fn=self.user_eval_fn, layers=self.layers, quantize=self.settings.quantize,
+            eval_fn=self.user_eval_fn, layers=self.layers, quantize=self.settings.quantize, metric=self.settings.metric,
             finetune_steps=self.settings.finetune_steps, seed=self.settings.seed,
             device=str(self.placement.device))
 
     def _record(self, episode: int, bits: Sequence[BitPair], accuracy: float, sigma: float | None,
                 eval_seconds: float, seconds: float) -> EpisodeRecord:
         cost = self.env.cost(bits)
-        is_best = self.best is None or accuracy > self.history[self.best].accuracy
+        is_best = self.best is None or self.metric.is_better(accuracy, self.history[self.best].accuracy)
         record = EpisodeRecord(
             episode=episode, strategy=self.settings.strategy, bits=[tuple(p) for p in bits],  # type: ignore[misc]
             cost=cost, cost_fraction=cost / self.env.budget.reference, accuracy=accuracy,
-            reward=reward(accuracy, self.float_accuracy), sigma=sigma, is_best=is_best,
+            reward=self.metric.reward(accuracy, self.float_accuracy), sigma=sigma, is_best=is_best,
             seconds=seconds, eval_seconds=eval_seconds,
         )
         self.history.append(record)
@@ -383,7 +417,8 @@ class SearchRun:
         return record
 
     def _update_bar(self, bar: Any, record: EpisodeRecord) -> None:
-        bar.set_postfix_str(f"acc {record.accuracy:.2f} best {self.history[self.best].accuracy:.2f} "  # type: ignore
+        label = "acc" if self.metric.higher_is_better else "ppl"
+        bar.set_postfix_str(f"{label} {record.accuracy:.2f} best {self.history[self.best].accuracy:.2f} "  # type: ignore
                             f"{self.settings.constraint} {record.cost_fraction:.3f}/{self.env.budget.fraction:.3f}",
                             refresh=False)
         bar.update(1)
@@ -440,7 +475,7 @@ class SearchRun:
             return SearchInterrupted(None, checkpoint_path)
         result = self._result(interrupted=True)
         if self.output_dir is not None:
-            result.files["episodes"] = write_episodes_csv(self.output_dir, self.history)
+            result.files["episodes"] = write_episodes_csv(self.output_dir, self.history, self.settings.metric)
         return SearchInterrupted(result, checkpoint_path)
 
     def _finish(self) -> SearchResult:

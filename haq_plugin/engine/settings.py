@@ -27,9 +27,12 @@ from haq_plugin.engine.agent import DDPGConfig
 from haq_plugin.api.bits import MAX_BITS, MIN_BITS, is_integer
 from haq_plugin.engine.costs import CONSTRAINTS
 from haq_plugin.api.errors import HaqError
+from haq_plugin.engine.bits_per_weight import parse_bits_per_weight
+from haq_plugin.engine.decisions import unit_key
+from haq_plugin.engine.metric import metric_named
 from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
 
-STRATEGIES = ("ddpg", "random", "uniform")
+STRATEGIES = ("ddpg", "random", "uniform", "greedy")
 DEFAULT_EPISODES = 300
 DEFAULT_BUDGET = 0.5
 MAX_SEED = 2**32 - 1  # NumPy's legacy global generator takes seeds up to 2**32 - 1
@@ -48,7 +51,8 @@ class SearchSettings:
     episodes: int = DEFAULT_EPISODES
     """Evaluated episodes (HAQ's reference uses 600 on ImageNet); may be raised on resume."""
     strategy: str = "ddpg"
-    """ddpg (HAQ's agent), random (random actions, same budget enforcement) or uniform (best uniform policy)."""
+    """ddpg (HAQ's agent), random (random actions, same budget enforcement), uniform (best uniform policy) or
+    greedy (each layer's loss measured alone at each width, then lowered by least loss per cost saved)."""
     min_bits: int = 2
     """Smallest bit width the search may choose."""
     max_bits: int = 8
@@ -75,10 +79,22 @@ class SearchSettings:
     """What is quantized: 'weights+activations', or 'weights' (activations stay float and only weight bits are
     searched). Default: 'weights' under the size constraint, where activation bits cost nothing, as in HAQ's
     model-size experiments; 'weights+activations' under latency, energy and bops."""
+    metric: str = "accuracy"
+    """What eval_fn returns: accuracy (percent, higher is better) or perplexity (lower is better)."""
+    decisions: str = "layer"
+    """Which layers share one choice of bits: layer (each its own, HAQ), block (per parent module, e.g. a decoder
+    block's attention and its MLP) or role (per tensor role across blocks, e.g. every v_proj)."""
+    bits_per_weight: float | None = None
+    """Size budget in stored bits per weight of the searched layers, scales included (replaces budget; size
+    constraint only). The command line takes it as --budget 3.5bpw."""
     task: Mapping[str, Any] = field(default_factory=dict)
     """Free-form, JSON-serialisable description of the model and data (kept for resume and provenance)."""
 
     def __post_init__(self) -> None:
+        given_bpw = parse_bits_per_weight(self.budget)
+        if given_bpw is not None:  # "3.5bpw": a size budget in bits per weight
+            object.__setattr__(self, "bits_per_weight", given_bpw)
+            object.__setattr__(self, "budget", 1.0)
         self._check()
         for name in ("episodes", "min_bits", "max_bits", "finetune_steps", "seed", "workers"):  # NumPy integers -> int
             object.__setattr__(self, name, int(getattr(self, name)))
@@ -100,7 +116,8 @@ class SearchSettings:
         budget = self.budget
         if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0.0 < float(budget) <= 1.0:
             raise HaqError(f"budget must be a fraction of the 8-bit cost in (0, 1], got {budget!r} "
-                           "(e.g. 0.5 for half the 8-bit cost).")
+                           "(e.g. 0.5 for half the 8-bit cost), or bits per weight under the size constraint "
+                           "(e.g. '3.5bpw').")
         for name in ("min_bits", "max_bits"):
             value = getattr(self, name)
             if not is_integer(value) or not MIN_BITS <= value <= MAX_BITS:
@@ -122,11 +139,14 @@ class SearchSettings:
             check_quantize(self.quantize, "quantize")
         if not isinstance(self.ddpg, DDPGConfig):
             raise HaqError(f"ddpg must be a DDPGConfig, got {type(self.ddpg).__name__}.")
+        metric = metric_named(self.metric)
+        unit_key("layer", self.decisions)  # refuses an unknown way of grouping layers
+        self._check_bits_per_weight()
         given = self.float_accuracy
         if given is not None and (isinstance(given, bool) or not isinstance(given, numbers.Real)
-                                  or not math.isfinite(given) or not 0.0 <= given <= 100.0):
-            raise HaqError(f"float_accuracy must be a percentage from 0 to 100 (or None to evaluate it), "
-                           f"got {given!r}.")
+                                  or metric.problem(float(given))):
+            raise HaqError(f"float_accuracy must be the float model's {metric.name} (or None to evaluate it): "
+                           f"{metric.answer}; got {given!r}.")
         if not isinstance(self.pins, Mapping):
             raise HaqError(f"pins must map layer names to (weight_bits, activation_bits), got {self.pins!r}.")
         for name, pair in self.pins.items():
@@ -137,6 +157,16 @@ class SearchSettings:
             json.dumps(dict(self.task))
         except (TypeError, ValueError) as exc:
             raise HaqError(f"task must be a JSON-serialisable mapping: {exc}.") from None
+
+    def _check_bits_per_weight(self) -> None:
+        value = self.bits_per_weight
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 64:
+            raise HaqError(f"bits_per_weight must be a positive number of bits (e.g. 3.5), got {value!r}.")
+        if self.constraint != "size":
+            raise HaqError(f"a bits-per-weight budget ({value:g}bpw) is a size budget; use --constraint size, or "
+                           f"give the {self.constraint} budget as a fraction of the 8-bit cost (e.g. --budget 0.5).")
 
     # -- the stored form -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

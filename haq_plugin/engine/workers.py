@@ -41,6 +41,7 @@ from haq_plugin.storage.checkpoint import seed_everything
 from haq_plugin.engine.device import to_device
 from haq_plugin.api.errors import HaqError
 from haq_plugin.engine.eval_fn import EvaluationError, checked_eval_fn
+from haq_plugin.engine.metric import metric_named
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.api.quantize_mode import use_quantize_mode
 
@@ -100,6 +101,7 @@ class WorkerPayload:
     finetune_steps: int
     seed: int
     device: str
+    metric: str = "accuracy"
 
     @classmethod
     def for_backend(cls, backend: QuantBackend, **values: Any) -> "WorkerPayload":
@@ -115,7 +117,7 @@ class EvaluationActor:
         torch.set_num_threads(1)
         self.seed, self.finetune_steps = payload.seed, payload.finetune_steps
         self.names = [layer.name for layer in payload.layers]
-        self.eval_fn = checked_eval_fn(payload.eval_fn)
+        self.eval_fn = checked_eval_fn(payload.eval_fn, metric_named(payload.metric))
         self.train_data: Any = None
         self.failure: str | None = None
         try:

@@ -48,14 +48,46 @@ def summary_text(result: SearchResult) -> str:
         f"Strategy {s.strategy} ({runs}, seed {s.seed}) on hardware '{result.hardware.name}' "
         f"with backend '{result.backend.name}'{' [interrupted]' if result.interrupted else ''}.",
         f"Budget: {b.constraint} <= {b.fraction:g} x 8-bit = {b.absolute:.6g} {unit}.",
-        f"Best policy (episode {best.episode}): accuracy {best.accuracy:.2f}% (float {result.float_accuracy:.2f}%, "
-        f"{best.accuracy - result.float_accuracy:+.2f}), {b.constraint} {best.cost_fraction:.4f} x 8-bit "
-        f"({best.cost:.6g} {unit}).",
+        f"Best policy (episode {best.episode}): {_against(result, best.accuracy, result.float_accuracy, 'float')}, "
+        f"{b.constraint} {best.cost_fraction:.4f} x 8-bit ({best.cost:.6g} {unit}).",
+        *_bits_per_weight_line(result),
         _hardware_line(result, best.bits),
         "No uniform policy fits the budget." if u is None else
-        f"Best uniform policy within budget: w{u.bits}/a{u.bits}, accuracy {u.accuracy:.2f}%, "
-        f"{b.constraint} {u.cost_fraction:.4f} x 8-bit; mixed precision {best.accuracy - u.accuracy:+.2f} points.",
+        f"Best uniform policy within budget: {_uniform_name(result, u.bits)}, {_value(result, u.accuracy)}, "
+        f"{b.constraint} {u.cost_fraction:.4f} x 8-bit; mixed precision {_difference(result, best.accuracy, u.accuracy)}.",
     ])
+
+
+def _uniform_name(result: SearchResult, bits: int) -> str:
+    """``w4/a4``, or ``w4 (weights only)`` when activations stay float."""
+    return f"w{bits} (weights only)" if result.settings.quantize == "weights" else f"w{bits}/a{bits}"
+
+
+def _value(result: SearchResult, value: float) -> str:
+    """``accuracy 97.50%`` or ``perplexity 15.23``."""
+    return f"{result.metric.name} {result.metric.format(value)}"
+
+
+def _difference(result: SearchResult, value: float, other: float) -> str:
+    """``+1.25 points`` of accuracy, or ``x0.912`` of perplexity (below 1: better)."""
+    if result.metric.higher_is_better:
+        return f"{value - other:+.2f} points"
+    return f"x{value / other:.3f} perplexity"
+
+
+def _against(result: SearchResult, value: float, reference: float, name: str) -> str:
+    """``accuracy 97.50% (float 98.00%, -0.50)`` or ``perplexity 15.23 (float 13.33, x1.143)``."""
+    metric = result.metric
+    change = f"{value - reference:+.2f}" if metric.higher_is_better else f"x{value / reference:.3f}"
+    return f"{_value(result, value)} ({name} {metric.format(reference)}, {change})"
+
+
+def _bits_per_weight_line(result: SearchResult) -> list[str]:
+    """Under a bits-per-weight budget: the policy's stored bits per weight of the searched layers."""
+    if result.settings.bits_per_weight is None:
+        return []
+    return [f"Stored size: {result.bits_per_weight:.3f} bits per weight of the searched layers, scales included "
+            f"(budget {result.settings.bits_per_weight:g}bpw)."]
 
 
 def _hardware_line(result: SearchResult, bits: Sequence[tuple[int, int]]) -> str:
@@ -77,10 +109,11 @@ def format_bits(bits: Sequence[Sequence[int]]) -> str:
     return " ".join(f"{w}/{a}" for w, a in bits)
 
 
-def episodes_csv(history: Sequence[EpisodeRecord]) -> str:
+def episodes_csv(history: Sequence[EpisodeRecord], metric: str = "accuracy") -> str:
+    """The CSV of ``history``; its ``accuracy`` column is named after the metric (e.g. ``perplexity``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([metric if column == "accuracy" else column for column in CSV_COLUMNS])
     for r in history:
         writer.writerow([r.episode, r.strategy, format_bits(r.bits), f"{r.cost:.6g}", f"{r.cost_fraction:.6f}",
                          f"{r.accuracy:.4f}", f"{r.reward:.6f}", "" if r.sigma is None else f"{r.sigma:.6g}",
@@ -88,8 +121,8 @@ def episodes_csv(history: Sequence[EpisodeRecord]) -> str:
     return out.getvalue()
 
 
-def write_episodes_csv(directory: Path, history: Sequence[EpisodeRecord]) -> Path:
-    return write_text_atomic(directory / EPISODES, episodes_csv(history))
+def write_episodes_csv(directory: Path, history: Sequence[EpisodeRecord], metric: str = "accuracy") -> Path:
+    return write_text_atomic(directory / EPISODES, episodes_csv(history, metric))
 
 
 # -- summary.md -------------------------------------------------------------------------
@@ -147,7 +180,7 @@ def summary_markdown(result: SearchResult, effective: dict[str, int] | None = No
                   "effective)' gives the bits the input really gets. Costs are those of the policy's bits."]
     lines += [
         "", "## Totals", "",
-        f"| | {budget.constraint} ({unit}) | x 8-bit | accuracy (%) |",
+        f"| | {budget.constraint} ({unit}) | x 8-bit | {result.metric.name}{' (%)' * result.metric.higher_is_better} |",
         "|---|---:|---:|---:|",
         f"| budget | {budget.absolute:.6g} | {budget.fraction:.4f} | |",
         f"| searched policy | {best.cost:.6g} | {best.cost_fraction:.4f} | {best.accuracy:.2f} |",
@@ -157,9 +190,10 @@ def summary_markdown(result: SearchResult, effective: dict[str, int] | None = No
         f"| 8-bit (w8/a8) | {budget.reference:.6g} | 1.0000 | |",
         f"| float | | | {result.float_accuracy:.2f} |",
         "",
-        f"Accuracy against float: {best.accuracy - result.float_accuracy:+.2f} points; against the "
-        + (f"best uniform policy within the same budget: {best.accuracy - uniform.accuracy:+.2f} points."
-           if uniform else "no uniform policy fits the same budget."),
+        f"{result.metric.name.capitalize()} against float: {_difference(result, best.accuracy, result.float_accuracy)}; "
+        "against the " + (f"best uniform policy within the same budget: "
+                          f"{_difference(result, best.accuracy, uniform.accuracy)}."
+                          if uniform else "no uniform policy fits the same budget."),
         "",
         "## Settings", "",
         f"- hardware: `{result.hardware.name}` ({_config_text(result.hardware.config)})",
@@ -228,7 +262,7 @@ def write_policy_figure(path: Path, result: SearchResult) -> Path | None:
         ax2.set_ylim(0, max(1.0, float(shares.max() * 100) * 1.4))
         ax2.legend(loc="upper right", fontsize=7)
     ax.set_title(f"{result.hardware.name}, {result.budget.constraint} budget {result.budget.fraction:g} "
-                 f"x 8-bit: accuracy {result.accuracy:.2f}%", fontsize=9)
+                 f"x 8-bit: {_value(result, result.accuracy)}", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return write_via_temp(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -243,7 +277,7 @@ def write_search_outputs(result: SearchResult, backend: "QuantBackend") -> dict[
     files = {"policy": result.policy.save(directory / POLICY)}
     files["export"] = write_via_temp(directory / backend.export_filename,
                                      lambda tmp: backend.export(result.policy, tmp))
-    files["episodes"] = write_episodes_csv(directory, result.history)
+    files["episodes"] = write_episodes_csv(directory, result.history, result.settings.metric)
     files["summary"] = write_text_atomic(directory / SUMMARY,
                                          summary_markdown(result, effective_act_bits(backend, result)))
     figure = write_policy_figure(directory / FIGURE, result)

@@ -4,6 +4,8 @@
 
 * ``demo`` (default): the embedded demo (see :mod:`haq_plugin.tasks.demo`);
 * ``zoo:NAME``: a reference network with ImageNet shapes (:mod:`haq_plugin.tasks.zoo`);
+* ``llm:NAME``, ``hf:DIR``, ``gguf:FILE``: a language model (:mod:`haq_plugin.tasks.llm`), with
+  ``--data text:pydoc`` (the default) or ``text:FILE`` and ``--data-option`` for its token windows;
 * ``package.module:callable``: your own.  The callable takes no arguments and
   returns either an ``nn.Module`` (then give ``--input-shape``) or a
   ``(module, example_input)`` pair.
@@ -33,6 +35,7 @@ from torch import nn
 from haq_plugin.engine.device import BatchesOnDevice, model_device
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.layers import describe_input, run_forward
+from haq_plugin.tasks.llm.spec import DEFAULT_DATA, batch_size, is_language_model, language_model_task
 from haq_plugin.tasks.validation import as_batches, short_repr
 
 DATA_KEYS = ("calibration_data", "eval_fn", "val_data", "train_data")
@@ -107,8 +110,12 @@ def import_callable(spec: str, flag: str) -> Callable[..., Any]:
     return target
 
 
-def load_model(spec: str = "demo", input_shape: str | None = None) -> ModelSource:
-    """Resolve a ``--model`` value (see module docstring)."""
+def load_model(spec: str = "demo", input_shape: str | None = None, data_spec: str | None = None,
+               data_options: Mapping[str, Any] | None = None) -> ModelSource:
+    """Resolve a ``--model`` value (see module docstring); a language model's example input is a text window."""
+    if is_language_model(spec):
+        task = language_model_task(spec, data_spec, data_options)
+        return ModelSource(task.model, task.example_input, f"{task.language_model.name} ({spec})")
     shape = parse_input_shape(input_shape)
     if spec == "demo":
         task = _demo_task()
@@ -190,8 +197,10 @@ def _correct_predictions(scores: Any, labels: Any, index: int) -> int:
     return int((scores.argmax(1) == labels).sum())
 
 
-def load_task_data(spec: str | None, model_spec: str) -> TaskData:
-    """Resolve ``--data``: the demo's data for the demo model, else the user's callable."""
+def load_task_data(spec: str | None, model_spec: str, data_options: Mapping[str, Any] | None = None) -> TaskData:
+    """Resolve ``--data``: the demo's data for the demo model, text windows for a language model, else the user's."""
+    if is_language_model(model_spec):
+        return _language_model_data(model_spec, spec, data_options)
     if spec is None:
         if model_spec != "demo":
             raise HaqError(f"--model {model_spec!r} needs --data package.module:callable returning "
@@ -226,6 +235,19 @@ def load_task_data(spec: str | None, model_spec: str) -> TaskData:
     if train is not None:
         train = _prefixed(spec, lambda: as_batches(train, "train_data"))
     return TaskData(calibration, eval_fn, train)
+
+
+def _language_model_data(model_spec: str, spec: str | None, options: Mapping[str, Any] | None) -> TaskData:
+    """Calibration windows, val perplexity for the search and test perplexity for the report."""
+    task = language_model_task(model_spec, spec, options)
+    size = batch_size(options)
+    windows = task.windows
+    calibration = list(windows.calibration.split(1)) or [task.example_input]
+    tokens = windows.tokens
+    description = (f"{task.language_model.name}: {windows.total_tokens} tokens of {spec or DEFAULT_DATA}, windows of "
+                   f"{windows.window}: {tokens['val']} val, {tokens['test']} test, {tokens['calibration']} "
+                   "calibration tokens")
+    return TaskData(calibration, task.val_eval_fn(size), None, task.test_eval_fn(size), description)
 
 
 def _prefixed(spec: str, check: Callable[[], Any]) -> Any:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from haq_plugin import HaqError, LayerSpec
+from haq_plugin import HaqError, LayerSpec, load_backend, load_hardware
+from haq_plugin.engine.costs import build_cost_table, summed_table, with_backend_storage
 from haq_plugin.engine.decisions import DecisionUnits, unit_key
 
 NAMES = [f"model.layers.{b}.{part}" for b in range(2) for part in
@@ -45,8 +46,11 @@ def test_bits_expand_and_collapse_and_costs_add_up():
     layer_bits = roles.expand(unit_bits)
     assert layer_bits[1] == layer_bits[5] == (3, 8) and layer_bits[-1] == (8, 8)
     assert roles.collapse(layer_bits) == unit_bits
-    table = np.arange(len(layers) * 2, dtype=float).reshape(len(layers), 2)
-    summed = roles.sum_rows(table)
-    assert summed.shape == (5, 2) and summed[1].tolist() == (table[1] + table[5]).tolist()
+    table = with_backend_storage(build_cost_table(load_hardware("llm-decode"), layers, bits=(2, 4, 8), cache=False),
+                                 load_backend("groupwise", group_size=64))
     specs = roles.unit_specs(layers)
+    summed = summed_table(table, specs, roles.members)
+    for name in ("latency", "size", "bops", "energy"):
+        assert np.allclose(summed.metric(name)[1], table.metric(name)[1] + table.metric(name)[5])
+    assert summed.metric("size")[1, 1, 0] == (layers[1].params + layers[5].params) * 4.5 / 8
     assert specs[1].params == layers[1].params + layers[5].params and specs[-1] is layers[-1]
