@@ -55,9 +55,10 @@ def rule_policy(names: list[str], base: int, top: int = 8) -> dict[str, tuple[in
 
 def best_rule(names: list[str], layers: Any, backend: GroupwiseBackend, budget_bpw: float) -> dict | None:
     """The rule's highest base width whose bits per weight are at most the budget."""
+    searched = [name for name in names if name != "lm_head"]
     for base in range(7, 1, -1):
         bits = rule_policy(names, base)
-        if policy_bits_per_weight(layers, bits, backend) <= budget_bpw + 1e-9:
+        if policy_bits_per_weight(layers, bits, backend, names=searched) <= budget_bpw + 1e-9:
             return bits
     return None
 
@@ -69,7 +70,7 @@ def test_perplexity(backend: GroupwiseBackend, bits: dict, test_fn: Callable) ->
 
 
 def run(budgets: list[float], seeds: list[int], episodes: int, decisions: str, strategies: list[str],
-        threads: int) -> dict[str, Any]:
+        threads: int, max_bits: int, random_seeds: list[int], output: Path) -> dict[str, Any]:
     torch.set_num_threads(threads)
     task = language_model_task("llm:smollm2-135m")
     model, example = task.model, task.example_input
@@ -80,10 +81,14 @@ def run(budgets: list[float], seeds: list[int], episodes: int, decisions: str, s
     rows: list[dict[str, Any]] = []
     common = dict(hardware="llm-decode", backend=backend, constraint="size", metric="perplexity",
                   decisions=decisions, keep_first_layer_8bit=False, quantize="weights", eval_fn=val_fn,
-                  calibration_data=calibration, progress=False, float_accuracy=reference["val"])
+                  calibration_data=calibration, progress=False, float_accuracy=reference["val"], max_bits=max_bits)
+    report = {"reference": reference, "rows": rows, "python": sys.version.split()[0], "episodes": episodes,
+              "decisions": decisions, "threads": threads, "seeds": seeds, "random_seeds": random_seeds,
+              "max_bits": max_bits, "group_size": 64}
+    runs = {"ddpg": seeds, "random": random_seeds}
     for budget in budgets:
         for strategy in strategies:
-            for seed in (seeds if strategy in ("ddpg", "random") else seeds[:1]):
+            for seed in runs.get(strategy, seeds[:1]):
                 start = time.perf_counter()
                 result = search(model, example, budget=f"{budget}bpw", strategy=strategy, seed=seed,
                                 episodes=episodes if strategy in ("ddpg", "random") else 1, **common)
@@ -91,9 +96,10 @@ def run(budgets: list[float], seeds: list[int], episodes: int, decisions: str, s
                 bits = result.policy.bits
                 rows.append({"budget_bpw": budget, "strategy": strategy, "seed": seed, "seconds": seconds,
                              "val_ppl": result.accuracy, "test_ppl": test_perplexity(backend, bits, test_fn),
-                             "bpw": policy_bits_per_weight(result.layers, bits, backend),
+                             "bpw": result.bits_per_weight,
                              "peak_rss_gb": _peak_rss_gb()})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                output.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive an interruption
         layers = result.layers
         names = [layer.name for layer in layers]
         rule = best_rule(names, layers, backend, budget)
@@ -101,10 +107,11 @@ def run(budgets: list[float], seeds: list[int], episodes: int, decisions: str, s
             rows.append({"budget_bpw": budget, "strategy": "llama.cpp rule", "seed": 0, "seconds": 0.0,
                          "val_ppl": test_perplexity(backend, rule, val_fn),
                          "test_ppl": test_perplexity(backend, rule, test_fn),
-                         "bpw": policy_bits_per_weight(layers, rule, backend), "peak_rss_gb": _peak_rss_gb()})
+                         "bpw": policy_bits_per_weight(layers, rule, backend,
+                                                       names=[n for n in names if n != "lm_head"]),
+                         "peak_rss_gb": _peak_rss_gb()})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {"reference": reference, "rows": rows, "python": sys.version.split()[0], "episodes": episodes,
-            "decisions": decisions, "threads": threads, "seeds": seeds}
+    return report
 
 
 def medians(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -129,12 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decisions", default="block")
     parser.add_argument("--strategies", default="greedy,ddpg,random,uniform")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-bits", type=int, default=5, help="widest width any strategy may choose")
+    parser.add_argument("--random-seeds", default="0", help="seeds of the random strategy")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     budgets = [3.5] if args.quick else [float(b) for b in args.budgets.split(",")]
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     report = run(budgets, seeds, 20 if args.quick else args.episodes, args.decisions,
-                 args.strategies.split(","), args.threads)
+                 args.strategies.split(","), args.threads, args.max_bits,
+                 [int(s) for s in args.random_seeds.split(",")], Path(args.output))
     report["medians"] = medians(report)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"reference perplexity: val {report['reference']['val']:.3f}, test {report['reference']['test']:.3f} "

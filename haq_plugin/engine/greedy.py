@@ -150,8 +150,11 @@ def greedy_policy(env: Any, evaluate: Callable[[list[BitPair]], float], metric: 
         bar = tqdm(total=sum(free) * (len(widths) - 1) + 1, desc="greedy: losses", unit="eval", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
 
+        evaluations = [0]
+
         def score(bits: list[BitPair]) -> float:
             bar.update(1)
+            evaluations[0] += 1
             return metric.score(evaluate(expand(bits)), reference)
 
         def score_of(u: int, width: int) -> float:
@@ -161,7 +164,7 @@ def greedy_policy(env: Any, evaluate: Callable[[list[BitPair]], float], metric: 
             losses = measure_losses(len(fixed), widths, free, score_of, score(top))
         finally:
             bar.close()
-        measured = bar.n
+        measured = evaluations[0]
         if key is not None:
             cache[key] = losses
     losses = cache[key] if key is not None else losses
