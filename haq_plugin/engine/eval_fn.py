@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from haq_plugin.api.errors import HaqError
+from haq_plugin.api.errors import HaqError, one_line
 
 EvalFn = Callable[[nn.Module], float]
 ALLOWED = ("eval_fn(model) must return the model's accuracy in percent, a number from 0 to 100 "
@@ -69,8 +69,7 @@ def call_eval_fn(eval_fn: EvalFn, model: nn.Module, what: str = "eval_fn") -> fl
     try:
         value = eval_fn(model)
     except Exception as exc:  # the user's code: report it, do not lose the search
-        detail = (str(exc).strip().splitlines() or [""])[0]
-        raise EvaluationError(f"{what} raised {type(exc).__name__}: {detail}") from exc
+        raise EvaluationError(f"{what} raised {one_line(exc)}") from exc
     return accuracy_value(value, what)
 
 

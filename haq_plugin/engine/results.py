@@ -10,13 +10,13 @@ from typing import Any, Mapping
 
 import torch
 
+from haq_plugin.api.bits import BitPair
 from haq_plugin.engine.costs import UNITS, CostTable
-from haq_plugin.engine.environment import Budget
+from haq_plugin.engine.reward import Budget
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.api.policy import Policy
 from haq_plugin.engine.settings import SearchSettings
 
-BitPair = tuple[int, int]
 
 
 @dataclass
