@@ -13,6 +13,7 @@ from typing import Any
 from haq_plugin.api.backend import prepare_for_search
 from haq_plugin.api.plugins import load_backend
 from haq_plugin.api.quantize_mode import use_quantize_mode
+from haq_plugin.engine.evaluate import evaluate_policy
 from haq_plugin.engine.results import SearchResult
 
 
@@ -21,7 +22,5 @@ def held_out_accuracy(task: Any, backend_name: str, result: SearchResult) -> flo
     backend = load_backend(backend_name)
     use_quantize_mode(backend, result.settings.quantize)
     prepare_for_search(backend, task.model, task.example_input, task.calibration_data)
-    backend.set_policy(result.policy.bits)
-    backend.calibrate()
-    backend.finetune(task.train_data, result.settings.finetune_steps)
-    return float(backend.evaluate(task.test_eval_fn))
+    return evaluate_policy(backend, result.policy.bits, task.test_eval_fn, result.settings.finetune_steps,
+                           task.train_data)

@@ -42,8 +42,8 @@ from haq_plugin.api.errors import HaqError
 from haq_plugin.storage.files import read_json, require_fields, write_text_atomic
 from haq_plugin.api.policy import Policy
 
-from haq_plugin.adapters.brevitas.quantizers import (
-    QUANT_LAYER_CLASSES, LayerQuant, QuantSettings)
+from haq_plugin.adapters.brevitas.quantizers import QUANT_LAYER_CLASSES, input_quant, weight_quant
+from haq_plugin.adapters.brevitas.settings import LayerQuant, QuantSettings
 
 FORMAT = "haq_plugin.brevitas_policy"
 FORMAT_VERSION = 1
@@ -74,9 +74,9 @@ def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: Q
         "format_version": FORMAT_VERSION,
         "brevitas_version": brevitas.__version__,
         "example_input_shape": [int(s) for s in example_input_shape],
-        "quantizers": {"weight": _class_path(settings.weight_quant), "clip_weights": settings.clip_weights,
-                       "signed_input": _class_path(settings.input_quant(signed=True)),
-                       "unsigned_input": _class_path(settings.input_quant(signed=False)),
+        "quantizers": {"weight": _class_path(weight_quant(settings)), "clip_weights": settings.clip_weights,
+                       "signed_input": _class_path(input_quant(settings, signed=True)),
+                       "unsigned_input": _class_path(input_quant(settings, signed=False)),
                        "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile,
                        "quantize": settings.quantize},
         "layers": layers,

@@ -49,6 +49,7 @@ from brevitas.quant import (
     Uint8ActPerTensorFloatMSE)
 
 from haq_plugin.api.errors import HaqError
+from haq_plugin.api.layers import evaluating
 
 from haq_plugin.adapters.brevitas.clipped_scales import CLIPPED_WEIGHT_QUANT, attach_bit_width
 from haq_plugin.adapters.brevitas.settings import ACT_RANGES, LayerQuant, QuantSettings  # noqa: F401 (re-exported)
@@ -72,6 +73,19 @@ INPUT_QUANTS = {  # act_range -> (signed, unsigned) input quantizer
     "percentile": (Int8ActPerTensorFloat, Uint8ActPerTensorFloat),
     "mse": (Int8ActPerTensorFloatMSE, Uint8ActPerTensorFloatMSE),
 }
+
+
+def weight_quant(settings: QuantSettings) -> type:
+    """The Brevitas weight quantizer of ``settings`` (MSE-clipped scales when ``clip_weights``)."""
+    return CLIPPED_WEIGHT_QUANT if settings.clip_weights else WEIGHT_QUANT
+
+
+def input_quant(settings: QuantSettings, signed: bool) -> type | None:
+    """The Brevitas input quantizer of ``settings`` for a signed or unsigned input; None when weight-only."""
+    if settings.weights_only:
+        return None
+    signed_quant, unsigned_quant = INPUT_QUANTS[settings.act_range]
+    return signed_quant if signed else unsigned_quant
 
 
 @dataclass
@@ -100,9 +114,9 @@ def quantize_layers(model: nn.Module, plan: Mapping[str, LayerQuant], settings: 
                  if type(module) in QUANT_LAYER_CLASSES and name not in plan]
     # Brevitas calls each lambda with the original module and its full name.
     overrides: dict[str, Any] = {
-        "weight_quant": settings.weight_quant,
+        "weight_quant": weight_quant(settings),
         "weight_bit_width": lambda module, name: plan[name].weight_bits,
-        "input_quant": lambda module, name: settings.input_quant(plan[name].input_signed),
+        "input_quant": lambda module, name: input_quant(settings, plan[name].input_signed),
         "input_bit_width": lambda module, name: plan[name].input_bits,
         "bias_quant": None,
         "return_quant_tensor": False,
@@ -173,16 +187,13 @@ def detect_input_signs(model: nn.Module, names: Iterable[str], batches: list[Any
 
     hooks = [module.register_forward_pre_hook(make_hook(name))
              for name, module in model.named_modules() if name in wanted]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             for batch in batches:
                 model(batch)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     unseen = sorted(wanted - set(minima))
     if unseen:
         raise HaqError(f"Layer(s) {', '.join(unseen)} did not run on the calibration data, so their input "
@@ -209,9 +220,6 @@ def reset_input_scaling(handles: Iterable[LayerHandles]) -> None:
 
 def calibrate_inputs(model: nn.Module, batches: list[Any]) -> None:
     """Run Brevitas' ``calibration_mode`` (float forward, statistics collected) over ``batches``."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), calibration_mode(model):
+    with evaluating(model), calibration_mode(model):
         for batch in batches:
             model(batch)
-    model.train(was_training)

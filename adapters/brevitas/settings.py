@@ -42,19 +42,6 @@ class QuantSettings:
         """No input quantizer: activations stay float, only the weight bits apply."""
         return self.quantize == WEIGHTS_ONLY
 
-    @property
-    def weight_quant(self) -> type:
-        from haq_plugin.adapters.brevitas import quantizers
-
-        return quantizers.CLIPPED_WEIGHT_QUANT if self.clip_weights else quantizers.WEIGHT_QUANT
-
-    def input_quant(self, signed: bool) -> type | None:
-        from haq_plugin.adapters.brevitas import quantizers
-
-        if self.weights_only:
-            return None
-        signed_quant, unsigned_quant = quantizers.INPUT_QUANTS[self.act_range]
-        return signed_quant if signed else unsigned_quant
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ from torch.ao.nn.intrinsic import qat as nniqat
 from torch.ao.quantization import FakeQuantize, QConfigMapping
 
 from haq_plugin.api.backend import QuantBackend, batch_inputs, layer_difference
-from haq_plugin.api.errors import HaqError
+from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.api.hookspecs import hookimpl
 from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.api.options import Option
@@ -129,7 +129,7 @@ def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, a
     try:
         check_traceable(model)
     except Exception as exc:
-        raise HaqError(f"torch.fx cannot trace {type(model).__name__} ({_one_line(exc)}), so no FX "
+        raise HaqError(f"torch.fx cannot trace {type(model).__name__} ({one_line(exc)}), so no FX "
                        "QConfigMapping applies; use the torch.ao backend's eager mode and prepare_qat_eager.") from None
     # prepare_qat_fx writes .qconfig attributes into the modules it is given: trace a copy.
     _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, layers, act_observer, other_act_bits)
@@ -195,11 +195,6 @@ def _bits_problem(bits: Any, names: Sequence[str]) -> str:
     return "the bits are malformed"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 class TorchAoFxBackend(QuantizeMode, QuantBackend):
     """Fake quantization with torch.ao QConfigs, FX graph mode or eager mode (see module docstring)."""
 
@@ -260,9 +255,9 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
         except Exception as exc:
             if mode == "fx":
                 raise HaqError(f"torch.ao backend (mode=fx): torch.fx cannot trace {type(model).__name__} "
-                               f"({_one_line(exc)}); use mode=eager or mode=auto.") from None
+                               f"({one_line(exc)}); use mode=eager or mode=auto.") from None
             log.warning("torch.ao: FX cannot trace %s (%s); using eager mode (per-layer qconfig, weight and "
-                        "input fake-quantizers).", type(model).__name__, _one_line(exc))
+                        "input fake-quantizers).", type(model).__name__, one_line(exc))
             return False
         return True
 

@@ -62,7 +62,7 @@ import torch
 from torch import fx, nn
 
 from haq_plugin.api.backend import BitMap, QuantBackend, batch_inputs
-from haq_plugin.api.errors import HaqError
+from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.api.hookspecs import hookimpl
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.api.options import Option
@@ -156,15 +156,10 @@ def export_for_quantization(model: nn.Module, example_input: torch.Tensor) -> fx
                                            dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as exc:  # torch.export raises many types: user errors, unsupported ops, guards
         raise HaqError(f"backend 'torchao': torch.export cannot capture {type(model).__name__}: "
-                       f"{_first_line(exc)}. PT2E quantization needs an exportable model (no data-dependent "
+                       f"{one_line(exc)}. PT2E quantization needs an exportable model (no data-dependent "
                        "control flow, no unsupported Python constructs in forward); use --backend torch.ao, "
                        "which falls back to eager mode for such models.") from None
     return exported.module()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class TorchaoPt2eBackend(QuantizeMode, QuantBackend):

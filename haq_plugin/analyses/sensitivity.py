@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -24,50 +23,17 @@ from haq_plugin.storage import outputs
 from haq_plugin.api.backend import QuantBackend, prepare_for_search
 from haq_plugin.api.bits import check_width
 from haq_plugin.engine.costs import CONSTRAINTS, build_cost_table
-from haq_plugin.engine.environment import KEPT_BITS
+from haq_plugin.engine.space import KEPT_BITS
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hardware import HardwareModel
 from haq_plugin.api.layers import LayerSpec, extract_layers
-from haq_plugin.engine.evaluate import float_accuracy, policy_accuracy
+from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy
 from haq_plugin.api.plugins import load_backend, load_hardware
-from haq_plugin.engine.search import seed_everything
+from haq_plugin.storage.rng import seed_everything
+from haq_plugin.analyses.sensitivity_report import LayerSensitivity, SensitivityResult
 
 DEFAULT_BITS = (2, 3, 4)
 TARGETS = ("weights", "activations")
-
-
-@dataclass
-class LayerSensitivity:
-    """One layer's accuracies (percent) by bit width, its weights and its input activations separately."""
-
-    index: int
-    name: str
-    describe: str
-    cost_share: float
-    weights: dict[int, float]
-    activations: dict[int, float]
-
-
-@dataclass
-class SensitivityResult:
-    """The per-layer table, the reference accuracies and the run's size and time."""
-
-    layers: list[LayerSensitivity]
-    bits: tuple[int, ...]
-    constraint: str
-    hardware: str
-    backend: str
-    eight_bit_accuracy: float
-    float_accuracy: float
-    evaluations: int
-    seconds: float
-    output_dir: Path | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def columns(self) -> tuple[int, ...]:
-        """The bit widths of the table: the measured ones and the 8-bit reference."""
-        return (*self.bits, KEPT_BITS)
 
 
 def parse_bit_list(text: str, flag: str = "--bits") -> tuple[int, ...]:
@@ -125,7 +91,7 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
     seed_everything(seed)
     prepare_for_search(be, model, example_input, calibration_data)
     eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
-    reference = policy_accuracy(be, eight, eval_fn)
+    reference = evaluate_policy(be, eight, eval_fn)
     rows = []
     with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
@@ -134,7 +100,7 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
             for slot, target in enumerate(TARGETS):
                 for width in widths:
                     pair = (width, KEPT_BITS) if slot == 0 else (KEPT_BITS, width)
-                    measured[target][width] = policy_accuracy(be, {**eight, layer.name: pair}, eval_fn)
+                    measured[target][width] = evaluate_policy(be, {**eight, layer.name: pair}, eval_fn)
                     bar.update(1)
                 measured[target][KEPT_BITS] = reference
             rows.append(LayerSensitivity(i, layer.name, layer.describe(), shares[i], measured["weights"],

@@ -8,6 +8,9 @@
                      weights and activations side by side
 ``sensitivity.md``   the same table in markdown, with the references
 ==================  ================================================================
+
+The records the files are written from (:class:`LayerSensitivity`, :class:`SensitivityResult`) are
+defined here and returned by :func:`haq_plugin.analyses.sensitivity.sensitivity`.
 """
 
 from __future__ import annotations
@@ -15,32 +18,64 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from haq_plugin.storage.files import write_text_atomic, write_via_temp
 from haq_plugin.storage.formatting import markdown_table
-
-if TYPE_CHECKING:
-    from haq_plugin.analyses.sensitivity import SensitivityResult
+from haq_plugin.engine.space import KEPT_BITS
 
 CSV_FILE = "sensitivity.csv"
 FIGURE = "sensitivity.png"
 MARKDOWN = "sensitivity.md"
 
 
-def _headers(result: "SensitivityResult") -> list[str]:
+@dataclass
+class LayerSensitivity:
+    """One layer's accuracies (percent) by bit width, its weights and its input activations separately."""
+
+    index: int
+    name: str
+    describe: str
+    cost_share: float
+    weights: dict[int, float]
+    activations: dict[int, float]
+
+
+@dataclass
+class SensitivityResult:
+    """The per-layer table, the reference accuracies and the run's size and time."""
+
+    layers: list[LayerSensitivity]
+    bits: tuple[int, ...]
+    constraint: str
+    hardware: str
+    backend: str
+    eight_bit_accuracy: float
+    float_accuracy: float
+    evaluations: int
+    seconds: float
+    output_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> tuple[int, ...]:
+        """The bit widths of the table: the measured ones and the 8-bit reference."""
+        return (*self.bits, KEPT_BITS)
+
+
+def _headers(result: SensitivityResult) -> list[str]:
     return ([f"w{b}" for b in result.columns] + [f"a{b}" for b in result.columns])
 
 
-def _values(result: "SensitivityResult") -> list[list[float]]:
+def _values(result: SensitivityResult) -> list[list[float]]:
     return [[row.weights[b] for b in result.columns] + [row.activations[b] for b in result.columns]
             for row in result.layers]
 
 
-def sensitivity_csv(result: "SensitivityResult") -> str:
+def sensitivity_csv(result: SensitivityResult) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["index", "layer", "cost_share", *_headers(result)])
@@ -49,7 +84,7 @@ def sensitivity_csv(result: "SensitivityResult") -> str:
     return out.getvalue()
 
 
-def sensitivity_markdown(result: "SensitivityResult") -> str:
+def sensitivity_markdown(result: SensitivityResult) -> str:
     """The table for reading: accuracy (%) per layer and width, and the layer's share of the 8-bit cost."""
     headers = ["#", "layer", "shape", f"{result.constraint} share"] + _headers(result)
     rows = [[row.index, f"`{row.name}`", row.describe, f"{row.cost_share * 100:.1f}%",
@@ -64,7 +99,7 @@ def sensitivity_markdown(result: "SensitivityResult") -> str:
     ])
 
 
-def write_sensitivity_figure(path: Path, result: "SensitivityResult") -> Path | None:
+def write_sensitivity_figure(path: Path, result: SensitivityResult) -> Path | None:
     """Two heatmaps (weights, activations) of the accuracy drop; matplotlib object API with Agg."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -98,7 +133,7 @@ def write_sensitivity_figure(path: Path, result: "SensitivityResult") -> Path | 
     return write_via_temp(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
-def write_sensitivity_outputs(result: "SensitivityResult") -> dict[str, Path]:
+def write_sensitivity_outputs(result: SensitivityResult) -> dict[str, Path]:
     directory = result.output_dir
     if directory is None:
         raise ValueError("the sensitivity run has no output directory")

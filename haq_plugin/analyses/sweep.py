@@ -30,7 +30,7 @@ import inspect
 import json
 import numbers
 import sys
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -38,15 +38,17 @@ from torch import nn
 
 from haq_plugin.storage import outputs
 from haq_plugin.api.backend import QuantBackend, prepare_for_search
-from haq_plugin.engine.environment import KEPT_BITS, fixed_bits_for
+from haq_plugin.engine.space import KEPT_BITS, fixed_bits_for
 from haq_plugin.api.errors import HaqError, InfeasibleBudget
 from haq_plugin.storage.files import read_json, write_text_atomic
 from haq_plugin.api.hardware import HardwareModel
 from haq_plugin.api.layers import LayerSpec, extract_layers
-from haq_plugin.engine.evaluate import float_accuracy as measure_float, policy_accuracy
+from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy as measure_float
 from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.api.policy import Policy
-from haq_plugin.engine.search import SearchResult, search
+from haq_plugin.engine.results import SearchResult
+from haq_plugin.engine.search import search
+from haq_plugin.analyses.sweep_report import SweepPoint, SweepResult
 
 SWEEP_FILE = "sweep.json"
 UNIFORM_POLICY = "uniform_policy.json"
@@ -55,47 +57,6 @@ OWNED_BY_SWEEP = frozenset({"hardware", "backend", "budget", "eval_fn", "calibra
                             "resume", "force", "progress", "float_accuracy", "task"})
 #: Search options that are data, caching or placement switches, not settings that change a result.
 NOT_SETTINGS = frozenset({"train_data", "use_cache", "device", "ray_address"})
-
-
-@dataclass
-class SweepPoint:
-    """One row of ``pareto.csv``: a policy found (or the best uniform one) at one budget.
-
-    ``policy_file`` is relative to the sweep directory; ``status`` says whether
-    the budget was searched now, resumed, or kept from an earlier run.
-    """
-
-    budget: float
-    strategy: str
-    cost_fraction: float
-    val_accuracy: float
-    test_accuracy: float | None
-    policy_file: str
-    status: str
-
-
-@dataclass
-class SweepResult:
-    """Every budget's outcome, the reference accuracies, and where the files went."""
-
-    points: list[SweepPoint]
-    infeasible: dict[float, float]
-    float_accuracy: float
-    eight_bit_accuracy: float
-    float_test_accuracy: float | None
-    eight_bit_test_accuracy: float | None
-    settings: dict[str, Any]
-    output_dir: Path
-    searches: dict[float, SearchResult] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-
-    def searched(self) -> list[SweepPoint]:
-        """The searched policies (one per feasible budget), cheapest budget first."""
-        return [p for p in self.points if p.strategy == self.settings["search"]["strategy"]]
-
-    def uniform(self) -> list[SweepPoint]:
-        """The best uniform policy of each budget where one fits (the searched ones for strategy uniform)."""
-        return [p for p in self.points if p.strategy == "uniform"]
 
 
 # -- input checks -------------------------------------------------------------------------
@@ -303,16 +264,16 @@ class _SweepRun:
         if self.test_eval_fn is None:
             return None
         self._ensure_prepared()
-        return policy_accuracy(self.backend, bits, self.test_eval_fn)
+        return evaluate_policy(self.backend, bits, self.test_eval_fn)
 
     def references(self, float_val: float) -> dict[str, float | None]:
         """Float and uniform 8-bit accuracies (validation, and test where there is a test split)."""
         self._ensure_prepared()
         eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in self.layers}
         test = self.test_eval_fn
-        return {"float_accuracy": float_val, "eight_bit_accuracy": policy_accuracy(self.backend, eight, self.eval_fn),
+        return {"float_accuracy": float_val, "eight_bit_accuracy": evaluate_policy(self.backend, eight, self.eval_fn),
                 "float_test_accuracy": None if test is None else measure_float(self.model, test),
-                "eight_bit_test_accuracy": None if test is None else policy_accuracy(self.backend, eight, test)}
+                "eight_bit_test_accuracy": None if test is None else evaluate_policy(self.backend, eight, test)}
 
 
 def _folder_status(folder: Path, budget: float) -> str:

@@ -6,6 +6,9 @@
                 policy per budget, the uniform 8-bit and the float marks
 ``summary.md``  the same table for reading, the references and infeasible budgets
 ==============  ====================================================================
+
+The records the files are written from (:class:`SweepPoint`, :class:`SweepResult`) are defined here
+and returned by :func:`haq_plugin.analyses.sweep.sweep`.
 """
 
 from __future__ import annotations
@@ -13,15 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from haq_plugin.storage.files import write_text_atomic, write_via_temp
 from haq_plugin.storage.formatting import markdown_table
 from haq_plugin.storage.outputs import POLICY
-
-if TYPE_CHECKING:
-    from haq_plugin.analyses.sweep import SweepPoint, SweepResult
+from haq_plugin.engine.results import SearchResult
 
 PARETO_CSV = "pareto.csv"
 PARETO_FIGURE = "pareto.png"
@@ -29,11 +31,52 @@ SUMMARY = "summary.md"
 CSV_COLUMNS = ("budget", "strategy", "cost_fraction", "val_accuracy", "test_accuracy", "policy_file", "status")
 
 
+@dataclass
+class SweepPoint:
+    """One row of ``pareto.csv``: a policy found (or the best uniform one) at one budget.
+
+    ``policy_file`` is relative to the sweep directory; ``status`` says whether
+    the budget was searched now, resumed, or kept from an earlier run.
+    """
+
+    budget: float
+    strategy: str
+    cost_fraction: float
+    val_accuracy: float
+    test_accuracy: float | None
+    policy_file: str
+    status: str
+
+
+@dataclass
+class SweepResult:
+    """Every budget's outcome, the reference accuracies, and where the files went."""
+
+    points: list[SweepPoint]
+    infeasible: dict[float, float]
+    float_accuracy: float
+    eight_bit_accuracy: float
+    float_test_accuracy: float | None
+    eight_bit_test_accuracy: float | None
+    settings: dict[str, Any]
+    output_dir: Path
+    searches: dict[float, SearchResult] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def searched(self) -> list[SweepPoint]:
+        """The searched policies (one per feasible budget), cheapest budget first."""
+        return [p for p in self.points if p.strategy == self.settings["search"]["strategy"]]
+
+    def uniform(self) -> list[SweepPoint]:
+        """The best uniform policy of each budget where one fits (the searched ones for strategy uniform)."""
+        return [p for p in self.points if p.strategy == "uniform"]
+
+
 def _accuracy(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def pareto_csv(points: list["SweepPoint"]) -> str:
+def pareto_csv(points: list[SweepPoint]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -43,7 +86,7 @@ def pareto_csv(points: list["SweepPoint"]) -> str:
     return out.getvalue()
 
 
-def summary_markdown(result: "SweepResult") -> str:
+def summary_markdown(result: SweepResult) -> str:
     """The sweep for reading: settings, per-budget table, references, infeasible budgets."""
     s = result.settings
     search = s["search"]
@@ -81,7 +124,7 @@ def summary_markdown(result: "SweepResult") -> str:
     return "\n".join(lines)
 
 
-def write_pareto_figure(path: Path, result: "SweepResult") -> Path | None:
+def write_pareto_figure(path: Path, result: SweepResult) -> Path | None:
     """Accuracy against achieved cost; matplotlib's object API with the Agg canvas (no global state)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -119,7 +162,7 @@ def write_pareto_figure(path: Path, result: "SweepResult") -> Path | None:
     return write_via_temp(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def write_sweep_outputs(result: "SweepResult") -> dict[str, Path]:
+def write_sweep_outputs(result: SweepResult) -> dict[str, Path]:
     directory = result.output_dir
     files = {"pareto": write_text_atomic(directory / PARETO_CSV, pareto_csv(result.points)),
              "summary": write_text_atomic(directory / SUMMARY, summary_markdown(result))}

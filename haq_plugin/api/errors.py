@@ -23,3 +23,13 @@ class InfeasibleBudget(HaqError):
     def __init__(self, message: str, smallest: float) -> None:
         super().__init__(message)
         self.smallest = smallest
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (or only ``Type``): a foreign exception quoted in one of our messages.
+
+    Framework errors (torch.fx, torch.export, unpickling) explain themselves in paragraphs; the
+    first non-empty line says what happened.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

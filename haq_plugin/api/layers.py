@@ -15,10 +15,11 @@ A ``LayerSpec`` can also be written by hand, e.g. to cost one layer::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -197,14 +198,12 @@ def extract_layers(model: nn.Module, example_input: Any) -> list[LayerSpec]:
             f"{type(model).__name__} has no quantizable layer: haq-plugin quantizes nn.Conv1d, nn.Conv2d "
             "and nn.Linear modules, and this model has none."
         )
-    was_training = model.training
     try:
-        model.eval()
-        run_forward(model, example_input, "the example input", EXAMPLE_INPUT_HINT)
+        with evaluating(model):
+            run_forward(model, example_input, "the example input", EXAMPLE_INPUT_HINT)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     repeated = sorted(name for name, n in calls.items() if n > 1)
     if repeated:
         raise HaqError(
@@ -225,6 +224,18 @@ def describe_input(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(describe_input(v) for v in value) + ")"
     return type(value).__name__
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode and without gradients inside the block; its train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 EXAMPLE_INPUT_HINT = "give an --input-shape the model accepts (or fix the example input its callable returns)"

@@ -20,6 +20,7 @@ from haq_plugin.cli.options import (apply_task_defaults, backend_options, data_o
                                     no_cache_option, placement_options, plugin_options, setting_options,
                                     settings_from_params)
 from haq_plugin.engine.device import resolve_device
+from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy
 from haq_plugin.api.errors import HaqError, InfeasibleBudget
 from haq_plugin.tasks.specs import load_model, load_task_data
 from haq_plugin.api.plugins import load_backend, load_hardware
@@ -96,7 +97,8 @@ def search_cmd(**params: Any) -> None:
         click.echo(f"\nInterrupted.{hint}", err=True)
         raise SystemExit(130) from None
     if not quiet:
-        print_outcome(result, plan.output, plan.backend, task["model"], data.test_eval_fn, source.model)
+        print_outcome(result, plan.output, plan.backend, task["model"], data.test_eval_fn, source.model,
+                      data.train_data)
 
 
 def new_plan(params: Mapping[str, Any]) -> Plan:
@@ -158,17 +160,19 @@ def run_with_default_budget(run: Callable[[SearchSettings], Any], settings: Sear
 
 
 def print_outcome(result: SearchResult, output: Path, backend: Any, model_spec: str,
-                  test_eval_fn: Callable[..., float] | None, float_model: Any) -> None:
-    """What a user wants to read when the search ends: accuracy, cost, where the files went, what next."""
+                  test_eval_fn: Callable[..., float] | None, float_model: Any, train_data: Any = None) -> None:
+    """What a user wants to read when the search ends: accuracy, cost, where the files went, what next.
+
+    The held-out accuracy is measured as the search measured each episode (finetuning included).
+    """
     click.echo("")
     click.echo(result.summary_text())
     if test_eval_fn is not None:
-        backend.set_policy(result.policy.bits)
-        backend.calibrate()
         metric = result.metric
-        tested = backend.evaluate(test_eval_fn)
+        tested = evaluate_policy(backend, result.policy.bits, test_eval_fn, result.settings.finetune_steps,
+                                 train_data)
         click.echo(f"Held-out test {metric.name} of the best policy: {metric.format(tested)} "
-                   f"(float {metric.format(test_eval_fn(float_model.eval()))}).")
+                   f"(float {metric.format(float_accuracy(float_model, test_eval_fn))}).")
     click.echo("")
     written = ", ".join(path.name for path in result.files.values())
     click.echo(f"Outputs in {output}/: {written}")

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
-if TYPE_CHECKING:
-    from haq_plugin.engine.environment import QuantizationEnv
+from haq_plugin.engine.reward import Budget
+from haq_plugin.engine.space import FixedPair
 
 
-def cheaper_width(env: "QuantizationEnv", layer: int, slot: int, pair: Sequence[int]) -> tuple[int, float] | None:
+class BudgetedSlots(Protocol):
+    """What the enforcement steps read of :class:`~haq_plugin.engine.environment.QuantizationEnv`."""
+
+    allowed: tuple[int, ...]
+    budget: Budget
+    fixed: list[FixedPair]
+    cheapest: list[tuple[int, int]]
+
+    def layer_cost(self, i: int, w: int, a: int) -> float: ...
+
+
+def cheaper_width(env: BudgetedSlots, layer: int, slot: int, pair: Sequence[int]) -> tuple[int, float] | None:
     """The widest allowed width below ``pair[slot]`` that lowers the layer's cost, and the saving."""
     if env.fixed[layer][slot] is not None:
         return None
@@ -29,7 +40,7 @@ def cheaper_width(env: "QuantizationEnv", layer: int, slot: int, pair: Sequence[
     return None
 
 
-def lower_in_rounds(env: "QuantizationEnv", current: list[list[int]], per_layer: list[float]) -> bool:
+def lower_in_rounds(env: BudgetedSlots, current: list[list[int]], per_layer: list[float]) -> bool:
     """Step 2 of :meth:`QuantizationEnv.enforce_budget`; True once the policy fits, False if stuck over it."""
     n = len(current)
     while True:
@@ -51,7 +62,7 @@ def lower_in_rounds(env: "QuantizationEnv", current: list[list[int]], per_layer:
                 return True
 
 
-def switch_to_cheapest(env: "QuantizationEnv", current: list[list[int]], per_layer: list[float]) -> list[int]:
+def switch_to_cheapest(env: BudgetedSlots, current: list[list[int]], per_layer: list[float]) -> list[int]:
     """Non-monotone hardware: move layers to their cheapest pair, largest saving first, until it fits.
 
     Returns the layers switched.
@@ -69,7 +80,7 @@ def switch_to_cheapest(env: "QuantizationEnv", current: list[list[int]], per_lay
     raise RuntimeError("budget enforcement reached the cheapest policy without fitting")
 
 
-def give_back(env: "QuantizationEnv", current: list[list[int]], per_layer: list[float],
+def give_back(env: BudgetedSlots, current: list[list[int]], per_layer: list[float],
               proposed: list[list[int]]) -> None:
     """Step 3 of :meth:`QuantizationEnv.enforce_budget`: raise slots back towards the proposal while it fits."""
     refused: set[tuple[int, int]] = set()

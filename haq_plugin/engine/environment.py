@@ -38,22 +38,26 @@ Two quantization modes (``quantize``):
   under latency or energy it charges 8-bit inputs.  A backend that is told
   the mode reads these 8s as "not quantized".
 
-Budget enforcement is described in :meth:`QuantizationEnv.enforce_budget`.
+Budget enforcement is described in :meth:`QuantizationEnv.enforce_budget` (its steps in
+:mod:`haq_plugin.engine.enforcement`); the reward and the budget in :mod:`haq_plugin.engine.reward`;
+which bits are fixed in :mod:`haq_plugin.engine.space`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from haq_plugin.api.bits import BitPair
 from haq_plugin.engine import enforcement
 from haq_plugin.engine.costs import CostTable
 from haq_plugin.api.errors import HaqError, InfeasibleBudget
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.api.quantize_mode import check_quantize
+from haq_plugin.engine.reward import Budget
+from haq_plugin.engine.space import KEPT_BITS, FixedPair
 
 STATE_FEATURES = (
     "layer_index", "in_channels", "out_channels", "kernel_size", "stride", "input_area",
@@ -63,14 +67,7 @@ STATE_DIM = len(STATE_FEATURES)
 LAYER_FEATURES = STATE_FEATURES.index("is_weight_step")  # features 0..7 describe the layer
 IS_WEIGHT_STEP = STATE_FEATURES.index("is_weight_step")
 PREVIOUS_BITS = STATE_FEATURES.index("previous_bits")
-KEPT_BITS = 8
-REWARD_SCALE = 0.1
-# Costs are sums of floats: a policy "fits" when within this relative rounding margin.
-BUDGET_RTOL = 1e-9
 
-
-BitPair = tuple[int, int]
-FixedPair = tuple["int | None", "int | None"]
 
 
 def action_to_bits(action: float, allowed: Sequence[int]) -> int:
@@ -85,14 +82,6 @@ def action_to_bits(action: float, allowed: Sequence[int]) -> int:
     k = len(allowed)
     index = int(math.floor(float(action) * k))
     return int(allowed[min(max(index, 0), k - 1)])
-
-
-def reward(accuracy: float, float_accuracy: float) -> float:
-    """HAQ's reward of an evaluated policy: 0.1 x (its accuracy - the float model's accuracy).
-
-    The budget is enforced before evaluation, so the reward needs no cost term.
-    """
-    return REWARD_SCALE * (accuracy - float_accuracy)
 
 
 def layer_features(layers: Sequence[LayerSpec]) -> np.ndarray:
@@ -113,50 +102,6 @@ def min_max_normalise(features: np.ndarray) -> np.ndarray:
     low, high = features.min(axis=0), features.max(axis=0)
     span = np.where(high > low, high - low, 1.0)
     return (features - low) / span
-
-
-def fixed_bits_for(layers: Sequence[LayerSpec], keep_first_layer_8bit: bool = True,
-                   keep_last_layer_8bit: bool = True,
-                   pins: Mapping[str, tuple[int, int]] | None = None) -> dict[str, BitPair]:
-    """Layer name -> (weight, activation) bits the search must not change.
-
-    The first layer's input is the network input: HAQ leaves it unquantized,
-    our backends give it 8 bits, so keeping the first layer keeps both at 8.
-    Pins win over the keep options.
-    """
-    fixed: dict[str, BitPair] = {}
-    if keep_first_layer_8bit:
-        fixed[layers[0].name] = (KEPT_BITS, KEPT_BITS)
-    if keep_last_layer_8bit:
-        fixed[layers[-1].name] = (KEPT_BITS, KEPT_BITS)
-    names = {layer.name for layer in layers}
-    for name, pair in (pins or {}).items():
-        if name not in names:
-            some = ", ".join(layer.name for layer in layers[:8])
-            raise HaqError(f"pins: no quantizable layer named '{name}'. Layer names are e.g. {some}"
-                           f"{' ...' if len(layers) > 8 else ''} (see `haq-plugin layers`).")
-        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
-                or not all(isinstance(b, int) and not isinstance(b, bool) for b in pair)):
-            raise HaqError(f"pins: layer '{name}' must map to a (weight_bits, activation_bits) pair of "
-                           f"integers, got {pair!r}.")
-        fixed[name] = (int(pair[0]), int(pair[1]))
-    return fixed
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A resource budget: ``fraction`` of the w8/a8 cost ``reference`` of constraint ``constraint``."""
-
-    constraint: str
-    fraction: float
-    reference: float
-
-    @property
-    def absolute(self) -> float:
-        return self.fraction * self.reference
-
-    def fits(self, cost: float) -> bool:
-        return cost <= self.absolute * (1.0 + BUDGET_RTOL)
 
 
 class QuantizationEnv:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from haq_plugin.api.errors import HaqError
+from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.engine.metric import ACCURACY, Metric
 
 EvalFn = Callable[[nn.Module], float]
@@ -73,8 +73,7 @@ def call_eval_fn(eval_fn: EvalFn, model: nn.Module, what: str = "eval_fn", metri
     try:
         value = eval_fn(model)
     except Exception as exc:  # the user's code: report it, do not lose the search
-        detail = (str(exc).strip().splitlines() or [""])[0]
-        raise EvaluationError(f"{what} raised {type(exc).__name__}: {detail}") from exc
+        raise EvaluationError(f"{what} raised {one_line(exc)}") from exc
     return accuracy_value(value, what, metric)
 
 

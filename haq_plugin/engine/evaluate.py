@@ -1,35 +1,45 @@
-"""Accuracy of a float model and of a bit policy, measured the way the search measures it.
+"""Evaluating a policy: the one sequence set_policy -> calibrate -> finetune -> evaluate.
 
-The analyses (:mod:`haq_plugin.analyses.sweep`, :mod:`haq_plugin.analyses.sensitivity`) evaluate
-policies outside a search; they go through these two functions so that their
-numbers are comparable with the search's (same eval mode, same calibration).
+Everything that reports the accuracy of a policy goes through :func:`evaluate_policy`
+(the search in this process and on every Ray actor, the analyses, the held-out
+accuracy the command line prints, the benchmarks), so all their numbers are
+measured alike: the same eval mode, the same calibration, the same finetuning.
+:func:`float_accuracy` is the float model's counterpart.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import time
+from typing import Any, Callable, Iterable, Mapping
 
-import torch
 from torch import nn
 
 from haq_plugin.api.backend import QuantBackend
+from haq_plugin.api.bits import BitPair
+from haq_plugin.api.layers import evaluating
 
 EvalFn = Callable[[nn.Module], float]
 
 
 def float_accuracy(model: nn.Module, eval_fn: EvalFn) -> float:
     """``eval_fn`` on the float model in eval mode, without gradients; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float(eval_fn(model))
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        return float(eval_fn(model))
 
 
-def policy_accuracy(backend: QuantBackend, bits: Mapping[str, tuple[int, int]], eval_fn: EvalFn) -> float:
-    """Accuracy of ``bits`` on a prepared backend: set the policy, recalibrate, evaluate."""
+def evaluate_policy(backend: QuantBackend, bits: Mapping[str, BitPair], eval_fn: EvalFn,
+                    finetune_steps: int = 0, train_data: Iterable[Any] | None = None) -> float:
+    """Accuracy of ``bits`` on a prepared backend: set the policy, recalibrate, finetune, evaluate."""
     backend.set_policy(dict(bits))
     backend.calibrate()
+    if finetune_steps:
+        backend.finetune(train_data, finetune_steps)  # type: ignore[arg-type]
     return float(backend.evaluate(eval_fn))
+
+
+def timed_evaluation(backend: QuantBackend, bits: Mapping[str, BitPair], eval_fn: EvalFn,
+                     finetune_steps: int = 0, train_data: Iterable[Any] | None = None) -> tuple[float, float]:
+    """:func:`evaluate_policy` and the seconds it took (an episode's ``eval_seconds``)."""
+    start = time.perf_counter()
+    accuracy = evaluate_policy(backend, bits, eval_fn, finetune_steps, train_data)
+    return accuracy, time.perf_counter() - start

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from haq_plugin.api.bits import BitPair
 from haq_plugin.api.errors import HaqError
-from haq_plugin.engine.environment import BUDGET_RTOL
+from haq_plugin.engine.reward import BUDGET_RTOL
 from haq_plugin.engine.metric import Metric
 
 

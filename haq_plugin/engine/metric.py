@@ -23,8 +23,7 @@ import math
 from dataclasses import dataclass
 
 from haq_plugin.api.errors import HaqError
-
-REWARD_SCALE = 0.1
+from haq_plugin.engine.reward import REWARD_SCALE
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,16 @@ from typing import Any, Mapping
 
 import torch
 
+from haq_plugin.api.bits import BitPair
 from haq_plugin.engine.bits_per_weight import table_bits_per_weight
 from haq_plugin.engine.costs import UNITS, CostTable
-from haq_plugin.engine.environment import Budget
 from haq_plugin.engine.metric import Metric, metric_named
+from haq_plugin.engine.reward import Budget
 from haq_plugin.engine.space import fixed_bits_for
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.api.policy import Policy
 from haq_plugin.engine.settings import SearchSettings
 
-BitPair = tuple[int, int]
 
 
 @dataclass

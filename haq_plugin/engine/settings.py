@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from haq_plugin.engine.agent import DDPGConfig
-from haq_plugin.api.bits import MAX_BITS, MIN_BITS, is_integer
+from haq_plugin.api.bits import MAX_BITS, MIN_BITS, BitPair, is_integer
 from haq_plugin.engine.costs import CONSTRAINTS
 from haq_plugin.api.errors import HaqError
 from haq_plugin.engine.bits_per_weight import parse_bits_per_weight
@@ -37,7 +37,6 @@ DEFAULT_EPISODES = 300
 DEFAULT_BUDGET = 0.5
 MAX_SEED = 2**32 - 1  # NumPy's legacy global generator takes seeds up to 2**32 - 1
 
-BitPair = tuple[int, int]
 
 
 @dataclass(frozen=True)

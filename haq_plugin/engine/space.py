@@ -1,5 +1,8 @@
 """The search space: which bit widths each layer may take on this hardware with this backend.
 
+Also the rule of which bits are fixed (:func:`fixed_bits_for`: the first and last layer kept at
+``KEPT_BITS``, user pins), used by the environment and the analyses.
+
 These checks need the plugins (their supported widths, whether the hardware has
 an energy model), so they run once the hardware model and backend are known and
 before any cost is simulated.
@@ -8,16 +11,48 @@ before any cost is simulated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from haq_plugin.api.bits import BitPair
 from haq_plugin.api.backend import QuantBackend
-from haq_plugin.engine.environment import KEPT_BITS, fixed_bits_for
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hardware import HardwareModel
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.engine.settings import SearchSettings
 
-BitPair = tuple[int, int]
+#: The width of kept layers (first, last) and of activations that are not quantized; the 8-bit reference.
+KEPT_BITS = 8
+#: A slot's fixed width, or None where the search chooses it.
+FixedPair = tuple["int | None", "int | None"]
+
+
+def fixed_bits_for(layers: Sequence[LayerSpec], keep_first_layer_8bit: bool = True,
+                   keep_last_layer_8bit: bool = True,
+                   pins: Mapping[str, tuple[int, int]] | None = None) -> dict[str, BitPair]:
+    """Layer name -> (weight, activation) bits the search must not change.
+
+    The first layer's input is the network input: HAQ leaves it unquantized,
+    our backends give it 8 bits, so keeping the first layer keeps both at 8.
+    Pins win over the keep options.
+    """
+    fixed: dict[str, BitPair] = {}
+    if keep_first_layer_8bit:
+        fixed[layers[0].name] = (KEPT_BITS, KEPT_BITS)
+    if keep_last_layer_8bit:
+        fixed[layers[-1].name] = (KEPT_BITS, KEPT_BITS)
+    names = {layer.name for layer in layers}
+    for name, pair in (pins or {}).items():
+        if name not in names:
+            some = ", ".join(layer.name for layer in layers[:8])
+            raise HaqError(f"pins: no quantizable layer named '{name}'. Layer names are e.g. {some}"
+                           f"{' ...' if len(layers) > 8 else ''} (see `haq-plugin layers`).")
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(b, int) and not isinstance(b, bool) for b in pair)):
+            raise HaqError(f"pins: layer '{name}' must map to a (weight_bits, activation_bits) pair of "
+                           f"integers, got {pair!r}.")
+        fixed[name] = (int(pair[0]), int(pair[1]))
+    return fixed
+
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Evaluating a policy (set bits, calibrate, finetune, measure) is what a search
 spends its time on, and policies of one round are independent, so a search
 with ``workers > 1`` evaluates each round's N policies at once on N Ray actors.
 
-* :func:`evaluate_policy` is the one definition of "evaluate a policy on a
-  prepared backend", used by the driver and by every actor.
+* Each actor evaluates a policy with :func:`haq_plugin.engine.evaluate.evaluate_policy`, the
+  one definition of "evaluate a policy on a prepared backend" that the driver uses too.
 * :class:`WorkerPayload` is everything an actor needs.  It is put into Ray's
   object store once and every actor reads it once, when it starts: model and
   data never travel per episode; a round sends only bits and gets accuracies.
@@ -23,7 +23,6 @@ Ray is an optional dependency; :func:`require_ray` says how to install it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
@@ -37,29 +36,17 @@ from torch import nn
 
 from haq_plugin.api.backend import QuantBackend, prepare_for_search
 from haq_plugin.api.bits import BitPair
-from haq_plugin.storage.checkpoint import seed_everything
-from haq_plugin.engine.device import to_device
+from haq_plugin.storage.rng import seed_everything
+from haq_plugin.engine.evaluate import timed_evaluation
 from haq_plugin.api.errors import HaqError
 from haq_plugin.engine.eval_fn import EvaluationError, checked_eval_fn
 from haq_plugin.engine.metric import metric_named
 from haq_plugin.api.layers import LayerSpec
 from haq_plugin.api.quantize_mode import use_quantize_mode
+from haq_plugin.engine.placement import Placement
 
 RAY_INSTALL = 'pip install torch==2.13.0 -e ".[ray]"  (or: pip install "haq-plugin[ray]")'
 CONNECT_TIMEOUT_S = 5.0
-
-
-def evaluate_policy(backend: QuantBackend, names: Sequence[str], bits: Sequence[BitPair],
-                    eval_fn: Callable[[nn.Module], float], finetune_steps: int,
-                    train_data: Iterable[Any] | None) -> tuple[float, float]:
-    """Accuracy of ``bits`` through a prepared ``backend``, and the seconds it took."""
-    start = time.perf_counter()
-    backend.set_policy(dict(zip(names, bits)))
-    backend.calibrate()
-    if finetune_steps:
-        backend.finetune(train_data, finetune_steps)  # type: ignore[arg-type]
-    accuracy = float(backend.evaluate(eval_fn))
-    return accuracy, time.perf_counter() - start
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -125,7 +112,7 @@ class EvaluationActor:
         except Exception as exc:  # reported by ready(): an actor that dies in __init__ tells only a traceback
             self.failure = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
-    def _prepare(self, payload: WorkerPayload, placement: "Placement") -> None:
+    def _prepare(self, payload: WorkerPayload, placement: Placement) -> None:
         self.backend: QuantBackend = payload.backend_class(**payload.backend_options)
         self.backend.loss_fn = payload.loss_fn
         use_quantize_mode(self.backend, payload.quantize)
@@ -141,43 +128,11 @@ class EvaluationActor:
     def evaluate(self, job: EpisodeJob) -> EpisodeOutcome:
         seed_everything(episode_seed(self.seed, job.episode))
         try:
-            accuracy, seconds = evaluate_policy(self.backend, self.names, job.bits, self.eval_fn,
-                                                self.finetune_steps, self.train_data)
+            accuracy, seconds = timed_evaluation(self.backend, dict(zip(self.names, job.bits)), self.eval_fn,
+                                                 self.finetune_steps, self.train_data)
         except EvaluationError as exc:
             return EpisodeOutcome(None, 0.0, str(exc))
         return EpisodeOutcome(accuracy, seconds)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a search evaluates: its torch device, and the Ray cluster of its workers (None: a local one)."""
-
-    device: torch.device = torch.device("cpu")
-    ray_address: str | None = None
-
-    @property
-    def on_cpu(self) -> bool:
-        return self.device.type == "cpu"
-
-    def place(self, model: nn.Module, example_input: Any, calibration_data: Sequence[Any],
-              train_data: Iterable[Any] | None) -> tuple[nn.Module, Any, Sequence[Any], Any]:
-        """Model, example input and batches on the device: the same objects on the CPU, else copies.
-
-        The caller's model is copied, not moved, so it is left where it was.
-        """
-        if self.on_cpu:
-            return model, example_input, calibration_data, train_data
-        moved_train = None if train_data is None else [to_device(batch, self.device) for batch in train_data]
-        return (copy.deepcopy(model).to(self.device), to_device(example_input, self.device),
-                [to_device(batch, self.device) for batch in calibration_data], moved_train)
-
-    def place_backend(self, backend: QuantBackend) -> None:
-        """Make sure the prepared fake-quantized model is on the device (a backend may build it on the CPU)."""
-        if not self.on_cpu:
-            backend.model.to(self.device)
-
-    def start_pool(self, workers: int, payload: "WorkerPayload") -> "RayPool":
-        return RayPool(workers, payload, self.ray_address)
 
 
 # -- Ray --------------------------------------------------------------------------------

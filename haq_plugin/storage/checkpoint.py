@@ -11,16 +11,14 @@ It contains tensors and plain Python values only, so it loads with
 from __future__ import annotations
 
 import dataclasses
-import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from haq_plugin.api.errors import HaqError
+from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.storage.files import write_via_temp
 from haq_plugin.engine.results import EpisodeRecord
 from haq_plugin.engine.settings import SearchSettings
@@ -128,8 +126,7 @@ def read_payload(path: Path) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, weights_only=True)
     except Exception as exc:  # torch explains unpickling failures in paragraphs: keep the first line
-        first = (str(exc).strip().splitlines() or [""])[0].strip().rstrip(".")
-        raise HaqError(f"Cannot read checkpoint {path}: {type(exc).__name__}: {first}. It is not a checkpoint "
+        raise HaqError(f"Cannot read checkpoint {path}: {one_line(exc).rstrip('.')}. It is not a checkpoint "
                        "of haq-plugin, or is damaged; start a new search in a fresh directory.") from None
 
 
@@ -159,32 +156,3 @@ def checkpoint_settings(output_dir: str | Path) -> dict[str, Any]:
     """The settings an interrupted search in ``output_dir`` was started with, with its hardware and backend."""
     settings, run = stored_settings(output_dir)
     return {**settings.to_dict(), "hardware": run["hardware"], "backend": run["backend"]}
-
-
-
-# -- global random state ------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seed the global generators a backend might use (Python, NumPy, PyTorch)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The global generators' states as checkpoint-safe values (no NumPy arrays)."""
-    np_state = np.random.get_state(legacy=False)
-    np_state["state"] = {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}
-    return {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    np_state = dict(state["numpy"])
-    np_state["state"] = {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
-                         "pos": np_state["state"]["pos"]}
-    np.random.set_state(np_state)
-    torch.set_rng_state(state["torch"])
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

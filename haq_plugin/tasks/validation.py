@@ -20,7 +20,7 @@ from haq_plugin.api.backend import batch_inputs
 from haq_plugin.api.errors import HaqError
 from haq_plugin.engine.eval_fn import ALLOWED, EvaluationError, accuracy_value, call_eval_fn, short_repr
 
-from haq_plugin.api.layers import run_forward
+from haq_plugin.api.layers import evaluating, run_forward
 
 __all__ = ["as_batches", "check_accuracy", "check_calibration", "check_task_data", "evaluate", "short_repr"]
 
@@ -81,15 +81,11 @@ def check_task_data(model: nn.Module, calibration_data: Any, eval_fn: Any,
     if not callable(eval_fn):
         raise HaqError(f"eval_fn must be a function model -> accuracy in percent, got {type(eval_fn).__name__}.")
     check_calibration(model, calibration_data)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         if float_accuracy is None:
             accuracy = evaluate(eval_fn, model, "eval_fn on the float model")
         else:
             accuracy = check_accuracy(float_accuracy, "float_accuracy")
-    finally:
-        model.train(was_training)
     if accuracy == 0.0:
         raise HaqError("eval_fn on the float model returned 0.0%: the float model gets nothing right, so no "
                        "policy could be ranked by it. Check the validation data (is it empty? do its labels "
@@ -100,10 +96,6 @@ def check_task_data(model: nn.Module, calibration_data: Any, eval_fn: Any,
 def check_calibration(model: nn.Module, calibration_data: Any) -> Sequence[Any]:
     """``calibration_data`` as batches, after checking that its first batch runs through ``model``."""
     batches = as_batches(calibration_data, "calibration_data")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         run_forward(model, batch_inputs(batches[0]), "the first calibration_data batch")
-    finally:
-        model.train(was_training)
     return batches

@@ -11,7 +11,8 @@ import torch
 
 from haq_plugin.engine.costs import CostTable, build_cost_table
 from haq_plugin.engine.environment import (
-    STATE_DIM, QuantizationEnv, action_to_bits, fixed_bits_for, layer_features, min_max_normalise)
+    STATE_DIM, QuantizationEnv, action_to_bits, layer_features, min_max_normalise)
+from haq_plugin.engine.space import fixed_bits_for
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.api.plugins import get_plugin_manager, load_hardware

@@ -22,7 +22,8 @@ from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hookspecs import hookimpl
 from haq_plugin.api.plugins import get_plugin_manager, load_hardware, reset_plugin_manager
 from haq_plugin.api.policy import Policy
-from haq_plugin.engine.search import SearchInterrupted, search
+from haq_plugin.engine.results import SearchInterrupted
+from haq_plugin.engine.search import search
 from tests.helpers import Interrupter
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -26,7 +26,7 @@ from haq_plugin.tasks.demo import accuracy_fn, digits_splits
 from haq_plugin.engine.eval_fn import EvaluationError
 from haq_plugin.api.plugins import get_plugin_manager, reset_plugin_manager
 from haq_plugin.api.policy import Policy
-from haq_plugin.engine.search import SearchInterrupted
+from haq_plugin.engine.results import SearchInterrupted
 from tests.helpers import Interrupter
 
 pytestmark = pytest.mark.usefixtures("one_thread")

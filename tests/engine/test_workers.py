@@ -17,9 +17,9 @@ from haq_plugin.api.backend import prepare_for_search
 from haq_plugin.engine.eval_fn import EvaluationError, checked_eval_fn
 from haq_plugin.api.layers import extract_layers
 from haq_plugin.api.plugins import get_plugin_manager, reset_plugin_manager
-from haq_plugin.engine.search import SearchInterrupted
-from haq_plugin.engine.workers import (EpisodeJob, EvaluationActor, WorkerPayload, check_ray_address, episode_seed,
-                                evaluate_policy)
+from haq_plugin.engine.results import SearchInterrupted
+from haq_plugin.engine.evaluate import evaluate_policy
+from haq_plugin.engine.workers import EpisodeJob, EvaluationActor, WorkerPayload, check_ray_address, episode_seed
 from tests.engine.test_search_smoke import (QUICK, BitOpsHardware, RoundingBackend, history_key,  # noqa: F401
                                           task)  # task: the fixture
 from tests.helpers import Interrupter
@@ -59,7 +59,7 @@ def test_an_actor_evaluates_like_the_driver_whatever_it_ran_before(task):
     prepare_for_search(backend, task["model"], task["example_input"], task["calibration_data"], layers)
     names = [layer.name for layer in layers]
     low, high = [(2, 2)] * len(names), [(8, 8)] * len(names)
-    expected = evaluate_policy(backend, names, low, checked_eval_fn(task["eval_fn"]), 0, None)[0]
+    expected = evaluate_policy(backend, dict(zip(names, low)), checked_eval_fn(task["eval_fn"]))
     actor = EvaluationActor(payload)
     first = actor.evaluate(EpisodeJob(0, low))
     assert actor.evaluate(EpisodeJob(1, high)).accuracy > first.accuracy + 5 > 20
