@@ -31,7 +31,7 @@ DATA_OPTIONS: dict[str, tuple[int, str]] = {
 }
 SEARCH_DEFAULTS: dict[str, Any] = {
     "backend": "groupwise", "hw": "llm-decode", "constraint": "size", "quantize": "weights",
-    "metric": "perplexity", "decisions": "block", "keep_first_layer_8bit": False,
+    "metric": "perplexity", "decisions": "block", "keep_first_layer_8bit": False, "episodes": 100,
 }
 
 
