@@ -8,6 +8,18 @@ of every layer.  Beside the accuracies stands each layer's share of the
 constrained cost of the uniform 8-bit policy (from the hardware cost table), so
 that a cheap, robust layer and an expensive, sensitive one can be told apart:
 this is why a searched policy gives some layers few bits and others many.
+
+Language models (and any search) differ in three ways, each an argument:
+
+* ``metric="perplexity"``: the values are perplexities, and sensitivity is the
+  *rise* over uniform 8-bit instead of the drop (:meth:`SensitivityResult.loss`);
+* weight-only quantization (``quantize="weights"``, and always for the
+  ``groupwise`` backend): activations stay float, so the activation rows would
+  only repeat the 8-bit reference and are not measured (``layers x bits``
+  evaluations);
+* ``decisions="block"`` or ``"role"``: each decision unit, a group of layers the
+  search lowers together (:mod:`haq_plugin.engine.decisions`), is measured as
+  one row, which is what the greedy strategy measures before it chooses.
 """
 
 from __future__ import annotations
@@ -31,14 +43,21 @@ from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.engine.evaluate import float_accuracy, policy_accuracy
 from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.engine.search import seed_everything
+from haq_plugin.api.quantize_mode import WEIGHTS_ONLY, check_quantize, use_quantize_mode
+from haq_plugin.engine.decisions import DecisionUnits, unit_key
+from haq_plugin.engine.eval_fn import checked_eval_fn
+from haq_plugin.engine.metric import Metric, metric_named
 
 DEFAULT_BITS = (2, 3, 4)
 TARGETS = ("weights", "activations")
+#: What one row is, by ``decisions``.
+UNIT_NOUNS = {"layer": "layer", "block": "block", "role": "role"}
 
 
 @dataclass
 class LayerSensitivity:
-    """One layer's accuracies (percent) by bit width, its weights and its input activations separately."""
+    """One layer's (or decision unit's) values of the metric by bit width, weights and input activations
+    separately; ``activations`` is empty where only weights are quantized.  ``members`` are the unit's layers."""
 
     index: int
     name: str
@@ -46,6 +65,7 @@ class LayerSensitivity:
     cost_share: float
     weights: dict[int, float]
     activations: dict[int, float]
+    members: tuple[str, ...] = ()
 
 
 @dataclass
@@ -63,11 +83,29 @@ class SensitivityResult:
     seconds: float
     output_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    metric: str = "accuracy"
+    decisions: str = "layer"
+    targets: tuple[str, ...] = TARGETS
 
     @property
     def columns(self) -> tuple[int, ...]:
         """The bit widths of the table: the measured ones and the 8-bit reference."""
         return (*self.bits, KEPT_BITS)
+
+    @property
+    def measure(self) -> Metric:
+        """The metric of the values (accuracy in percent, or perplexity where lower is better)."""
+        return metric_named(self.metric)
+
+    @property
+    def unit_noun(self) -> str:
+        """``layer``, ``block`` or ``role``: what one row is."""
+        return UNIT_NOUNS[self.decisions]
+
+    def loss(self, value: float) -> float:
+        """How much worse ``value`` is than uniform 8-bit: accuracy points lost, or perplexity gained."""
+        reference = self.eight_bit_accuracy
+        return reference - value if self.measure.higher_is_better else value - reference
 
 
 def parse_bit_list(text: str, flag: str = "--bits") -> tuple[int, ...]:
@@ -97,13 +135,17 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
                 backend: QuantBackend | str, eval_fn: Callable[[nn.Module], float], calibration_data: Iterable[Any],
                 bits: Sequence[int] = DEFAULT_BITS, constraint: str = "latency", seed: int = 0,
                 output_dir: str | Path | None = None, force: bool = False, progress: bool = True,
-                use_cache: bool = True) -> SensitivityResult:
-    """Measure every layer's accuracy at each of ``bits``, weights and input activations separately.
+                use_cache: bool = True, metric: str = "accuracy", decisions: str = "layer",
+                quantize: str | None = None) -> SensitivityResult:
+    """Measure every layer's (or unit's) metric at each of ``bits``, weights and input activations separately.
 
     ``constraint`` chooses the cost whose per-layer share is reported.  With an
     ``output_dir`` the CSV, the heatmap and the markdown table are written there
     (a non-empty directory needs ``force``).  ``progress`` shows a bar and the
-    number of evaluations on stderr before the first one.
+    number of evaluations on stderr before the first one.  ``metric``,
+    ``decisions`` and ``quantize`` mean what they mean for
+    :func:`~haq_plugin.engine.search.search` (``quantize=None``: the backend's
+    current mode); weight-only measures no activation rows.
     """
     from tqdm import tqdm
 
@@ -113,38 +155,55 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
     be = load_backend(backend) if isinstance(backend, str) else backend
     if constraint not in CONSTRAINTS:
         raise HaqError(f"Unknown constraint '{constraint}'. Choose one of: {', '.join(CONSTRAINTS)}.")
+    checked_fn = checked_eval_fn(eval_fn, metric_named(metric))
+    unit_key("layer", decisions)  # refuses an unknown way of grouping layers
+    if quantize is not None:
+        use_quantize_mode(be, check_quantize(quantize, "quantize"))
+    targets = ("weights",) if getattr(be, "quantize", None) == WEIGHTS_ONLY else TARGETS
     widths = check_bit_list(bits, hw, be)
     layers = extract_layers(model, example_input)
-    shares = cost_shares(hw, layers, constraint, widths, use_cache)
+    units = DecisionUnits.build(layers, decisions, fixed={})
+    layer_shares = cost_shares(hw, layers, constraint, widths, use_cache)
     directory = outputs.prepare_output_dir(output_dir, resume=False, force=force) if output_dir else None
-    total = len(layers) * len(widths) * len(TARGETS)
+    total = len(units.names) * len(widths) * len(targets)
     if progress:
-        print(f"sensitivity: {len(layers)} layers x {len(widths)} bit widths x 2 (weights, activations) = {total} "
+        what = " x 2 (weights, activations)" if len(targets) == 2 else " (weights only)"
+        print(f"sensitivity: {len(units.names)} {UNIT_NOUNS[decisions]}s x {len(widths)} bit widths{what} = {total} "
               "evaluations, plus 1 for the uniform 8-bit reference", file=sys.stderr)
     start = time.perf_counter()
     seed_everything(seed)
     prepare_for_search(be, model, example_input, calibration_data)
     eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
-    reference = policy_accuracy(be, eight, eval_fn)
+    reference = policy_accuracy(be, eight, checked_fn)
     rows = []
     with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
-        for i, layer in enumerate(layers):
+        for u, (name, members) in enumerate(zip(units.names, units.members)):
             measured: dict[str, dict[int, float]] = {target: {} for target in TARGETS}
-            for slot, target in enumerate(TARGETS):
+            for slot, target in enumerate(targets):
                 for width in widths:
                     pair = (width, KEPT_BITS) if slot == 0 else (KEPT_BITS, width)
-                    measured[target][width] = policy_accuracy(be, {**eight, layer.name: pair}, eval_fn)
+                    lowered = {layers[i].name: pair for i in members}
+                    measured[target][width] = policy_accuracy(be, {**eight, **lowered}, checked_fn)
                     bar.update(1)
                 measured[target][KEPT_BITS] = reference
-            rows.append(LayerSensitivity(i, layer.name, layer.describe(), shares[i], measured["weights"],
-                                         measured["activations"]))
+            rows.append(LayerSensitivity(u, name, _describe(layers, members), sum(layer_shares[i] for i in members),
+                                         measured["weights"], measured["activations"],
+                                         tuple(layers[i].name for i in members)))
     result = SensitivityResult(layers=rows, bits=widths, constraint=constraint, hardware=hw.name, backend=be.name,
-                               eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, eval_fn),
-                               evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory)
+                               eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, checked_fn),
+                               evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory,
+                               metric=metric, decisions=decisions, targets=targets)
     if directory is not None:
         result.files = write_sensitivity_outputs(result)
     return result
+
+
+def _describe(layers: Sequence[LayerSpec], members: Sequence[int]) -> str:
+    """A layer's own description, or a unit's size: ``4 layers, 16384 weights``."""
+    if len(members) == 1:
+        return layers[members[0]].describe()
+    return f"{len(members)} layers, {sum(layers[i].params for i in members)} weights"
 
 
 def cost_shares(hardware: HardwareModel, layers: Sequence[LayerSpec], constraint: str, widths: Sequence[int],
