@@ -129,14 +129,15 @@ def load_quantize_config(path: str | Path, model: nn.Module | None = None) -> An
     ``zero_point=integer`` gives exactly the searched weights; one searched with
     the float zero point (the default) gives torchao's rounding of the same bits,
     which this function says in a warning.  With ``model`` the layer names and
-    shapes are checked first.
+    shapes are checked first, and a module that shares a layer's weight (an
+    embedding tied to ``lm_head``) gets the layer's config too: the search
+    rounded that one tensor for both.
     """
     from torchao.quantization import FqnToConfig, IntxWeightOnlyConfig, PerAxis, PerGroup
     from torchao.quantization.quant_primitives import MappingType
 
     policy = read_policy_file(path)
-    if model is not None:
-        _layers_of(model, policy, path)
+    tied = _tied_modules(model, _layers_of(model, policy, path)) if model is not None else {}
     if policy.grid.zero_point != "integer":
         log.warning("%s was searched with float zero points (llama.cpp's grid); torchao's IntxWeightOnlyConfig "
                     "uses integer zero points, so its weights differ from the searched ones. Search with "
@@ -147,4 +148,13 @@ def load_quantize_config(path: str | Path, model: nn.Module | None = None) -> An
     configs = {name: IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=granularity,
                                           mapping_type=MappingType.ASYMMETRIC)
                for name, bits in policy.bits.items()}
+    configs.update({other: configs[name] for other, name in tied.items() if other not in configs})
     return FqnToConfig(fqn_to_config=configs)
+
+
+def _tied_modules(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, str]:
+    """``{module: layer}`` for each module outside ``layers`` whose weight is a layer's weight."""
+    owner = {id(module.weight): name for name, module in layers.items()}
+    return {name: owner[id(module.weight)] for name, module in model.named_modules()
+            if name not in layers and isinstance(getattr(module, "weight", None), torch.Tensor)
+            and id(module.weight) in owner}

@@ -8,6 +8,18 @@ of every layer.  Beside the accuracies stands each layer's share of the
 constrained cost of the uniform 8-bit policy (from the hardware cost table), so
 that a cheap, robust layer and an expensive, sensitive one can be told apart:
 this is why a searched policy gives some layers few bits and others many.
+
+Language models (and any search) differ in three ways, each an argument:
+
+* ``metric="perplexity"``: the values are perplexities, and sensitivity is the
+  *rise* over uniform 8-bit instead of the drop (:meth:`SensitivityResult.loss`);
+* weight-only quantization (``quantize="weights"``, and always for the
+  ``groupwise`` backend): activations stay float, so the activation rows would
+  only repeat the 8-bit reference and are not measured (``layers x bits``
+  evaluations);
+* ``decisions="block"`` or ``"role"``: each decision unit, a group of layers the
+  search lowers together (:mod:`haq_plugin.engine.decisions`), is measured as
+  one row, which is what the greedy strategy measures before it chooses.
 """
 
 from __future__ import annotations
@@ -30,10 +42,14 @@ from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy
 from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.storage.rng import seed_everything
-from haq_plugin.analyses.sensitivity_report import LayerSensitivity, SensitivityResult
+from haq_plugin.api.quantize_mode import WEIGHTS_ONLY, check_quantize, use_quantize_mode
+from haq_plugin.engine.decisions import DecisionUnits, unit_key
+from haq_plugin.engine.eval_fn import checked_eval_fn
+from haq_plugin.engine.metric import metric_named
+from haq_plugin.analyses.sensitivity_report import TARGETS, UNIT_NOUNS, LayerSensitivity, SensitivityResult
 
 DEFAULT_BITS = (2, 3, 4)
-TARGETS = ("weights", "activations")
+#: What one row is, by ``decisions``.
 
 
 def parse_bit_list(text: str, flag: str = "--bits") -> tuple[int, ...]:
@@ -63,13 +79,17 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
                 backend: QuantBackend | str, eval_fn: Callable[[nn.Module], float], calibration_data: Iterable[Any],
                 bits: Sequence[int] = DEFAULT_BITS, constraint: str = "latency", seed: int = 0,
                 output_dir: str | Path | None = None, force: bool = False, progress: bool = True,
-                use_cache: bool = True) -> SensitivityResult:
-    """Measure every layer's accuracy at each of ``bits``, weights and input activations separately.
+                use_cache: bool = True, metric: str = "accuracy", decisions: str = "layer",
+                quantize: str | None = None) -> SensitivityResult:
+    """Measure every layer's (or unit's) metric at each of ``bits``, weights and input activations separately.
 
     ``constraint`` chooses the cost whose per-layer share is reported.  With an
     ``output_dir`` the CSV, the heatmap and the markdown table are written there
     (a non-empty directory needs ``force``).  ``progress`` shows a bar and the
-    number of evaluations on stderr before the first one.
+    number of evaluations on stderr before the first one.  ``metric``,
+    ``decisions`` and ``quantize`` mean what they mean for
+    :func:`~haq_plugin.engine.search.search` (``quantize=None``: the backend's
+    current mode); weight-only measures no activation rows.
     """
     from tqdm import tqdm
 
@@ -79,38 +99,55 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
     be = load_backend(backend) if isinstance(backend, str) else backend
     if constraint not in CONSTRAINTS:
         raise HaqError(f"Unknown constraint '{constraint}'. Choose one of: {', '.join(CONSTRAINTS)}.")
+    checked_fn = checked_eval_fn(eval_fn, metric_named(metric))
+    unit_key("layer", decisions)  # refuses an unknown way of grouping layers
+    if quantize is not None:
+        use_quantize_mode(be, check_quantize(quantize, "quantize"))
+    targets = ("weights",) if getattr(be, "quantize", None) == WEIGHTS_ONLY else TARGETS
     widths = check_bit_list(bits, hw, be)
     layers = extract_layers(model, example_input)
-    shares = cost_shares(hw, layers, constraint, widths, use_cache)
+    units = DecisionUnits.build(layers, decisions, fixed={})
+    layer_shares = cost_shares(hw, layers, constraint, widths, use_cache)
     directory = outputs.prepare_output_dir(output_dir, resume=False, force=force) if output_dir else None
-    total = len(layers) * len(widths) * len(TARGETS)
+    total = len(units.names) * len(widths) * len(targets)
     if progress:
-        print(f"sensitivity: {len(layers)} layers x {len(widths)} bit widths x 2 (weights, activations) = {total} "
+        what = " x 2 (weights, activations)" if len(targets) == 2 else " (weights only)"
+        print(f"sensitivity: {len(units.names)} {UNIT_NOUNS[decisions]}s x {len(widths)} bit widths{what} = {total} "
               "evaluations, plus 1 for the uniform 8-bit reference", file=sys.stderr)
     start = time.perf_counter()
     seed_everything(seed)
     prepare_for_search(be, model, example_input, calibration_data)
     eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
-    reference = evaluate_policy(be, eight, eval_fn)
+    reference = evaluate_policy(be, eight, checked_fn)
     rows = []
     with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
-        for i, layer in enumerate(layers):
+        for u, (name, members) in enumerate(zip(units.names, units.members)):
             measured: dict[str, dict[int, float]] = {target: {} for target in TARGETS}
-            for slot, target in enumerate(TARGETS):
+            for slot, target in enumerate(targets):
                 for width in widths:
                     pair = (width, KEPT_BITS) if slot == 0 else (KEPT_BITS, width)
-                    measured[target][width] = evaluate_policy(be, {**eight, layer.name: pair}, eval_fn)
+                    lowered = {layers[i].name: pair for i in members}
+                    measured[target][width] = evaluate_policy(be, {**eight, **lowered}, checked_fn)
                     bar.update(1)
                 measured[target][KEPT_BITS] = reference
-            rows.append(LayerSensitivity(i, layer.name, layer.describe(), shares[i], measured["weights"],
-                                         measured["activations"]))
+            rows.append(LayerSensitivity(u, name, _describe(layers, members), sum(layer_shares[i] for i in members),
+                                         measured["weights"], measured["activations"],
+                                         tuple(layers[i].name for i in members)))
     result = SensitivityResult(layers=rows, bits=widths, constraint=constraint, hardware=hw.name, backend=be.name,
-                               eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, eval_fn),
-                               evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory)
+                               eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, checked_fn),
+                               evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory,
+                               metric=metric, decisions=decisions, targets=targets)
     if directory is not None:
         result.files = write_sensitivity_outputs(result)
     return result
+
+
+def _describe(layers: Sequence[LayerSpec], members: Sequence[int]) -> str:
+    """A layer's own description, or a unit's size: ``4 layers, 16384 weights``."""
+    if len(members) == 1:
+        return layers[members[0]].describe()
+    return f"{len(members)} layers, {sum(layers[i].params for i in members)} weights"
 
 
 def cost_shares(hardware: HardwareModel, layers: Sequence[LayerSpec], constraint: str, widths: Sequence[int],

@@ -6,6 +6,15 @@ users choosing a budget want the whole curve.  :func:`sweep` runs
 output directory (``budget-0.5/`` holds the usual search outputs) and reports
 every budget's searched policy beside the best uniform one.
 
+The budgets are fractions of the 8-bit cost, or, for a size sweep of a language
+model, bits per weight (``budgets=["3.0bpw", "3.5bpw"]``, folders
+``budget-3.5bpw/``; :mod:`haq_plugin.analyses.sweep_budgets`).  The metric is the
+searches' (``metric="perplexity"``: lower is better): the Pareto front and every
+report compare in its direction.  A bits-per-weight sweep also reports each
+policy's stored bits per weight and its latency on the hardware model (for
+``llm-decode``: seconds per generated token), because a language model is
+chosen by its size and its decode speed, not by a fraction of 8 bits.
+
 What is shared between budgets, so that a sweep costs little more than its
 searches' episodes:
 
@@ -28,7 +37,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import numbers
 import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -48,7 +56,14 @@ from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.api.policy import Policy
 from haq_plugin.engine.results import SearchResult
 from haq_plugin.engine.search import search
+from haq_plugin.engine.bits_per_weight import table_bits_per_weight
+from haq_plugin.engine.costs import CostTable, build_cost_table, with_backend_storage
+from haq_plugin.engine.metric import metric_named
 from haq_plugin.analyses.sweep_report import SweepPoint, SweepResult
+from haq_plugin.analyses.sweep_budgets import (BITS_PER_WEIGHT, FRACTION, BudgetValue, budget_folder, budget_kind,
+                                               budget_label, budget_number, check_budgets, parse_budgets)
+
+__all__ = ["SweepPoint", "SweepResult", "sweep", "check_budgets", "parse_budgets", "budget_folder", "budget_label"]
 
 SWEEP_FILE = "sweep.json"
 UNIFORM_POLICY = "uniform_policy.json"
@@ -57,38 +72,6 @@ OWNED_BY_SWEEP = frozenset({"hardware", "backend", "budget", "eval_fn", "calibra
                             "resume", "force", "progress", "float_accuracy", "task"})
 #: Search options that are data, caching or placement switches, not settings that change a result.
 NOT_SETTINGS = frozenset({"train_data", "use_cache", "device", "ray_address"})
-
-
-# -- input checks -------------------------------------------------------------------------
-def check_budgets(budgets: Iterable[Any]) -> tuple[float, ...]:
-    """The budgets as floats in (0, 1], distinct, in increasing order."""
-    values = list(budgets) if not isinstance(budgets, (str, bytes)) else [budgets]
-    if not values:
-        raise HaqError("A sweep needs at least one budget, e.g. budgets=[0.3, 0.5, 0.8] (--budgets 0.3,0.5,0.8).")
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
-            raise HaqError(f"Sweep budget {value!r} is not a fraction of the 8-bit cost in (0, 1]; give budgets "
-                           "like 0.3,0.5,0.8.")
-    repeated = sorted({float(v) for v in values if [float(w) for w in values].count(float(v)) > 1})
-    if repeated:
-        raise HaqError(f"Sweep budgets repeat {', '.join(f'{b:g}' for b in repeated)}; give each budget once.")
-    return tuple(sorted(float(v) for v in values))
-
-
-def parse_budgets(text: str, flag: str = "--budgets") -> tuple[float, ...]:
-    """``"0.3,0.4,0.5"`` -> (0.3, 0.4, 0.5), checked like :func:`check_budgets`."""
-    parts = [part.strip() for part in str(text).split(",")]
-    try:
-        values = [float(part) for part in parts]
-    except ValueError:
-        raise HaqError(f"{flag} {text!r}: write comma-separated fractions of the 8-bit cost, e.g. "
-                       "0.3,0.4,0.5,0.6,0.8.") from None
-    return check_budgets(values)
-
-
-def budget_folder(budget: float) -> str:
-    """The sub-folder name of one budget, e.g. ``budget-0.45``."""
-    return f"budget-{budget:g}"
 
 
 def search_defaults() -> dict[str, Any]:
@@ -116,22 +99,29 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- the public entry point -----------------------------------------------------------------
-def sweep(model: nn.Module, example_input: Any, *, budgets: Sequence[float], hardware: HardwareModel | str,
+def sweep(model: nn.Module, example_input: Any, *, budgets: Sequence[BudgetValue], hardware: HardwareModel | str,
           backend: QuantBackend | str, eval_fn: Callable[[nn.Module], float], calibration_data: Iterable[Any],
           output_dir: str | Path, test_eval_fn: Callable[[nn.Module], float] | None = None,
           resume: bool = False, force: bool = False, progress: bool = True, float_accuracy: float | None = None,
-          task: Mapping[str, Any] | None = None, **search_options: Any) -> SweepResult:
+          task: Mapping[str, Any] | None = None, metric: str = "accuracy", decisions: str = "layer",
+          **search_options: Any) -> SweepResult:
     """Run one :func:`search` per budget into ``output_dir`` and write the Pareto front.
 
-    ``search_options`` are passed to every search (``constraint``, ``strategy``,
-    ``episodes``, ``seed``, ``ddpg``, ...).  ``test_eval_fn``, when given, adds
-    held-out test accuracy to every row.  See the module docstring for what is
-    shared between budgets, infeasible budgets and resuming.
+    ``budgets`` are fractions of the 8-bit cost, or bits per weight
+    (``["3.0bpw", "3.5bpw"]``, size constraint), not mixed.  ``metric`` and
+    ``decisions`` mean what they mean for :func:`search`; the other
+    ``search_options`` are passed to every search too (``constraint``,
+    ``strategy``, ``episodes``, ``seed``, ``ddpg``, ...).  ``test_eval_fn``, when
+    given, adds the held-out test value of the metric to every row.  See the
+    module docstring for what is shared between budgets, infeasible budgets and
+    resuming.
     """
     from haq_plugin.analyses.sweep_report import write_sweep_outputs
 
     budget_list = check_budgets(budgets)
-    options = _check_search_options(search_options)
+    metric_named(metric)  # an unknown metric fails before any evaluation
+    options = _check_search_options({**search_options, "metric": metric, "decisions": decisions})
+    _check_bits_per_weight_sweep(budget_list, options)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     be = load_backend(backend) if isinstance(backend, str) else backend
     settings = _jsonable({
@@ -149,12 +139,12 @@ def sweep(model: nn.Module, example_input: Any, *, budgets: Sequence[float], har
         statuses, searches, infeasible = run.search_budgets(
             budget_list, directory, resume, dict(progress=progress, float_accuracy=float_accuracy, task=task))
         if not statuses:
-            smallest = min(infeasible.values())
+            smallest = min(infeasible.values())  # only fraction budgets are infeasible; bpw ones are refused
             raise HaqError(f"No budget of the sweep is feasible: the smallest feasible {options['constraint']} "
                            f"budget is {smallest:.4f} x the 8-bit cost; give budgets from {smallest:.4f} to 1.")
         points = [point for budget, status in statuses.items()
                   for point in run.points(directory, budget, status)]
-        references = run.references(float_accuracy)
+        references = run.references(float_accuracy, budget_list[0])
     finally:
         be.reuse_prepared = previous
     result = SweepResult(points=points, infeasible=infeasible, settings=settings, output_dir=directory,
@@ -163,7 +153,18 @@ def sweep(model: nn.Module, example_input: Any, *, budgets: Sequence[float], har
     return result
 
 
-def _prepare_directory(directory: Path, settings: dict[str, Any], budgets: tuple[float, ...], resume: bool,
+def _check_bits_per_weight_sweep(budgets: tuple[BudgetValue, ...], options: Mapping[str, Any]) -> None:
+    """A bits-per-weight sweep budgets size and takes its sizes from the budgets, before any search starts."""
+    if options.get("bits_per_weight") is not None:
+        raise HaqError("sweep() takes bits per weight as its budgets (budgets=['3.0bpw', '3.5bpw']), not "
+                       "bits_per_weight=; remove bits_per_weight.")
+    if budget_kind(budgets[0]) == BITS_PER_WEIGHT and options["constraint"] != "size":
+        raise HaqError(f"bits-per-weight budgets ({', '.join(map(budget_label, budgets))}) are size budgets; use "
+                       f"constraint='size' (--constraint size), or give {options['constraint']} budgets as "
+                       "fractions of the 8-bit cost (e.g. 0.3,0.5,0.8).")
+
+
+def _prepare_directory(directory: Path, settings: dict[str, Any], budgets: tuple[BudgetValue, ...], resume: bool,
                        force: bool) -> Path:
     """A fresh (or forced) sweep directory, or the one to resume with the same settings."""
     stored_path = directory / SWEEP_FILE
@@ -196,17 +197,18 @@ class _SweepRun:
         self.model, self.example_input, self.hardware, self.backend = model, example_input, hardware, backend
         self.eval_fn, self.calibration_data, self.test_eval_fn = eval_fn, calibration_data, test_eval_fn
         self.layers, self.options, self.note = layers, options, note
+        self._table: CostTable | None = None
 
-    def search_budgets(self, budgets: tuple[float, ...], directory: Path, resume: bool,
-                       shared: dict[str, Any]) -> tuple[dict[float, str], dict[float, SearchResult], dict[float, float]]:
+    def search_budgets(self, budgets: tuple[BudgetValue, ...], directory: Path, resume: bool, shared: dict[str, Any]
+                       ) -> tuple[dict[BudgetValue, str], dict[BudgetValue, SearchResult], dict[BudgetValue, float]]:
         """Search every budget (or keep/resume it); return each feasible budget's status, the searches, the rest."""
-        statuses: dict[float, str] = {}
-        searches: dict[float, SearchResult] = {}
-        infeasible: dict[float, float] = {}
+        statuses: dict[BudgetValue, str] = {}
+        searches: dict[BudgetValue, SearchResult] = {}
+        infeasible: dict[BudgetValue, float] = {}
         for i, budget in enumerate(budgets, 1):
             folder = directory / budget_folder(budget)
             status = _folder_status(folder, budget) if resume else "new"
-            where = f"sweep budget {budget:g} ({i} of {len(budgets)})"
+            where = f"sweep budget {budget_label(budget)} ({i} of {len(budgets)})"
             if status == "kept":
                 self.note(f"{where}: finished earlier, kept ({folder / outputs.POLICY}).")
                 statuses[budget] = status
@@ -227,7 +229,7 @@ class _SweepRun:
             statuses[budget] = "searched" if status == "new" else status
         return statuses, searches, infeasible
 
-    def points(self, directory: Path, budget: float, status: str) -> list[SweepPoint]:
+    def points(self, directory: Path, budget: BudgetValue, status: str) -> list[SweepPoint]:
         """The searched and the best uniform policy of one finished budget, read from its policy file."""
         folder = directory / budget_folder(budget)
         policy = Policy.load(folder / outputs.POLICY)
@@ -236,13 +238,33 @@ class _SweepRun:
         strategy = prov["search"]["strategy"]
         rows = [SweepPoint(budget, strategy, float(prov["achieved"]["cost_fraction"]),
                            float(prov["achieved"]["accuracy"]), self._test_accuracy(policy.bits),
-                           f"{folder.name}/{outputs.POLICY}", status)]
+                           f"{folder.name}/{outputs.POLICY}", status, **self._axes(budget, policy.bits))]
         uniform = prov.get("uniform_baseline")
         if uniform is not None and strategy != "uniform":
             path = self._uniform_policy(folder, prov)
+            bits = Policy.load(path).bits
             rows.append(SweepPoint(budget, "uniform", float(uniform["cost_fraction"]), float(uniform["accuracy"]),
-                                   self._test_accuracy(Policy.load(path).bits), f"{folder.name}/{path.name}", status))
+                                   self._test_accuracy(bits), f"{folder.name}/{path.name}", status,
+                                   **self._axes(budget, bits)))
         return rows
+
+    def cost_table(self) -> CostTable:
+        """The hardware's cost table with the backend's stored sizes (the one the searches read, from the cache)."""
+        if self._table is None:
+            table = build_cost_table(self.hardware, self.layers, cache=bool(self.options["use_cache"]))
+            self._table = with_backend_storage(table, self.backend)
+        return self._table
+
+    def _axes(self, budget: BudgetValue, bits: Mapping[str, tuple[int, int]]) -> dict[str, float | None]:
+        """Bits per weight of the searched layers and hardware latency of a policy, in a bits-per-weight sweep."""
+        if budget_kind(budget) != BITS_PER_WEIGHT:
+            return {}
+        o, table = self.options, self.cost_table()
+        fixed = fixed_bits_for(self.layers, o["keep_first_layer_8bit"], o["keep_last_layer_8bit"], o["pins"])
+        names = [layer.name for layer in self.layers if layer.name not in fixed] or [l.name for l in self.layers]
+        ordered = [tuple(bits[layer.name]) for layer in self.layers]
+        return {"bits_per_weight": table_bits_per_weight(table, ordered, names),
+                "latency": table.policy_cost("latency", ordered)}
 
     def _uniform_policy(self, folder: Path, prov: Mapping[str, Any]) -> Path:
         """``uniform_policy.json`` of a budget (written once): the best uniform policy, kept layers as searched."""
@@ -266,23 +288,31 @@ class _SweepRun:
         self._ensure_prepared()
         return evaluate_policy(self.backend, bits, self.test_eval_fn)
 
-    def references(self, float_val: float) -> dict[str, float | None]:
-        """Float and uniform 8-bit accuracies (validation, and test where there is a test split)."""
+    def references(self, float_val: float, budget: BudgetValue) -> dict[str, float | None]:
+        """Float and uniform 8-bit values of the metric (validation, and test where there is a test split),
+        and the 8-bit policy on a bits-per-weight sweep's axes."""
         self._ensure_prepared()
         eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in self.layers}
         test = self.test_eval_fn
+        axes = self._axes(budget, eight)
         return {"float_accuracy": float_val, "eight_bit_accuracy": evaluate_policy(self.backend, eight, self.eval_fn),
                 "float_test_accuracy": None if test is None else measure_float(self.model, test),
-                "eight_bit_test_accuracy": None if test is None else evaluate_policy(self.backend, eight, test)}
+                "eight_bit_test_accuracy": None if test is None else evaluate_policy(self.backend, eight, test),
+                "eight_bit_bits_per_weight": axes.get("bits_per_weight"), "eight_bit_latency": axes.get("latency")}
 
 
-def _folder_status(folder: Path, budget: float) -> str:
+def _folder_status(folder: Path, budget: BudgetValue) -> str:
     """``kept`` (a finished policy.json), ``resumed`` (a checkpoint) or ``new``, for a resumed sweep."""
     policy_path = folder / outputs.POLICY
     if policy_path.is_file():
-        searched = Policy.load(policy_path).provenance.get("budget", {}).get("fraction")
+        prov = Policy.load(policy_path).provenance
+        if budget_kind(budget) == BITS_PER_WEIGHT:
+            stored = prov.get("search", {}).get("bits_per_weight")
+            searched = None if stored is None else f"{float(stored):g}bpw"
+        else:
+            searched = prov.get("budget", {}).get("fraction")
         if searched != budget:
-            raise HaqError(f"{policy_path} was searched at budget {searched!r}, not {budget:g}; move the folder "
-                           "away or start a new sweep.")
+            raise HaqError(f"{policy_path} was searched at budget {searched!r}, not {budget_label(budget)}; move "
+                           "the folder away or start a new sweep.")
         return "kept"
     return "resumed" if (folder / outputs.CHECKPOINT).is_file() else "new"

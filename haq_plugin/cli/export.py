@@ -8,6 +8,7 @@ import click
 from click.core import ParameterSource
 
 from haq_plugin.cli.options import data_option, model_options
+from haq_plugin.cli.search_cmd import stored_options
 from haq_plugin.api.layers import extract_layers
 from haq_plugin.api.options import parse_key_values
 from haq_plugin.tasks.specs import load_model, load_task_data
@@ -32,11 +33,12 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
     The backend is prepared on the model the policy was searched on (by default the --model, --input-shape
     and --data stored in the policy; give --model to override), so the export reflects the real graph
     (residual adds, shared inputs); the policy's layer fingerprint must match. A weight-only policy
-    (searched with --quantize weights) is exported weight-only.
+    (searched with --quantize weights) is exported weight-only, and the backend the policy was searched
+    with is exported with the options it was searched with (e.g. the groupwise grid).
     """
     policy = Policy.load(policy_path)
     model_spec, input_shape, data_spec = _searched_task(policy, model_spec, input_shape, data_spec)
-    backend = load_backend(backend_name)
+    backend = load_backend(backend_name, **_searched_backend_options(policy, backend_name))
     use_quantize_mode(backend, policy.provenance.get("search", {}).get("quantize") or WEIGHTS_AND_ACTIVATIONS)
     stored_task = policy.provenance.get("search", {}).get("task") or {}
     options = parse_key_values(data_options, "--data-option") if data_options else stored_task.get("data_options")
@@ -50,6 +52,14 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
     backend.prepare(source.model, source.example_input, calibration, layers=layers)
     path = backend.export(policy, Path(output or backend.export_filename))
     click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")
+
+
+def _searched_backend_options(policy: Policy, backend_name: str) -> dict:
+    """The options the policy was searched with, when it was searched with this backend (else none)."""
+    searched = policy.provenance.get("backend") or {}
+    if searched.get("name") != backend_name:
+        return {}
+    return stored_options(searched.get("config") or {})
 
 
 def _searched_task(policy: Policy, model_spec: str, input_shape: str | None,

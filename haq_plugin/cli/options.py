@@ -16,6 +16,7 @@ import click
 
 from haq_plugin.engine.agent import DDPGConfig
 from haq_plugin.api.bits import parse_bits
+from haq_plugin.api.errors import HaqError
 from haq_plugin.engine.costs import CONSTRAINTS
 from haq_plugin.api.fielddocs import field_docs
 from haq_plugin.api.options import parse_key_values
@@ -97,7 +98,9 @@ def apply_task_defaults(params: dict[str, Any], ctx: click.Context) -> None:
     Weight-only group-wise quantization (``--backend groupwise``), the decode
     hardware model, a size budget with perplexity as the metric, one decision
     per block, the first layer free, and ``text:pydoc`` as the data
-    (:data:`haq_plugin.tasks.llm.spec.SEARCH_DEFAULTS`).
+    (:data:`haq_plugin.tasks.llm.spec.SEARCH_DEFAULTS`).  A ``--metric`` other than
+    perplexity is refused: the task's evaluation is a perplexity, and read as an
+    accuracy it would be maximised.
     """
     from click.core import ParameterSource
 
@@ -110,6 +113,9 @@ def apply_task_defaults(params: dict[str, Any], ctx: click.Context) -> None:
         name = names.get(key, "data_spec" if key == "data" else key)
         if name in params and ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
             params[name] = value
+    if params.get("metric", "perplexity") != "perplexity":  # given on the command line: defaults are set above
+        raise HaqError(f"--metric {params['metric']}: a language model is measured by its perplexity on the val "
+                       "windows (lower is better), not by an accuracy; drop --metric or give --metric perplexity.")
 
 
 def plugin_options(values: tuple[str, ...], flag: str) -> dict[str, str]:

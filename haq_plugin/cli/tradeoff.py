@@ -4,6 +4,9 @@ Both take the options of ``haq-plugin search`` (the very option objects of
 :data:`haq_plugin.cli.search_cmd.search_cmd`, so help texts and defaults never
 drift apart): ``sweep`` all of them but ``--budget`` (it has ``--budgets``),
 ``sensitivity`` those that describe the model, data, hardware and backend.
+A language-model ``--model`` changes the defaults of both as it does for
+``search`` (:func:`~haq_plugin.cli.options.apply_task_defaults`), and the sweep's
+budgets become bits per weight (:data:`LANGUAGE_MODEL_BUDGETS`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from typing import Any, Iterable
 import click
 
 from haq_plugin.engine.agent import DDPGConfig
-from haq_plugin.cli.options import parse_pins
+from haq_plugin.cli.options import apply_task_defaults, parse_pins
 from haq_plugin.cli.search_cmd import search_cmd
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.options import parse_key_values
 
 DEFAULT_BUDGETS = "0.3,0.4,0.5,0.6,0.8"
-SENSITIVITY_OPTIONS = ("model_spec", "input_shape", "data_spec", "backend_name", "backend_options", "hw_name",
-                       "hw_options", "constraint", "seed", "force", "quiet", "no_cache")
+#: A language model's default sweep: from 3 bits per weight (2-bit weights with group-32 scales) to 4.5.
+LANGUAGE_MODEL_BUDGETS = "3.0bpw,3.5bpw,4.0bpw,4.5bpw"
+SENSITIVITY_OPTIONS = ("model_spec", "input_shape", "data_spec", "data_options", "backend_name", "backend_options",
+                       "hw_name", "hw_options", "constraint", "quantize", "metric", "decisions", "seed", "force",
+                       "quiet", "no_cache")
 SWEEP_RESUME_MAY_CHANGE = {"resume_dir", "quiet", "no_cache", "budgets", "device", "ray_address"}
 
 
@@ -51,11 +57,41 @@ def _plugins_and_task(p: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
 
     hardware = load_hardware(p["hw_name"], **plugin_options(p["hw_options"], "--hw-option"))
     backend = load_backend(p["backend_name"], **plugin_options(p["backend_options"], "--backend-option"))
-    source = load_model(p["model_spec"], p["input_shape"])
-    data = load_task_data(p["data_spec"], p["model_spec"])
+    options = data_options(p)
+    source = load_model(p["model_spec"], p["input_shape"], p["data_spec"], options)
+    data = load_task_data(p["data_spec"], p["model_spec"], options)
     if data.description and not p["quiet"]:
         click.echo(data.description, err=True)
     return hardware, backend, source, data
+
+
+def data_options(p: dict[str, Any]) -> dict[str, Any] | None:
+    """``--data-option`` KEY=VALUE strings (or the dict a resumed sweep stored) as a dict; None if none."""
+    values = p.get("data_options")
+    if not values:
+        return None
+    return dict(values) if isinstance(values, dict) else parse_key_values(values, "--data-option")
+
+
+def task_description(p: dict[str, Any]) -> dict[str, Any]:
+    """The task as a sweep stores it (and a resumed one reloads it): model, input shape, data, data options."""
+    task = {"model": p["model_spec"], "input_shape": p["input_shape"], "data": p["data_spec"]}
+    options = data_options(p)
+    if options:
+        task["data_options"] = options
+    return task
+
+
+def _language_model_defaults(params: dict[str, Any], ctx: click.Context) -> None:
+    """The search's language-model defaults, and bits-per-weight budgets for a sweep not given --budgets."""
+    from click.core import ParameterSource
+
+    from haq_plugin.tasks.llm.spec import is_language_model
+
+    apply_task_defaults(params, ctx)
+    if (is_language_model(params.get("model_spec")) and "budgets" in params
+            and ctx.get_parameter_source("budgets") in (ParameterSource.DEFAULT, None)):
+        params["budgets"] = LANGUAGE_MODEL_BUDGETS
 
 
 # -- sweep --------------------------------------------------------------------------------
@@ -83,12 +119,13 @@ def _sweep_resumed(ctx: click.Context, resume_dir: str) -> dict[str, Any]:
     params.update(
         {k: v for k, v in search.items() if k in params}, output=resume_dir, force=False,
         model_spec=task.get("model", "demo"), input_shape=task.get("input_shape"), data_spec=task.get("data"),
+        data_options=task.get("data_options"),
         hw_name=s["hardware"]["name"], hw_options=s["hardware"]["config"], backend_name=s["backend"]["name"],
         backend_options=s["backend"]["config"], pins={name: tuple(bits) for name, bits in (search.get("pins") or {}).items()},
         **{f"ddpg_{k}": v for k, v in search["ddpg"].items()},
     )
     if ctx.get_parameter_source("budgets") != ParameterSource.COMMANDLINE:
-        params["budgets"] = ",".join(f"{b:g}" for b in stored["budgets"])
+        params["budgets"] = ",".join(b if isinstance(b, str) else f"{b:g}" for b in stored["budgets"])
     return params
 
 
@@ -98,6 +135,7 @@ def _sweep(**params: Any) -> None:
     \b
     Takes every option of 'haq-plugin search' except --budget, for example:
       haq-plugin sweep --budgets 0.3,0.4,0.5,0.6,0.8 --backend brevitas --hw bitfusion
+      haq-plugin sweep --model llm:smollm2-135m --budgets 3.0bpw,3.5bpw,4.0bpw
     Each budget's search goes to DIR/budget-B/; infeasible budgets are reported
     and skipped. 'haq-plugin sweep --resume DIR' keeps finished budgets and
     continues the interrupted one.
@@ -105,7 +143,10 @@ def _sweep(**params: Any) -> None:
     from haq_plugin.analyses.sweep import parse_budgets, sweep
 
     resume_dir = params["resume_dir"]
-    p = _sweep_resumed(click.get_current_context(), resume_dir) if resume_dir else params
+    ctx = click.get_current_context()
+    if not resume_dir:
+        _language_model_defaults(params, ctx)
+    p = _sweep_resumed(ctx, resume_dir) if resume_dir else params
     budgets = parse_budgets(p["budgets"])
     hardware, backend, source, data = _plugins_and_task(p)
     if p["finetune_steps"] and data.train_data is None:
@@ -116,8 +157,7 @@ def _sweep(**params: Any) -> None:
             source.model, source.example_input, budgets=budgets, hardware=hardware, backend=backend,
             eval_fn=data.eval_fn, calibration_data=data.calibration_data, test_eval_fn=data.test_eval_fn,
             output_dir=output, resume=bool(resume_dir), force=p["force"], progress=not p["quiet"],
-            task={"model": p["model_spec"], "input_shape": p["input_shape"], "data": p["data_spec"]},
-            constraint=p["constraint"], strategy=p["strategy"], episodes=p["episodes"], seed=p["seed"],
+            task=task_description(p), metric=p["metric"], decisions=p["decisions"], constraint=p["constraint"], strategy=p["strategy"], episodes=p["episodes"], seed=p["seed"],
             train_data=data.train_data, finetune_steps=p["finetune_steps"], min_bits=p["min_bits"],
             max_bits=p["max_bits"], keep_first_layer_8bit=p["keep_first_layer_8bit"],
             keep_last_layer_8bit=p["keep_last_layer_8bit"], quantize=p.get("quantize"),
@@ -133,22 +173,31 @@ def _sweep(**params: Any) -> None:
 
 
 def _print_sweep(result: Any) -> None:
+    from haq_plugin.analyses.sweep_budgets import BITS_PER_WEIGHT, budget_label
     from haq_plugin.storage.formatting import render_table
 
-    rows = [(f"{pt.budget:g}", pt.strategy, round(pt.cost_fraction, 4), round(pt.val_accuracy, 2),
+    metric, by_bpw = result.metric, result.budget_kind == BITS_PER_WEIGHT
+    unit = "%" if metric.unit == "%" else "ppl" if metric.name == "perplexity" else metric.name
+    axes = (lambda pt: (round(pt.bits_per_weight, 3), float(f"{pt.latency * 1e3:.4g}"))) if by_bpw else (lambda pt: ())
+    rows = [(budget_label(pt.budget), pt.strategy, round(pt.cost_fraction, 4), *axes(pt), round(pt.val_accuracy, 2),
              "" if pt.test_accuracy is None else round(pt.test_accuracy, 2), pt.policy_file) for pt in result.points]
+    headers = ["budget", "policy", "cost x 8-bit", *(["bpw", "latency ms"] if by_bpw else []), f"val {unit}",
+               f"test {unit}", "file"]
     click.echo("")
-    click.echo(render_table(["budget", "policy", "cost x 8-bit", "val %", "test %", "file"], rows), nl=False)
-    click.echo(f"uniform 8-bit: val {result.eight_bit_accuracy:.2f}%; float: val {result.float_accuracy:.2f}%")
+    click.echo(render_table(headers, rows), nl=False)
+    click.echo(f"uniform 8-bit: val {metric.format(result.eight_bit_accuracy)}; float: val "
+               f"{metric.format(result.float_accuracy)}")
     for budget, smallest in sorted(result.infeasible.items()):
-        click.echo(f"budget {budget:g} skipped: infeasible, the smallest feasible budget is {smallest:.4f}")
+        click.echo(f"budget {budget_label(budget)} skipped: infeasible, the smallest feasible budget is {smallest:.4f}")
     click.echo(f"Outputs in {result.output_dir}/: pareto.csv, pareto.png, summary.md, budget-*/")
 
 
 sweep_cmd = click.Command(
     "sweep", callback=_sweep, help=_sweep.__doc__, short_help="Search once per budget: the accuracy-cost front.",
     params=[click.Option(["--budgets"], default=DEFAULT_BUDGETS, show_default=True, metavar="B1,B2,...",
-                         help="Budgets as fractions of the uniform 8-bit cost, comma separated, each in (0, 1]."),
+                         help="Budgets as fractions of the uniform 8-bit cost, comma separated, each in (0, 1], or, "
+                              "under --constraint size, bits per weight (3.0bpw,3.5bpw); not mixed. Default for "
+                              f"language models: {LANGUAGE_MODEL_BUDGETS}."),
             *_search_params(drop=("budget", "output", "resume_dir")),
             _output_option("haq-sweep", "pareto.csv, pareto.png, summary.md and one folder per budget"),
             click.Option(["--resume", "resume_dir"], default=None, type=click.Path(file_okay=False),
@@ -163,18 +212,23 @@ def _sensitivity(**p: Any) -> None:
     \b
     For example:
       haq-plugin sensitivity --backend brevitas --hw bitfusion --bits 2,3,4
-    Costs layers x bits x 2 evaluations (stated before it starts). Writes
-    sensitivity.csv, sensitivity.png and sensitivity.md, with each layer's
-    share of the --constraint cost of the uniform 8-bit policy.
+      haq-plugin sensitivity --model llm:smollm2-135m --decisions role
+    Costs layers x bits x 2 evaluations (stated before it starts; weights only,
+    as for a language model: x 1). Writes sensitivity.csv, sensitivity.png and
+    sensitivity.md, with each layer's share of the --constraint cost of the
+    uniform 8-bit policy. --decisions block|role lowers each group of layers
+    together, as the greedy strategy measures them.
     """
     from haq_plugin.analyses.sensitivity import parse_bit_list, sensitivity
 
+    apply_task_defaults(p, click.get_current_context())
     bits = parse_bit_list(p["bits"])
     hardware, backend, source, data = _plugins_and_task(p)
     result = sensitivity(source.model, source.example_input, hardware=hardware, backend=backend,
                          eval_fn=data.eval_fn, calibration_data=data.calibration_data, bits=bits,
                          constraint=p["constraint"], seed=p["seed"], output_dir=Path(p["output"]), force=p["force"],
-                         progress=not p["quiet"], use_cache=not p["no_cache"])
+                         progress=not p["quiet"], use_cache=not p["no_cache"], metric=p["metric"],
+                         decisions=p["decisions"], quantize=p["quantize"])
     if not p["quiet"]:
         from haq_plugin.analyses.sensitivity_report import sensitivity_markdown
 
@@ -184,7 +238,7 @@ def _sensitivity(**p: Any) -> None:
 
 sensitivity_cmd = click.Command(
     "sensitivity", callback=_sensitivity, help=_sensitivity.__doc__,
-    short_help="Per-layer accuracy at low weight and activation bits, with cost shares.",
+    short_help="Per-layer (or per-group) accuracy or perplexity at low bits, with cost shares.",
     params=[click.Option(["--bits"], default="2,3,4", show_default=True, metavar="B1,B2,...",
                          help="Bit widths to measure (below 8, supported by the hardware and the backend)."),
             *_search_params(keep=SENSITIVITY_OPTIONS),
