@@ -103,7 +103,6 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._bits: dict[str, tuple[int, int]] = {}
         self._calibration: list[Any] = []
         self._example_shape: tuple[int, ...] = ()
-        self._calibrated = False
         self._ranges: InputRangeCache | None = None
 
     # -- search loop ----------------------------------------------------------------------
@@ -135,19 +134,14 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self.mark_prepared()
         self.calibrate()
 
-    def set_policy(self, bits: Mapping[str, tuple[int, int]]) -> None:
+    def _apply_policy(self, bits: dict[str, tuple[int, int]]) -> None:
         """Write every layer's (weight, input) bit widths into its existing quantizers."""
         from haq_plugin.adapters.brevitas.quantizers import set_bit_widths
 
-        model = self._require_prepared()
-        checked = self.check_bits(bits)
-        self.restore_weights(model)
-        for name, (weight_bits, input_bits) in checked.items():
+        for name, (weight_bits, input_bits) in bits.items():
             set_bit_widths(self._handles[name], weight_bits, input_bits)
-        self._bits = checked
-        self._calibrated = False
 
-    def calibrate(self) -> None:
+    def _calibrate(self) -> None:
         """Reset the input quantizers' ranges and re-collect them with ``calibration_mode`` (or restore them)."""
         from haq_plugin.adapters.brevitas.quantizers import calibrate_inputs, reset_input_scaling
 
@@ -160,14 +154,10 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
             calibrate_inputs(model, self._calibration)
             if known:
                 self._ranges.store(quantized, self._bits)
-        self._calibrated = True
 
-    def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
-        """Train the quantized model for ``steps`` batches (cycling over ``train_data``); 0 does nothing."""
-        model = self._require_prepared()
-        if steps > 0 and not self._calibrated:
-            self.calibrate()
-        self.train_steps(model, train_data, steps, lr)
+    def _finetune(self, train_data: Iterable[Any], steps: int, lr: float) -> None:
+        """Train the quantized model for ``steps`` batches (cycling over ``train_data``)."""
+        self.train_steps(self._require_prepared(), train_data, steps, lr)
 
     @property
     def model(self) -> nn.Module:

@@ -221,7 +221,6 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
         self._act_fqs: list[tuple[FakeQuantize, OwnerKey]] = []
         self._calibration: list[Any] = []
         self._bits: dict[str, tuple[int, int]] = {}
-        self._calibrated = False
 
     # -- setup ----------------------------------------------------------------------
     def prepare(self, model: nn.Module, example_input: Any, calibration_data: Iterable[Any],
@@ -286,22 +285,18 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
         plan = self._require_prepared()[1]
         return plan.effective_act_bits(self.check_bits(bits, plan.layers) if bits is not None else self._bits)
 
-    def set_policy(self, bits: BitMap) -> None:
-        model, plan = self._require_prepared()
-        checked = self.check_bits(bits, plan.layers)
-        self.restore_weights(model)
+    def _apply_policy(self, bits: dict[str, tuple[int, int]]) -> None:
+        plan = self._require_prepared()[1]
         for name, fq in self._weight_fqs.items():
-            set_fake_quant_range(fq, *weight_range(checked[name][0]))
-        act_bits = plan.act_bits_by_key(checked)
+            set_fake_quant_range(fq, *weight_range(bits[name][0]))
+        act_bits = plan.act_bits_by_key(bits)
         for fq, key in self._act_fqs:
             set_fake_quant_range(fq, *act_range(act_bits[key]))
-        self._bits = checked
-        self._calibrated = False
 
     def _fake_quants(self) -> list[FakeQuantize]:
         return list(self._weight_fqs.values()) + [fq for fq, _ in self._act_fqs]
 
-    def calibrate(self) -> None:
+    def _calibrate(self) -> None:
         model, _ = self._require_prepared()
         model.eval()
         for fq in self._fake_quants():
@@ -313,25 +308,14 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
                 model(batch_inputs(batch))
         for fq in self._fake_quants():
             fq.disable_observer()
-        self._calibrated = True
 
-    def evaluate(self, eval_fn: Any) -> float:
-        """Accuracy of the current policy; calibrates first if the policy has not been calibrated."""
-        if not self._calibrated:
-            self.calibrate()
-        return super().evaluate(eval_fn)
-
-    def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
+    def _finetune(self, train_data: Iterable[Any], steps: int, lr: float) -> None:
         """``steps`` Adam steps with cross-entropy on ``(x, y)`` batches; activation ranges stay frozen.
 
         Weight ranges follow the weights, BatchNorm statistics are frozen, and the
         next :meth:`set_policy` restores the weights of :meth:`prepare`.
         """
         model, _ = self._require_prepared()
-        if steps <= 0:
-            return
-        if not self._calibrated:
-            self.calibrate()
         model.apply(nniqat.freeze_bn_stats)
         for fq in self._weight_fqs.values():
             fq.enable_observer()

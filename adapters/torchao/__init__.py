@@ -183,7 +183,6 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
         self._fake_quants: dict[str, LayerFakeQuants] = {}
         self._calibration: list[Any] = []
         self._bits: dict[str, tuple[int, int]] = {}
-        self._calibrated = False
         self.quantize = self.config["quantize"]
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
@@ -208,22 +207,18 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
         assert self._model is not None
         return self._model
 
-    def set_policy(self, bits: BitMap) -> None:
+    def _apply_policy(self, bits: dict[str, tuple[int, int]]) -> None:
         """Write every layer's weight and input range into its fake quantizers."""
-        model = self._require_prepared()
-        checked = self.check_bits(bits)
-        self.restore_weights(model)
-        for name, (weight_bits, act_bits) in checked.items():
+        for name, (weight_bits, act_bits) in bits.items():
             for fq in self._fake_quants[name].weights:
                 set_fake_quant_range(fq, *weight_range(weight_bits))
             for fq in self._fake_quants[name].inputs:
                 set_fake_quant_range(fq, *act_range(act_bits))
-        self._bits, self._calibrated = checked, False
 
     def _all_fake_quants(self) -> list[Any]:
         return [fq for entry in self._fake_quants.values() for fq in entry.weights + entry.inputs]
 
-    def calibrate(self) -> None:
+    def _calibrate(self) -> None:
         """Observe the calibration batches with fresh statistics, then freeze every range."""
         model = self._require_prepared()
         model.eval()
@@ -236,15 +231,10 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
                 model(batch)
         for fq in self._all_fake_quants():
             fq.disable_observer()
-        self._calibrated = True
 
-    def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
+    def _finetune(self, train_data: Iterable[Any], steps: int, lr: float) -> None:
         """QAT for ``steps`` batches: weight ranges follow the weights, input ranges stay frozen."""
         model = self._require_prepared()
-        if steps <= 0:
-            return
-        if not self._calibrated:
-            self.calibrate()
         weights = [fq for entry in self._fake_quants.values() for fq in entry.weights]
         for fq in weights:
             fq.enable_observer()
@@ -253,12 +243,6 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
         finally:
             for fq in weights:
                 fq.disable_observer()
-
-    def evaluate(self, eval_fn: Any) -> float:
-        """Accuracy of the current policy; calibrates first if the policy has not been calibrated."""
-        if not self._calibrated:
-            self.calibrate()
-        return super().evaluate(eval_fn)
 
     @property
     def model(self) -> fx.GraphModule:

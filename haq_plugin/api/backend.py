@@ -23,6 +23,12 @@ parts that depend on its framework: the layers it quantizes
 (:meth:`QuantBackend.require_prepared`), and quantization-aware finetuning
 with a weight snapshot restored by the next policy
 (:meth:`QuantBackend.train_steps`, :meth:`QuantBackend.restore_weights`).
+The per-episode methods are template methods: the public ``set_policy``,
+``calibrate``, ``finetune`` and ``evaluate`` do the guards once (prepared? bits
+checked, weights restored, calibrated before finetuning or evaluating) and call
+the framework's hooks ``_apply_policy``, ``_calibrate`` and ``_finetune``.
+A backend written before the hooks, one that overrides ``set_policy`` and
+``calibrate`` itself, keeps working (see :meth:`QuantBackend.__init_subclass__`).
 A sweep runs many searches on one model with one backend instance: it sets
 ``reuse_prepared`` and the searches after the first skip ``prepare``
 (:func:`prepare_for_search`).  A backend therefore must not keep state from one
@@ -93,9 +99,19 @@ class QuantBackend(abc.ABC):
         """Wrap each subclass's ``prepare`` so that a finished prepare always marks the backend prepared.
 
         A backend written before the guard existed (one that never calls
-        :meth:`mark_prepared`) then works unchanged.
+        :meth:`mark_prepared`) then works unchanged.  Likewise a backend that
+        overrides the public ``set_policy`` or ``calibrate`` instead of writing the
+        hooks: its methods are wrapped to keep the calibrated flag that
+        :meth:`evaluate` and :meth:`finetune` read, and the hook it does not need
+        stops being abstract.
         """
         super().__init_subclass__(**kwargs)
+        for public, hook, calibrated in (("set_policy", "_apply_policy", False), ("calibrate", "_calibrate", True)):
+            own = cls.__dict__.get(public)
+            if own is not None and not getattr(own, "keeps_flag", False):
+                setattr(cls, public, _keeping_flag(own, calibrated))
+                if hook not in cls.__dict__:
+                    setattr(cls, hook, _not_called)
         prepare = cls.__dict__.get("prepare")
         if prepare is None or getattr(prepare, "marks_prepared", False) or getattr(prepare, "__isabstractmethod__", False):
             return
@@ -117,6 +133,7 @@ class QuantBackend(abc.ABC):
         self.loss_fn: LossFn = nn.CrossEntropyLoss()
         self._bits: dict[str, BitPair] = {}
         self._prepared = False
+        self._calibrated = False
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._weights_changed = False
 
@@ -132,18 +149,47 @@ class QuantBackend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def set_policy(self, bits: BitMap) -> None:
-        """Set every layer's (weight, activation) bits in place (check them with :meth:`check_bits`)."""
+    def _apply_policy(self, bits: dict[str, BitPair]) -> None:
+        """Set every layer's (weight, activation) bits in place; ``bits`` are checked, the weights restored."""
 
     @abc.abstractmethod
-    def calibrate(self) -> None:
+    def _calibrate(self) -> None:
         """Re-estimate activation ranges on the calibration data for the current bits."""
 
+    def _finetune(self, train_data: Iterable[Any], steps: int, lr: float) -> None:
+        """Train the calibrated quantized model for ``steps`` > 0 batches (default: not supported)."""
+        raise HaqError(f"backend '{self.name}' does not support finetuning; run without finetune steps "
+                       "(--finetune-steps 0) or choose a backend that finetunes (torchao, torch.ao, brevitas).")
+
+    # -- the per-episode methods the search calls (template methods) -------------------
+    def set_policy(self, bits: BitMap) -> None:
+        """Check ``bits``, undo the last finetune, then set them (:meth:`_apply_policy`); uncalibrated after."""
+        self.require_prepared()
+        checked = self.check_bits(bits)
+        self.restore_weights(self.model)
+        self._apply_policy(checked)
+        self._bits, self._calibrated = checked, False
+
+    set_policy.keeps_flag = True  # type: ignore[attr-defined]
+
+    def calibrate(self) -> None:
+        """Re-estimate activation ranges for the current bits (:meth:`_calibrate`)."""
+        self.require_prepared()
+        self._calibrate()
+        self._calibrated = True
+
+    calibrate.keeps_flag = True  # type: ignore[attr-defined]
+
     def finetune(self, train_data: Iterable[Any], steps: int, lr: float = 1e-3) -> None:
-        """Optionally train the quantized model for ``steps`` batches (default: not supported)."""
-        if steps:
-            raise HaqError(f"backend '{self.name}' does not support finetuning; run without finetune steps "
-                           "(--finetune-steps 0) or choose a backend that finetunes (torchao, torch.ao, brevitas).")
+        """Train the quantized model for ``steps`` batches (:meth:`_finetune`), calibrated first; 0 does nothing."""
+        if steps <= 0:
+            return
+        if type(self)._finetune is QuantBackend._finetune:
+            self._finetune(train_data, steps, lr)  # the refusal, before any work
+        self.require_prepared()
+        if not self._calibrated:
+            self.calibrate()
+        self._finetune(train_data, steps, lr)
 
     @property
     @abc.abstractmethod
@@ -151,8 +197,10 @@ class QuantBackend(abc.ABC):
         """The prepared, fake-quantized model with the current policy."""
 
     def evaluate(self, eval_fn: EvalFn) -> float:
-        """Accuracy (percent) of the current quantized model, as ``eval_fn`` measures it."""
+        """Accuracy (percent) of the current quantized model, as ``eval_fn`` measures it; calibrated first."""
         self.require_prepared()
+        if not self._calibrated:
+            self.calibrate()
         model = self.model
         model.eval()
         with torch.no_grad():
@@ -185,7 +233,7 @@ class QuantBackend(abc.ABC):
 
     def mark_prepared(self) -> None:
         """Called at the end of :meth:`prepare`: the per-episode methods may now run."""
-        self._prepared, self._snapshot, self._weights_changed = True, None, False
+        self._prepared, self._snapshot, self._weights_changed, self._calibrated = True, None, False, False
 
     def require_prepared(self) -> None:
         """Raise :class:`HaqError` if :meth:`prepare` has not run (the guard of the per-episode methods)."""
@@ -300,3 +348,20 @@ def prepare_for_search(backend: QuantBackend, model: nn.Module, example_input: A
     np.random.set_state(numpy_state)
     backend.prepared_on = PreparedOn(model, example_input, calibration_data)
     return True
+
+
+def _keeping_flag(method: Callable[..., None], calibrated: bool) -> Callable[..., None]:
+    """A subclass's own ``set_policy``/``calibrate``, also keeping the base class's calibrated flag."""
+
+    @functools.wraps(method)
+    def keeping(self: QuantBackend, *args: Any, **kwargs: Any) -> None:
+        method(self, *args, **kwargs)
+        self._calibrated = calibrated
+
+    keeping.keeps_flag = True  # type: ignore[attr-defined]
+    return keeping
+
+
+def _not_called(self: QuantBackend, *args: Any) -> None:
+    """The hook of a backend that overrides the public method instead; never called."""
+    raise NotImplementedError
