@@ -107,17 +107,13 @@ class GroupwiseBackend(QuantBackend):
         self.mark_prepared()
         self.set_policy({layer.name: (8, 8) for layer in layers})
 
-    def set_policy(self, bits: Any) -> None:
+    def _apply_policy(self, bits: dict[str, tuple[int, int]]) -> None:
         """Write each layer's weights, rounded at its weight bits (only layers whose bits changed)."""
-        self.require_prepared()
-        checked = self.check_bits(bits)
         assert self._weights is not None
-        self._weights.apply({name: pair[0] for name, pair in checked.items()})
-        self._bits = checked
+        self._weights.apply({name: pair[0] for name, pair in bits.items()})
 
-    def calibrate(self) -> None:
+    def _calibrate(self) -> None:
         """Nothing to observe: weight ranges come from the weights, and activations stay float."""
-        self.require_prepared()
 
     @property
     def model(self) -> nn.Module:

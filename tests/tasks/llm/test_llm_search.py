@@ -22,7 +22,7 @@ from haq_plugin.adapters.groupwise import GroupwiseBackend, apply_policy, load_q
 from haq_plugin.api.layers import extract_layers
 from haq_plugin.api.plugins import get_plugin_manager, reset_plugin_manager
 from haq_plugin.engine.agent import DDPGConfig
-from haq_plugin.engine.search import SearchInterrupted
+from haq_plugin import SearchInterrupted
 from haq_plugin.tasks.llm import block_linears, build_language_model_task, language_model_from, perplexity
 from tests.helpers import Interrupter
 from tests.tasks.llm.tiny_llama import tiny_text, trained_tiny_llama
