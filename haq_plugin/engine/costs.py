@@ -25,7 +25,7 @@ import time
 import zipfile
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -47,7 +47,9 @@ class CostTable:
 
     ``latency[i, wi, ai]`` is layer ``i`` with ``bits[wi]``-bit weights and
     ``bits[ai]``-bit activations; ``energy`` has the same shape, or is None when
-    the hardware model has no energy model.
+    the hardware model has no energy model.  ``weight_storage[i, wi]`` is the bits
+    that store layer ``i``'s weights at ``bits[wi]`` (the backend's
+    ``weight_storage_bits``; None: ``params * bits``), the ``size`` constraint's cost.
     """
 
     layers: list[LayerSpec]
@@ -57,6 +59,7 @@ class CostTable:
     hardware_name: str = ""
     build_seconds: float = 0.0
     from_cache: bool = False
+    weight_storage: np.ndarray | None = None
     _index: dict[int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,8 +87,11 @@ class CostTable:
             return self.energy
         b = np.asarray(self.bits, dtype=np.float64)
         if name == "size":
-            params = np.array([layer.params for layer in self.layers], dtype=np.float64)
-            return np.broadcast_to((params[:, None] * b[None, :] / 8.0)[:, :, None], self.latency.shape)
+            stored = self.weight_storage
+            if stored is None:
+                params = np.array([layer.params for layer in self.layers], dtype=np.float64)
+                stored = params[:, None] * b[None, :]
+            return np.broadcast_to((stored / 8.0)[:, :, None], self.latency.shape)
         if name == "bops":
             macs = np.array([layer.macs for layer in self.layers], dtype=np.float64)
             return macs[:, None, None] * b[None, :, None] * b[None, None, :]
@@ -116,6 +122,16 @@ class CostTable:
     def uniform_cost(self, name: str, bits: int = 8) -> float:
         """Total cost when every layer has ``bits`` weights and activations."""
         return self.policy_cost(name, [(bits, bits)] * len(self.layers))
+
+
+def with_weight_storage(table: CostTable, backend: Any) -> CostTable:
+    """``table`` with the size constraint costed by ``backend.weight_storage_bits`` (per-group scales etc.)."""
+    method = getattr(backend, "weight_storage_bits", None)
+    if not callable(method):
+        return table
+    table.weight_storage = np.array([[float(method(layer, b)) for b in table.bits] for layer in table.layers],
+                                    dtype=np.float64)
+    return table
 
 
 def table_bits(hardware: HardwareModel, bits: Sequence[int] | None = None) -> tuple[int, ...]:

@@ -27,9 +27,10 @@ from haq_plugin.api.plugins import get_plugin_manager, plugin_sources
 from haq_plugin.api.policy import Policy
 from haq_plugin.api.quantize_mode import use_quantize_mode
 from haq_plugin.engine.agent import DDPGAgent
-from haq_plugin.engine.costs import UNITS, build_cost_table
+from haq_plugin.engine.costs import UNITS, build_cost_table, with_weight_storage
 from haq_plugin.engine.environment import STATE_DIM, QuantizationEnv
 from haq_plugin.engine.eval_fn import EvaluationError, checked_eval_fn, explain
+from haq_plugin.engine.backend_faults import BackendFault, contained
 from haq_plugin.engine.evaluate import float_accuracy, timed_evaluation
 from haq_plugin.engine.placement import Placement
 from haq_plugin.engine.results import EpisodeRecord, PluginChoice, SearchInterrupted, SearchResult, UniformBaseline
@@ -63,7 +64,8 @@ class SearchRun:
         self.layers = extract_layers(model, example_input)
         self.names = [layer.name for layer in self.layers]
         self.space = build_space(self.layers, hardware, backend, settings)
-        self.table = build_cost_table(hardware, self.layers, bits=self.space.table_bits, cache=use_cache)
+        self.table = with_weight_storage(
+            build_cost_table(hardware, self.layers, bits=self.space.table_bits, cache=use_cache), backend)
         self.env = QuantizationEnv(self.layers, self.table, settings.constraint, float(settings.budget),
                                    self.space.allowed, self.space.fixed, quantize=settings.quantize)
         use_quantize_mode(backend, settings.quantize)
@@ -116,7 +118,8 @@ class SearchRun:
         self.model, self.example_input, self.calibration_data, self.train_data = on_device
         if restored is None and self.float_accuracy is None:
             self.float_accuracy = self._evaluate_float()
-        prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data, self.layers)
+        with contained(self.backend, "prepare"):
+            prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data, self.layers)
         self.placement.place_backend(self.backend)
         if restored is None:
             self.uniform = self._evaluate_uniform()
@@ -154,6 +157,16 @@ class SearchRun:
                                     self.settings.finetune_steps, self.train_data)
         except EvaluationError as exc:
             raise self._evaluation_failed(exc, what) from exc
+        except BackendFault as exc:
+            raise self._backend_failed(exc, what) from exc
+
+    def _backend_failed(self, exc: BackendFault, what: str) -> BackendFault:
+        """A backend fault while evaluating ``what``, with the finished episodes saved for a resume."""
+        if self.output_dir is None or not self.history:
+            return exc
+        write_episodes_csv(self.output_dir, self.history)
+        return BackendFault(f"{exc} (while evaluating {what}; the {len(self.history)} finished episode(s) are "
+                            f"saved: haq-plugin search --resume {self.output_dir} once it is fixed)")
 
     def _evaluate_round(self, jobs: Sequence[EpisodeJob]) -> list[tuple[float, float]]:
         """(accuracy, seconds) of each job: here one by one, or at once on the worker pool."""
