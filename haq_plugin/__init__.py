@@ -3,7 +3,8 @@
 Public API (stable names; see README.md and docs/plugins.md):
 
 * plugin authors: :data:`hookimpl`, :class:`HardwareModel`, :class:`LayerCost`,
-  :class:`QuantBackend`, :class:`Option`, :class:`LayerSpec`, :class:`HaqError`;
+  :class:`QuantBackend` (capabilities: :class:`BackendCapabilities`, modes
+  :data:`WEIGHTS_AND_ACTIVATIONS`, :data:`WEIGHTS_ONLY`, :class:`QuantizeMode`), :class:`Option`, :class:`LayerSpec`, :class:`HaqError`;
 * users: :func:`load_hardware`, :func:`load_backend`, :func:`extract_layers`,
   :class:`Policy`, :func:`search`, :func:`sweep`, :func:`sensitivity`.
 """
@@ -13,6 +14,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from haq_plugin.api.backend import QuantBackend
+from haq_plugin.api.capabilities import BackendCapabilities
+from haq_plugin.api.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, QuantizeMode
+from haq_plugin.engine.backend_faults import BackendFault
 from haq_plugin.api.errors import HaqError, PluginError
 from haq_plugin.api.hardware import HardwareModel, LayerCost
 from haq_plugin.api.hookspecs import hookimpl
@@ -33,6 +37,7 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "BackendCapabilities", "BackendFault", "QUANTIZE_MODES", "QuantizeMode", "WEIGHTS_AND_ACTIVATIONS", "WEIGHTS_ONLY",
     "DDPGConfig", "HaqError", "HardwareModel", "LayerCost", "LayerSpec", "Option", "PluginError", "Policy",
     "QuantBackend", "SearchInterrupted", "SearchResult", "SearchSettings", "SensitivityResult", "SweepResult",
     "search", "sensitivity", "sweep",

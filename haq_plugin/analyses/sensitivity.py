@@ -39,6 +39,7 @@ from haq_plugin.engine.space import KEPT_BITS
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hardware import HardwareModel
 from haq_plugin.api.layers import LayerSpec, extract_layers
+from haq_plugin.engine.backend_faults import contained
 from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy
 from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.storage.rng import seed_everything
@@ -116,7 +117,8 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
               "evaluations, plus 1 for the uniform 8-bit reference", file=sys.stderr)
     start = time.perf_counter()
     seed_everything(seed)
-    prepare_for_search(be, model, example_input, calibration_data)
+    with contained(be, "prepare"):
+        prepare_for_search(be, model, example_input, calibration_data)
     eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
     reference = evaluate_policy(be, eight, checked_fn)
     rows = []

@@ -51,6 +51,7 @@ from haq_plugin.api.errors import HaqError, InfeasibleBudget
 from haq_plugin.storage.files import read_json, write_text_atomic
 from haq_plugin.api.hardware import HardwareModel
 from haq_plugin.api.layers import LayerSpec, extract_layers
+from haq_plugin.engine.backend_faults import contained
 from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy as measure_float
 from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.api.policy import Policy
@@ -280,7 +281,8 @@ class _SweepRun:
                                 achieved={k: uniform[k] for k in ("cost", "cost_fraction", "accuracy")}).save(path)
 
     def _ensure_prepared(self) -> None:
-        prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data)
+        with contained(self.backend, "prepare"):
+            prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data)
 
     def _test_accuracy(self, bits: Mapping[str, tuple[int, int]]) -> float | None:
         if self.test_eval_fn is None:

@@ -50,10 +50,12 @@ import torch
 from torch import nn
 
 from haq_plugin.api.bits import BitPair, check_bit_map
+from haq_plugin.api.capabilities import BackendCapabilities
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.api.options import Option, resolve_options
 from haq_plugin.api.policy import Policy
+from haq_plugin.api.quantize_mode import QUANTIZE_MODES
 
 BitMap = Mapping[str, tuple[int, int]]
 EvalFn = Callable[[nn.Module], float]
@@ -73,8 +75,12 @@ def layer_difference(bits: Mapping[str, Any], names: Sequence[str]) -> tuple[lis
     return [name for name in names if name not in bits], [name for name in bits if name not in known]
 
 
-class QuantBackend(abc.ABC):
+class QuantBackend(BackendCapabilities, abc.ABC):
     """Base class of every quantization backend.
+
+    Capabilities (``quantize_modes``, ``supports_finetune``, ``supports_workers``,
+    ``supports_device``, :meth:`weight_storage_bits`, :meth:`effective_act_bits`) are
+    declared with defaults in :class:`~haq_plugin.api.capabilities.BackendCapabilities`.
 
     Class attributes: ``name`` (``--backend NAME``), ``description``,
     ``options`` (tuple of :class:`~haq_plugin.api.options.Option`, values in
@@ -106,6 +112,7 @@ class QuantBackend(abc.ABC):
         stops being abstract.
         """
         super().__init_subclass__(**kwargs)
+        _derive_capabilities(cls)
         for public, hook, calibrated in (("set_policy", "_apply_policy", False), ("calibrate", "_calibrate", True)):
             own = cls.__dict__.get(public)
             if own is not None and not getattr(own, "keeps_flag", False):
@@ -348,6 +355,25 @@ def prepare_for_search(backend: QuantBackend, model: nn.Module, example_input: A
     np.random.set_state(numpy_state)
     backend.prepared_on = PreparedOn(model, example_input, calibration_data)
     return True
+
+
+def _declared_below(cls: type, attribute: str) -> bool:
+    """Whether a class between ``cls`` and the base classes here defines ``attribute`` itself."""
+    return any(attribute in klass.__dict__ for klass in cls.__mro__
+               if klass not in (QuantBackend, BackendCapabilities, object))
+
+
+def _derive_capabilities(cls: type) -> None:
+    """Capabilities a subclass did not declare, from what it implements.
+
+    ``supports_finetune`` is whether it writes ``_finetune`` (or its own ``finetune``); a
+    backend written against the older contract (a ``quantize`` attribute, no
+    ``quantize_modes``) is taken to implement both modes, as that contract said.
+    """
+    if not _declared_below(cls, "supports_finetune"):
+        cls.supports_finetune = _declared_below(cls, "_finetune") or _declared_below(cls, "finetune")
+    if not _declared_below(cls, "quantize_modes") and _declared_below(cls, "quantize"):
+        cls.quantize_modes = QUANTIZE_MODES
 
 
 def _keeping_flag(method: Callable[..., None], calibrated: bool) -> Callable[..., None]:

@@ -15,7 +15,7 @@ import importlib.metadata
 import io
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Mapping, TypeVar
 
 import pluggy
 
@@ -220,9 +220,27 @@ def load_hardware(name: str, **options: Any) -> HardwareModel:
     return _instantiate(registration, options)
 
 
+#: Settings of the search itself (``SearchSettings`` fields and the placement): never backend options, since
+#: the core sets them on every backend and would silently override a backend option of the same name.
+CORE_SETTINGS = ("constraint", "budget", "episodes", "strategy", "min_bits", "max_bits", "keep_first_layer_8bit",
+                 "keep_last_layer_8bit", "pins", "finetune_steps", "seed", "ddpg", "float_accuracy", "task",
+                 "quantize", "workers", "device", "ray_address", "metric", "decisions", "bits_per_weight")
+
+
+def check_backend_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse a backend option named like a core setting, naming the core option to use instead."""
+    for key, value in options.items():
+        if key in CORE_SETTINGS:
+            flag = "--" + key.replace("_", "-")
+            raise HaqError(f"backend '{name}': {key}={value!r} is a search setting, not a backend option; use "
+                           f"{flag} {value} on the command line ({key}={value!r} in search()) instead of "
+                           f"--backend-option {key}=....")
+
+
 def load_backend(name: str, **options: Any) -> QuantBackend:
-    """Create the quantization backend registered as ``name``."""
+    """Create the quantization backend registered as ``name``; an option named like a core setting is refused."""
     registration = get_plugin_manager().backends.get(name)
+    check_backend_options(name, options)
     return _instantiate(registration, options)
 
 

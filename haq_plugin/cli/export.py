@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from haq_plugin.cli.options import data_option, model_options
+from haq_plugin.cli.options import data_option, model_options, plugin_options
 from haq_plugin.cli.search_cmd import stored_options
+from haq_plugin.engine.backend_faults import contained
 from haq_plugin.api.layers import extract_layers
 from haq_plugin.api.options import parse_key_values
 from haq_plugin.tasks.specs import load_model, load_task_data
@@ -21,24 +23,28 @@ from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_m
 @click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False),
               help="policy.json written by 'haq-plugin search'.")
 @click.option("--backend", "backend_name", required=True, metavar="NAME",
-              help="torch.ao, brevitas, torchao or groupwise (or a plugin; see 'haq-plugin backends list').")
+              help="torchao, torch.ao, brevitas or groupwise, or a plugin's backend (see 'haq-plugin backends list').")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+              help="Override a backend option stored in the policy (with a warning: the export then differs from "
+                   "what the search measured).")
 @click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: the backend's file name in the current directory).")
 @model_options
 @data_option
-def export_cmd(policy_path: str, backend_name: str, output: str | None, model_spec: str,
-               input_shape: str | None, data_spec: str | None, data_options: tuple[str, ...] = ()) -> None:
+def export_cmd(policy_path: str, backend_name: str, backend_options: tuple[str, ...], output: str | None,
+               model_spec: str, input_shape: str | None, data_spec: str | None,
+               data_options: tuple[str, ...] = ()) -> None:
     """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file).
 
     The backend is prepared on the model the policy was searched on (by default the --model, --input-shape
     and --data stored in the policy; give --model to override), so the export reflects the real graph
     (residual adds, shared inputs); the policy's layer fingerprint must match. A weight-only policy
-    (searched with --quantize weights) is exported weight-only, and the backend the policy was searched
-    with is exported with the options it was searched with (e.g. the groupwise grid).
+    (searched with --quantize weights) is exported weight-only. Exporting with the backend the policy was
+    searched with re-creates it with the searched options (--backend-option overrides one, with a warning).
     """
     policy = Policy.load(policy_path)
     model_spec, input_shape, data_spec = _searched_task(policy, model_spec, input_shape, data_spec)
-    backend = load_backend(backend_name, **_searched_backend_options(policy, backend_name))
+    backend = load_backend(backend_name, **_export_options(policy, backend_name, backend_options))
     use_quantize_mode(backend, policy.provenance.get("search", {}).get("quantize") or WEIGHTS_AND_ACTIVATIONS)
     stored_task = policy.provenance.get("search", {}).get("task") or {}
     options = parse_key_values(data_options, "--data-option") if data_options else stored_task.get("data_options")
@@ -49,17 +55,11 @@ def export_cmd(policy_path: str, backend_name: str, output: str | None, model_sp
         calibration = load_task_data(data_spec, model_spec, options).calibration_data
     else:
         calibration = [source.example_input]
-    backend.prepare(source.model, source.example_input, calibration, layers=layers)
-    path = backend.export(policy, Path(output or backend.export_filename))
+    with contained(backend, "prepare"):
+        backend.prepare(source.model, source.example_input, calibration, layers=layers)
+    with contained(backend, "export"):
+        path = backend.export(policy, Path(output or backend.export_filename))
     click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")
-
-
-def _searched_backend_options(policy: Policy, backend_name: str) -> dict:
-    """The options the policy was searched with, when it was searched with this backend (else none)."""
-    searched = policy.provenance.get("backend") or {}
-    if searched.get("name") != backend_name:
-        return {}
-    return stored_options(searched.get("config") or {})
 
 
 def _searched_task(policy: Policy, model_spec: str, input_shape: str | None,
@@ -71,3 +71,22 @@ def _searched_task(policy: Policy, model_spec: str, input_shape: str | None,
         return model_spec, input_shape, data_spec
     given = ctx.get_parameter_source("data_spec") == ParameterSource.COMMANDLINE
     return stored["model"], stored.get("input_shape"), data_spec if given else stored.get("data")
+
+
+def _searched_backend_options(policy: Policy, backend_name: str) -> dict[str, Any]:
+    """The options the policy was searched with, when ``backend_name`` is the backend it was searched with."""
+    searched = policy.provenance.get("backend") or {}
+    if searched.get("name") != backend_name:
+        return {}
+    return stored_options(searched.get("config") or {})
+
+
+def _export_options(policy: Policy, backend_name: str, given: tuple[str, ...]) -> dict[str, Any]:
+    """The searched options with ``--backend-option`` over them; an override of a searched value is warned of."""
+    searched = _searched_backend_options(policy, backend_name)
+    overrides = plugin_options(given, "--backend-option")
+    for key, value in overrides.items():
+        if key in searched and str(searched[key]) != str(value):
+            click.echo(f"warning: --backend-option {key}={value} overrides the searched {key}={searched[key]}; "
+                       "the export differs from what the search measured.", err=True)
+    return {**searched, **overrides}

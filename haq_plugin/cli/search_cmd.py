@@ -23,7 +23,7 @@ from haq_plugin.engine.device import resolve_device
 from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy
 from haq_plugin.api.errors import HaqError, InfeasibleBudget
 from haq_plugin.tasks.specs import load_model, load_task_data
-from haq_plugin.api.plugins import load_backend, load_hardware
+from haq_plugin.api.plugins import CORE_SETTINGS, load_backend, load_hardware
 from haq_plugin.engine.results import SearchResult
 from haq_plugin.engine.search import run_search
 from haq_plugin.engine.settings import DEFAULT_BUDGET, SearchSettings
@@ -141,8 +141,12 @@ def check_placement(settings: SearchSettings, device: str) -> None:
 
 
 def stored_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored plugin config as options: values left at None were never given (the plugin's own default)."""
-    return {key: value for key, value in config.items() if value is not None}
+    """A stored plugin config as options: values left at None were never given (the plugin's own default).
+
+    Names of core settings (:data:`~haq_plugin.api.plugins.CORE_SETTINGS`, a backend's ``quantize`` option
+    for one) are left out: the search's own setting, stored with it, decides them.
+    """
+    return {key: value for key, value in config.items() if value is not None and key not in CORE_SETTINGS}
 
 
 def run_with_default_budget(run: Callable[[SearchSettings], Any], settings: SearchSettings, hw_name: str,

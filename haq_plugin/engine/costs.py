@@ -27,7 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,7 +49,9 @@ class CostTable:
 
     ``latency[i, wi, ai]`` is layer ``i`` with ``bits[wi]``-bit weights and
     ``bits[ai]``-bit activations; ``energy`` has the same shape, or is None when
-    the hardware model has no energy model.
+    the hardware model has no energy model.  ``size[i, wi]`` is the bytes that
+    store layer ``i``'s weights at ``bits[wi]`` (the backend's
+    ``weight_storage_bits``, :func:`with_backend_storage`; None: ``params * bits / 8``).
     """
 
     layers: list[LayerSpec]

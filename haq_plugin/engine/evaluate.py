@@ -17,6 +17,7 @@ from torch import nn
 from haq_plugin.api.backend import QuantBackend
 from haq_plugin.api.bits import BitPair
 from haq_plugin.api.layers import evaluating
+from haq_plugin.engine.backend_faults import checked_accuracy, contained
 
 EvalFn = Callable[[nn.Module], float]
 
@@ -29,12 +30,21 @@ def float_accuracy(model: nn.Module, eval_fn: EvalFn) -> float:
 
 def evaluate_policy(backend: QuantBackend, bits: Mapping[str, BitPair], eval_fn: EvalFn,
                     finetune_steps: int = 0, train_data: Iterable[Any] | None = None) -> float:
-    """Accuracy of ``bits`` on a prepared backend: set the policy, recalibrate, finetune, evaluate."""
-    backend.set_policy(dict(bits))
-    backend.calibrate()
+    """Accuracy of ``bits`` on a prepared backend: set the policy, recalibrate, finetune, evaluate.
+
+    Each call is :func:`contained`: a backend's bug, or an accuracy that is not a real
+    number, stops with one line naming the plugin and the method.
+    """
+    with contained(backend, "set_policy"):
+        backend.set_policy(dict(bits))
+    with contained(backend, "calibrate"):
+        backend.calibrate()
     if finetune_steps:
-        backend.finetune(train_data, finetune_steps)  # type: ignore[arg-type]
-    return float(backend.evaluate(eval_fn))
+        with contained(backend, "finetune"):
+            backend.finetune(train_data, finetune_steps)  # type: ignore[arg-type]
+    with contained(backend, "evaluate"):
+        value = backend.evaluate(eval_fn)
+    return checked_accuracy(backend, value)
 
 
 def timed_evaluation(backend: QuantBackend, bits: Mapping[str, BitPair], eval_fn: EvalFn,

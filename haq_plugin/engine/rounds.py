@@ -31,6 +31,7 @@ from haq_plugin.engine.costs import UNITS, build_cost_table, with_backend_storag
 from haq_plugin.engine.unit_environment import build_environment
 from haq_plugin.engine.environment import STATE_DIM
 from haq_plugin.engine.eval_fn import EvaluationError, checked_eval_fn, explain
+from haq_plugin.engine.backend_faults import BackendFault, contained
 from haq_plugin.engine.evaluate import float_accuracy, timed_evaluation
 from haq_plugin.engine.placement import Placement
 from haq_plugin.engine.results import EpisodeRecord, PluginChoice, SearchInterrupted, SearchResult, UniformBaseline
@@ -123,7 +124,8 @@ class SearchRun:
         self.model, self.example_input, self.calibration_data, self.train_data = on_device
         if restored is None and self.float_accuracy is None:
             self.float_accuracy = self._evaluate_float()
-        prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data, self.layers)
+        with contained(self.backend, "prepare"):
+            prepare_for_search(self.backend, self.model, self.example_input, self.calibration_data, self.layers)
         self.placement.place_backend(self.backend)
         if restored is None:
             self.uniform = self._evaluate_uniform()
@@ -167,6 +169,16 @@ class SearchRun:
                                     self.settings.finetune_steps, self.train_data)
         except EvaluationError as exc:
             raise self._evaluation_failed(exc, what) from exc
+        except BackendFault as exc:
+            raise self._backend_failed(exc, what) from exc
+
+    def _backend_failed(self, exc: BackendFault, what: str) -> BackendFault:
+        """A backend fault while evaluating ``what``, with the finished episodes saved for a resume."""
+        if self.output_dir is None or not self.history:
+            return exc
+        write_episodes_csv(self.output_dir, self.history)
+        return BackendFault(f"{exc} (while evaluating {what}; the {len(self.history)} finished episode(s) are "
+                            f"saved: haq-plugin search --resume {self.output_dir} once it is fixed)")
 
     def _evaluate_round(self, jobs: Sequence[EpisodeJob]) -> list[tuple[float, float]]:
         """(accuracy, seconds) of each job: here one by one, or at once on the worker pool."""

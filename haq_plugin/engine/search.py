@@ -39,6 +39,7 @@ from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hardware import HardwareModel
 from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.engine.agent import DDPGConfig
+from haq_plugin.engine.backend_fit import fit_device, fit_settings
 from haq_plugin.engine.device import resolve_device
 from haq_plugin.engine.placement import Placement
 from haq_plugin.engine.results import SearchResult
@@ -101,8 +102,13 @@ def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *
                train_data: Iterable[Any] | None = None, output_dir: str | Path | None = None,
                resume: bool = False, force: bool = False, progress: bool = True,
                use_cache: bool = True, device: str = "auto", ray_address: str | None = None) -> SearchResult:
-    """:func:`search` with its settings as one :class:`SearchSettings` (what the command line calls)."""
-    placement = Placement(resolve_device(device), ray_address)
+    """:func:`search` with its settings as one :class:`SearchSettings` (what the command line calls).
+
+    The settings are first fitted to the backend's declared capabilities (:func:`fit_settings`).
+    """
+    backend = _resolve(backend, QuantBackend, load_backend, "backend")
+    settings = fit_settings(settings, backend)
+    placement = Placement(resolve_device(fit_device(device, backend)), ray_address)
     if settings.workers > 1:
         require_ray(settings.workers)
     if not isinstance(model, nn.Module):
@@ -115,7 +121,7 @@ def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *
         raise HaqError("calibration_data is None; give an iterable of input batches (tensors or (x, y) pairs).")
     run = SearchRun(model=model, example_input=example_input, settings=settings,
                     hardware=_resolve(hardware, HardwareModel, load_hardware, "hardware"),
-                    backend=_resolve(backend, QuantBackend, load_backend, "backend"),
+                    backend=backend,
                     eval_fn=eval_fn, calibration_data=calibration_data, train_data=train_data,
                     progress=progress, use_cache=use_cache, placement=placement)
     return run.execute(output_dir=output_dir, resume=resume, force=force)

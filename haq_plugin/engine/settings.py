@@ -103,6 +103,9 @@ class SearchSettings:
             object.__setattr__(self, "float_accuracy", float(self.float_accuracy))
         object.__setattr__(self, "pins", {str(k): (int(v[0]), int(v[1])) for k, v in dict(self.pins).items()})
         object.__setattr__(self, "task", dict(self.task))
+        # not a field (never stored): whether quantize was chosen or defaulted, so that a backend without
+        # the default mode falls back with a note instead of refusing (see resolve_quantize)
+        object.__setattr__(self, "_quantize_given", self.quantize is not None)
         if self.quantize is None:
             object.__setattr__(self, "quantize", default_quantize(self.constraint))
 
@@ -190,8 +193,16 @@ class SearchSettings:
         return cls(**values)
 
     def replace(self, **changes: Any) -> "SearchSettings":
-        """A copy with ``changes`` applied (and checked)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (and checked); a defaulted ``quantize`` stays marked as defaulted."""
+        copy = dataclasses.replace(self, **changes)
+        if "quantize" not in changes:
+            object.__setattr__(copy, "_quantize_given", self.quantize_given)
+        return copy
+
+    @property
+    def quantize_given(self) -> bool:
+        """Whether ``quantize`` was chosen (``--quantize``) rather than defaulted from the constraint."""
+        return bool(getattr(self, "_quantize_given", True))
 
     def differences(self, other: "SearchSettings", ignore: tuple[str, ...] = ("episodes",)) -> list[str]:
         """``"name: self's value, other's value"`` for every setting that differs (for resume checks)."""

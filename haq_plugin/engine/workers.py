@@ -37,6 +37,7 @@ from torch import nn
 from haq_plugin.api.backend import QuantBackend, prepare_for_search
 from haq_plugin.api.bits import BitPair
 from haq_plugin.storage.rng import seed_everything
+from haq_plugin.engine.backend_faults import contained
 from haq_plugin.engine.evaluate import timed_evaluation
 from haq_plugin.api.errors import HaqError
 from haq_plugin.engine.eval_fn import EvaluationError, checked_eval_fn
@@ -110,7 +111,8 @@ class EvaluationActor:
         try:
             self._prepare(payload, Placement(torch.device(payload.device)))
         except Exception as exc:  # reported by ready(): an actor that dies in __init__ tells only a traceback
-            self.failure = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            said = " ".join(str(exc).split())
+            self.failure = said if isinstance(exc, HaqError) else f"{type(exc).__name__}: {said}"
 
     def _prepare(self, payload: WorkerPayload, placement: Placement) -> None:
         self.backend: QuantBackend = payload.backend_class(**payload.backend_options)
@@ -118,7 +120,8 @@ class EvaluationActor:
         use_quantize_mode(self.backend, payload.quantize)
         model, example_input, calibration, self.train_data = placement.place(
             payload.model, payload.example_input, payload.calibration_data, payload.train_data)
-        prepare_for_search(self.backend, model, example_input, calibration, payload.layers)
+        with contained(self.backend, "prepare"):
+            prepare_for_search(self.backend, model, example_input, calibration, payload.layers)
         placement.place_backend(self.backend)
 
     def ready(self) -> str | None:

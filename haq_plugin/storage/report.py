@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from haq_plugin.storage.checkpoint import CHECKPOINT
+from haq_plugin.engine.backend_faults import contained
 from haq_plugin.storage.files import write_text_atomic, write_via_temp
 from haq_plugin.api.quantize_mode import WEIGHTS_ONLY
 from haq_plugin.engine.results import EpisodeRecord, SearchResult
@@ -143,12 +144,14 @@ def effective_act_bits(backend: "QuantBackend", result: SearchResult) -> dict[st
 
     A backend may quantize a layer's input with other bits than the policy's;
     torch.ao's FX mode does, where one observer feeds several layers.  Such a
-    backend has an ``effective_act_bits(bits)`` method (layer name -> bits).
+    backend overrides :meth:`~haq_plugin.api.capabilities.BackendCapabilities.effective_act_bits`
+    (layer name -> bits); the default's None means "the policy's bits".
     """
-    method = getattr(backend, "effective_act_bits", None)
+    method = getattr(backend, "effective_act_bits", None)  # a duck-typed backend may lack it
     if not callable(method) or getattr(backend, "quantize", None) == WEIGHTS_ONLY:  # float activations
         return None
-    return dict(method(result.policy.bits))
+    effective = method(result.policy.bits)
+    return None if effective is None else dict(effective)
 
 
 def summary_markdown(result: SearchResult, effective: dict[str, int] | None = None) -> str:
@@ -275,8 +278,9 @@ def write_search_outputs(result: SearchResult, backend: "QuantBackend") -> dict[
     if directory is None:
         raise ValueError("the search has no output directory")
     files = {"policy": result.policy.save(directory / POLICY)}
-    files["export"] = write_via_temp(directory / backend.export_filename,
-                                     lambda tmp: backend.export(result.policy, tmp))
+    with contained(backend, "export"):
+        files["export"] = write_via_temp(directory / backend.export_filename,
+                                         lambda tmp: backend.export(result.policy, tmp))
     files["episodes"] = write_episodes_csv(directory, result.history, result.settings.metric)
     files["summary"] = write_text_atomic(directory / SUMMARY,
                                          summary_markdown(result, effective_act_bits(backend, result)))

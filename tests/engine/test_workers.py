@@ -152,5 +152,6 @@ def test_a_backend_failing_on_a_worker_is_one_clear_error(task, local_ray):
                 raise RuntimeError("no GPU driver here")
             super().prepare(model, example_input, calibration_data, layers)
 
-    with pytest.raises(HaqError, match="a worker failed preparing the backend: RuntimeError: no GPU driver here"):
+    with pytest.raises(HaqError, match=r"a worker failed preparing the backend: backend 'fails-on-workers' .*failed in "
+                                     r"prepare\(\): raised RuntimeError: no GPU driver here"):
         run(task, backend=FailsOnWorkers())
