@@ -4,6 +4,7 @@ observer plugin that presses Ctrl-C in the middle of a search."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,19 @@ def run_cli(*args: str, cwd: Path | None = None, path: Sequence[Path] = (),
     """``haq-plugin ARGS`` in a subprocess; stdout and stderr captured separately as text."""
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=cli_env(path),
                           timeout=timeout)
+
+
+def install_example(example: Path, copy_dir: Path, target: Path) -> Path:
+    """``pip install --target TARGET`` of a copy of ``example`` (a build in place would litter the repository)."""
+    source = copy_dir / example.name
+    shutil.copytree(example, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--no-cache-dir", "--disable-pip-version-check", "--quiet", "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return target
 
 
 def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:

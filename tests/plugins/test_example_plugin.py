@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from haq_plugin.api.plugins import get_plugin_manager, reset_plugin_manager
 from haq_plugin.api.policy import Policy
 from haq_plugin.tasks.zoo import IMAGENET_INPUT_SHAPE, ZOO
 from tests.conftest import write_plugin_distribution
-from tests.helpers import run_cli
+from tests.helpers import install_example, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "haq-hw-roofline"
 
@@ -53,15 +51,8 @@ def expected_cost(layer: LayerSpec, w: int, a: int, batch: int = 1, output_bits:
 @pytest.fixture(scope="module")
 def roofline_site(tmp_path_factory) -> Path:
     """``pip install --target`` of a copy of the example (a build in place would litter the repository)."""
-    source = tmp_path_factory.mktemp("roofline-src") / "haq-hw-roofline"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = tmp_path_factory.mktemp("roofline-site")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--no-cache-dir", "--disable-pip-version-check", "--quiet", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    target = install_example(EXAMPLE, tmp_path_factory.mktemp("roofline-src"),
+                             tmp_path_factory.mktemp("roofline-site"))
     assert (target / "haq_hw_roofline-0.1.0.dist-info" / "entry_points.txt").is_file()
     return target
 
