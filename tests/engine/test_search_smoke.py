@@ -238,3 +238,18 @@ def test_a_running_search_locks_its_output_directory(task, tmp_path):
     (tmp_path / "search.lock").write_text(f"{int(dead.stdout)} host\n")
     result = run(task, output_dir=tmp_path, episodes=1, strategy="random")
     assert len(result.history) == 1 and not (tmp_path / "search.lock").exists()
+
+
+def test_greedy_strategy_on_a_classifier_fits_the_budget_and_beats_uniform(task, tmp_path):
+    """The sensitivity-greedy baseline works for any model: one evaluated policy, within the budget."""
+    result = run(task, strategy="greedy", budget=0.8, output_dir=tmp_path / "greedy")
+    assert len(result.history) == 1 and result.history[0].strategy == "greedy"
+    assert result.cost_fraction <= 0.8 * (1 + 1e-9)
+    assert result.timings["greedy_measurements"] > 0
+    bits = result.policy.as_list()
+    assert len({pair for pair in bits}) > 1  # mixed precision: not one width everywhere
+    assert all(w == a for w, a in bits[1:])  # weights and inputs of a unit move together under w+a
+    uniform = result.uniform
+    assert uniform is not None and result.accuracy >= uniform.accuracy
+    rows = list(csv.DictReader((tmp_path / "greedy" / "episodes.csv").open()))
+    assert [row["strategy"] for row in rows] == ["greedy"]
