@@ -14,11 +14,13 @@ names the method, the plugin and the distribution to fix or uninstall.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from typing import Any, Iterator
 
 from haq_plugin.api.errors import HaqError, PluginError, one_line
 from haq_plugin.api.plugins import get_plugin_manager
-from haq_plugin.engine.eval_fn import accuracy_problem, _scalar
+from haq_plugin.engine.eval_fn import _scalar
 
 #: The backend methods the core calls, in the order of a search.
 METHODS = ("prepare", "set_policy", "calibrate", "finetune", "evaluate", "export")
@@ -57,8 +59,17 @@ def contained(backend: Any, method: str) -> Iterator[None]:
 
 
 def checked_accuracy(backend: Any, value: Any) -> float:
-    """``value`` returned by ``backend.evaluate`` as a float percentage; a str, None, NaN, ... is a fault."""
-    problem = accuracy_problem(value)
-    if problem is not None:
-        raise BackendFault(fault_message(backend, "evaluate", f"{problem}, not an accuracy from 0 to 100"))
-    return float(_scalar(value))
+    """``value`` returned by ``backend.evaluate`` as a float; a str (even ``"90"``), None, NaN or inf is a fault.
+
+    Only the type is the backend's business: the range (0 to 100 for an accuracy, at least 1 for a
+    perplexity) is the metric's, checked on ``eval_fn``'s own answer inside ``evaluate``.
+    """
+    value = _scalar(value)
+    if value is None or isinstance(value, (str, bytes, bool)) or not isinstance(value, numbers.Real):
+        raise BackendFault(fault_message(backend, "evaluate", f"returned {value!r} ({type(value).__name__}), not "
+                                         "an accuracy or a perplexity (a real number)"))
+    if not math.isfinite(float(value)):
+        shown = "NaN" if math.isnan(float(value)) else repr(float(value))
+        raise BackendFault(fault_message(backend, "evaluate", f"returned {shown}, not an accuracy or a perplexity "
+                                         "(a finite number)"))
+    return float(value)

@@ -167,3 +167,18 @@ def test_torchao_recipe_of_a_float_zero_point_search_warns_and_differs(task, tmp
           f"{result.accuracy:.4f} ({gap:.2%} apart)")
     # torchao's integer zero point rounds the same bits differently: measured 5.6% apart here
     assert math.isfinite(measured) and 1e-3 < gap < 0.15
+
+
+def test_perplexities_far_above_100_are_answers_not_faults(tmp_path):
+    """An untrained model's perplexity is about its vocabulary size: the search must take it, not refuse it."""
+    from tests.tasks.llm.tiny_llama import tiny_llama
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tiny_text(), encoding="utf-8")
+    model, tokenizer = tiny_llama(0)
+    untrained = build_language_model_task(language_model_from(model, tokenizer, name="untrained"),
+                                          f"text:{corpus}", window=32, calibration_windows=1, val_windows=2,
+                                          test_windows=2)
+    result = run(untrained, tmp_path / "out", episodes=2)
+    assert result.float_accuracy > 100 and result.accuracy > 100
+    assert len(result.history) == 2
