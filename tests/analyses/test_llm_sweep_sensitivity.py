@@ -209,7 +209,8 @@ def task_args(llm) -> list[str]:
 @pytest.mark.slow
 def test_sweep_cli_on_a_checkpoint_then_resume(llm, tmp_path):
     out = tmp_path / "sweep"
-    proc = haq("sweep", *task_args(llm), "--budgets", "3.0bpw,4.0bpw", "--episodes", "4", "--output", str(out),
+    proc = haq("sweep", *task_args(llm), "--budgets", "3.0bpw,4.0bpw", "--strategy", "ddpg", "--episodes", "4",
+               "--output", str(out),
                cwd=tmp_path)
     stored = json.loads((out / "sweep.json").read_text())
     assert stored["budgets"] == ["3bpw", "4bpw"]

@@ -80,7 +80,8 @@ def perplexities(files, policy_file):
 def test_search_then_export_gives_torchao_the_searched_perplexity(files, tmp_path, capsys):
     out = tmp_path / "search"
     code, stdout, stderr = haq(capsys, "search", "--model", f"hf:{files / 'ckpt'}", "--data",
-                               f"text:{files / 'corpus.txt'}", *WINDOWS, "--budget", "3.5bpw", "--episodes", "4",
+                               f"text:{files / 'corpus.txt'}", *WINDOWS, "--budget", "3.5bpw", "--strategy", "ddpg",
+                               "--episodes", "4",
                                "--backend-option", "zero_point=integer", "--output", str(out))
     assert code == 0, stderr
     assert "perplexity" in stdout and "3.500 bits per weight of the searched layers" in stdout

@@ -4,7 +4,7 @@ The model is loaded once per process and shared by ``--model`` and ``--data``
 (like the demo).  ``--data-option KEY=VALUE`` sets the token windows
 (:data:`DATA_OPTIONS`).  A language model changes the defaults of a search
 (:data:`SEARCH_DEFAULTS`): weight-only group-wise quantization, a size budget,
-perplexity as the metric, one decision per block, and the first layer free
+perplexity as the metric, one decision per block, the sensitivity-greedy strategy, and the first layer free
 (HAQ keeps a CNN's first layer at 8 bits because it reads the image; a
 decoder's first linear reads an embedding like every other block).
 ``lm_head`` (tied to the embedding in SmolLM2) stays the kept last layer at 8
@@ -32,6 +32,8 @@ DATA_OPTIONS: dict[str, tuple[int, str]] = {
 SEARCH_DEFAULTS: dict[str, Any] = {
     "backend": "groupwise", "hw": "llm-decode", "constraint": "size", "quantize": "weights",
     "metric": "perplexity", "decisions": "block", "keep_first_layer_8bit": False, "episodes": 100,
+    # measured on SmolLM2-135M (benchmarks/RESULTS.md section 10): greedy's 181 evaluations beat DDPG's 100
+    "strategy": "greedy",
 }
 
 
