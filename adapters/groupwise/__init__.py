@@ -21,14 +21,13 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 from torch import nn
 
-from haq_plugin import HaqError, LayerSpec, Option, Policy, QuantBackend, hookimpl
+from haq_plugin import WEIGHTS_ONLY, HaqError, LayerSpec, Option, Policy, QuantBackend, hookimpl
 from haq_plugin.adapters.groupwise.grid import GROUP_SIZES, WEIGHT_RANGES, ZERO_POINTS, GroupGrid
 from haq_plugin.adapters.groupwise.policy_file import apply_policy, load_quantize_config, write_policy_file
 from haq_plugin.adapters.groupwise.weights import GroupQuantizedWeights
 
 __all__ = ["GroupwiseBackend", "apply_policy", "load_quantize_config"]
 
-WEIGHTS_ONLY = "weights"
 
 
 class GroupwiseBackend(QuantBackend):
@@ -39,6 +38,8 @@ class GroupwiseBackend(QuantBackend):
                                   "32/64 weights), as llama.cpp and torchao quantize language models")
     export_filename: ClassVar[str] = "groupwise_policy.json"
     bits_help: ClassVar[str] = "The groupwise backend quantizes weights to 2 to 8 bits."
+    #: weights only: activations stay in floating point (a latency search runs weight-only, with a note)
+    quantize_modes: ClassVar[tuple[str, ...]] = (WEIGHTS_ONLY,)
     options: ClassVar[tuple[Option, ...]] = (
         Option("group_size", int, 64, "weights per scale group along each row (32 and 64 are llama.cpp's and "
                "torchao's usual sizes; 0: one group per output channel)", choices=GROUP_SIZES),
@@ -58,23 +59,6 @@ class GroupwiseBackend(QuantBackend):
         self.grid = GroupGrid(self.config["group_size"], self.config["zero_point"], self.config["weight_range"])
         self._model: nn.Module | None = None
         self._weights: GroupQuantizedWeights | None = None
-
-    # -- the quantization mode: weights only -------------------------------------------
-    @property
-    def quantize(self) -> str:
-        """Always ``weights``: activations stay in floating point."""
-        return WEIGHTS_ONLY
-
-    @quantize.setter
-    def quantize(self, mode: str) -> None:
-        if mode != WEIGHTS_ONLY:
-            raise HaqError(f"backend 'groupwise' quantizes weights only (quantize={mode!r} asked for quantized "
-                           "activations); use --quantize weights, or a backend that quantizes activations "
-                           "(torch.ao, brevitas, torchao).")
-
-    @property
-    def weights_only(self) -> bool:
-        return True
 
     def weight_storage_bits(self, layer: LayerSpec, bits: int) -> int:
         """Stored bits of ``layer``'s weights: the integers plus one float16 scale and zero per group."""

@@ -127,7 +127,7 @@ def test_refusals_are_one_line_and_name_what_to_do(tmp_path):
     with pytest.raises(HaqError, match=r"does not divide .* group sizes that divide every layer: 16, 32") as why:
         backend.prepare(odd, torch.randn(1, 96), [torch.randn(1, 96)])
     assert "\n" not in str(why.value)
-    with pytest.raises(HaqError, match="quantizes weights only"):
+    with pytest.raises(HaqError, match=r"does not support quantize='weights\+activations'.*use --quantize weights"):
         backend.quantize = "weights+activations"
     _, _, ready = _prepared()
     with pytest.raises(HaqError, match="bits"):
@@ -144,3 +144,19 @@ def test_layers_are_found_like_every_backend_finds_them():
     model = _mlp()
     _, _, backend = _prepared()
     assert backend.layer_names == [layer.name for layer in extract_layers(model, torch.randn(1, 128))]
+
+
+def test_a_latency_search_runs_weight_only_with_one_note(caplog, tmp_path):
+    """The backend declares weights only: under latency (default weights+activations) it says so, once."""
+    from haq_plugin import DDPGConfig, search
+
+    model = _mlp()
+    x = torch.randn(32, 128)
+    with caplog.at_level("INFO"):
+        result = search(model, x[:1], hardware="llm-decode", backend="groupwise", constraint="latency", budget=0.6,
+                        eval_fn=lambda m: 50.0 + float(m(x).std()), calibration_data=[x], episodes=2,
+                        keep_last_layer_8bit=False, progress=False,
+                        ddpg=DDPGConfig(warmup_episodes=2, hidden=16, batch_size=4))
+    assert result.settings.quantize == "weights"
+    notes = [r.getMessage() for r in caplog.records if "groupwise" in r.getMessage() and "weights" in r.getMessage()]
+    assert len(notes) == 1, notes
