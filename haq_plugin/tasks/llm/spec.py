@@ -34,6 +34,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "metric": "perplexity", "decisions": "block", "keep_first_layer_8bit": False, "episodes": 100,
     # measured on SmolLM2-135M (benchmarks/RESULTS.md section 10): greedy's 181 evaluations beat DDPG's 100
     "strategy": "greedy",
+    # widths 2..5: at 3 to 4.5 bits per weight nothing wider is affordable, and greedy measures 3 widths per unit
+    "max_bits": 5,
 }
 
 
