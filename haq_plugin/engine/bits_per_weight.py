@@ -30,42 +30,44 @@ def parse_bits_per_weight(text: Any) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def storage_bits(backend: Any, layer: LayerSpec, bits: int) -> float:
-    """Bits ``layer``'s weights take stored at ``bits``: the backend's count, else ``params * bits``."""
-    counted = getattr(backend, "weight_storage_bits", None)
-    return float(counted(layer, bits)) if counted is not None else float(layer.params * bits)
-
-
 def policy_bits_per_weight(layers: Sequence[LayerSpec], bits: Mapping[str, tuple[int, int]], backend: Any,
                            names: Sequence[str] | None = None) -> float:
-    """Stored bits per weight of a policy over ``names`` (default: every layer)."""
+    """Stored bits per weight of a policy over ``names`` (default: every layer), as ``backend`` stores them."""
     chosen = set(names) if names is not None else {layer.name for layer in layers}
     part = [layer for layer in layers if layer.name in chosen]
-    return (math.fsum(storage_bits(backend, layer, bits[layer.name][0]) for layer in part)
+    return (math.fsum(backend.weight_storage_bits(layer, bits[layer.name][0]) for layer in part)
             / sum(layer.params for layer in part))
 
 
-def bits_per_weight_fraction(bits_per_weight: float, layers: Sequence[LayerSpec],
-                             fixed_weight_bits: Mapping[str, int], backend: Any, allowed: Sequence[int]) -> float:
+def _stored_bits(table: Any, row: int, bits: int) -> float:
+    """Bits that store layer ``row`` of a cost table at ``bits``: the table's size (bytes), the search's own count."""
+    return 8.0 * float(table.metric("size")[row, table.index(bits), 0])
+
+
+def bits_per_weight_fraction(bits_per_weight: float, table: Any, fixed_weight_bits: Mapping[str, int],
+                             allowed: Sequence[int]) -> float:
     """The fraction of the 8-bit size that a budget of ``bits_per_weight`` over the free layers means.
 
-    Refuses a budget below the smallest (every free layer at its fewest bits)
-    or above the largest the search can reach, naming both.
+    Sizes come from ``table``, so the fraction is exactly the one its size constraint
+    budgets (with the backend's scales, :func:`~haq_plugin.engine.costs.with_backend_storage`).
+    Refuses a budget below the smallest (every free layer at its fewest bits), naming it;
+    one above the largest reachable is capped there.
     """
-    free = [layer for layer in layers if layer.name not in fixed_weight_bits]
+    layers = table.layers
+    free = [i for i, layer in enumerate(layers) if layer.name not in fixed_weight_bits]
     if not free:
         raise HaqError("a bits-per-weight budget needs at least one layer the search may change; every layer "
                        "is kept or pinned.")
-    params = sum(layer.params for layer in free)
-    low = math.fsum(storage_bits(backend, layer, min(allowed)) for layer in free) / params
-    high = math.fsum(storage_bits(backend, layer, max(allowed)) for layer in free) / params
+    params = sum(layers[i].params for i in free)
+    low = math.fsum(_stored_bits(table, i, min(allowed)) for i in free) / params
+    high = math.fsum(_stored_bits(table, i, max(allowed)) for i in free) / params
     if bits_per_weight < low * (1 - 1e-9):
         raise HaqError(f"budget {bits_per_weight:g}bpw is below the smallest size the search can reach: "
                        f"{math.ceil(low * 1e4) / 1e4:g} bits per weight (every searched layer at {min(allowed)} bits, "
                        "scales included); raise the budget, lower min_bits or use a larger group size.")
-    fixed = math.fsum(storage_bits(backend, layer, fixed_weight_bits[layer.name])
-                      for layer in layers if layer.name in fixed_weight_bits)
-    reference = math.fsum(storage_bits(backend, layer, 8) for layer in layers)
+    fixed = math.fsum(_stored_bits(table, i, fixed_weight_bits[layer.name])
+                      for i, layer in enumerate(layers) if layer.name in fixed_weight_bits)
+    reference = math.fsum(_stored_bits(table, i, 8) for i in range(len(layers)))
     fraction = (min(bits_per_weight, high) * params + fixed) / reference
     return min(fraction, 1.0)
 
@@ -74,6 +76,5 @@ def table_bits_per_weight(table: Any, bits: Sequence[tuple[int, int]], names: Se
     """Stored bits per weight of a per-layer policy over ``names``, from a cost table's sizes (bytes)."""
     chosen = set(names)
     rows = [i for i, layer in enumerate(table.layers) if layer.name in chosen]
-    size = table.metric("size")
-    stored = math.fsum(8.0 * float(size[i, table.index(bits[i][0]), 0]) for i in rows)
+    stored = math.fsum(_stored_bits(table, i, bits[i][0]) for i in rows)
     return stored / sum(table.layers[i].params for i in rows)

@@ -129,12 +129,11 @@ class CostTable:
         return self.policy_cost(name, [(bits, bits)] * len(self.layers))
 
 
-def with_backend_storage(table: CostTable, backend: object) -> CostTable:
-    """``table`` with sizes as ``backend`` stores them (``weight_storage_bits``), where it says so."""
-    counted = getattr(backend, "weight_storage_bits", None)
-    if counted is None:
-        return table
-    size = np.array([[counted(layer, bits) / 8.0 for bits in table.bits] for layer in table.layers])
+def with_backend_storage(table: CostTable, backend: Any) -> CostTable:
+    """``table`` with sizes as ``backend`` stores them (``QuantBackend.weight_storage_bits``: params x bits
+    unless its format adds more, such as group scales)."""
+    size = np.array([[backend.weight_storage_bits(layer, bits) / 8.0 for bits in table.bits]
+                     for layer in table.layers])
     return dataclasses.replace(table, size=size)
 
 

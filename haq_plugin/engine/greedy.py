@@ -143,31 +143,26 @@ def greedy_policy(env: Any, evaluate: Callable[[list[BitPair]], float], metric: 
 
     top = [pair(u, widths[-1]) for u in range(len(fixed))]
     costs = np.array([[unit_env.layer_cost(u, *pair(u, w)) for w in widths] for u in range(len(fixed))])
-    cache = _MEASURED.setdefault(memo[0], {}) if memo is not None else {}
+    cache = _MEASURED.setdefault(memo[0], {}) if memo is not None else {}  # without a memo: this call's own
     key = None if memo is None else (memo[1], tuple(widths), tuple(fixed))
     measured = 0
     if key not in cache:
         bar = tqdm(total=sum(free) * (len(widths) - 1) + 1, desc="greedy: losses", unit="eval", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
 
-        evaluations = [0]
-
         def score(bits: list[BitPair]) -> float:
             bar.update(1)
-            evaluations[0] += 1
             return metric.score(evaluate(expand(bits)), reference)
 
         def score_of(u: int, width: int) -> float:
             return score([pair(v, width) if v == u else top[v] for v in range(len(fixed))])
 
         try:
-            losses = measure_losses(len(fixed), widths, free, score_of, score(top))
+            cache[key] = measure_losses(len(fixed), widths, free, score_of, score(top))
         finally:
             bar.close()
-        measured = evaluations[0]
-        if key is not None:
-            cache[key] = losses
-    losses = cache[key] if key is not None else losses
+        measured = sum(free) * (len(widths) - 1) + 1
+    losses = cache[key]
     budget = unit_env.budget.absolute * (1.0 + BUDGET_RTOL)
     levels = greedy_widths(losses, costs, budget, free, [len(widths) - 1] * len(fixed))
     if levels is None:

@@ -72,7 +72,7 @@ class SearchRun:
         self.env = build_environment(
             self.layers, self.table, constraint=settings.constraint, budget=float(settings.budget),
             bits_per_weight=settings.bits_per_weight, decisions=settings.decisions, quantize=str(settings.quantize),
-            allowed=self.space.allowed, fixed=self.space.fixed, backend=backend)
+            allowed=self.space.allowed, fixed=self.space.fixed)
         use_quantize_mode(backend, settings.quantize)
         self.identity = jsonable({
             "hardware": PluginChoice(hardware.name, hardware.config).to_dict(),

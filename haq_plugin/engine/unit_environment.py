@@ -4,7 +4,7 @@
 every layer decides for itself, and otherwise a :class:`UnitEnvironment` over
 the units of :mod:`haq_plugin.engine.decisions`, whose cost table rows are the
 units' summed costs.  A bits-per-weight budget becomes its exact fraction of
-the 8-bit size here, since that needs the fixed layers and the backend.
+the 8-bit size here, from the cost table (the backend's storage) and the fixed layers.
 """
 
 from __future__ import annotations
@@ -62,14 +62,14 @@ class UnitEnvironment:
 
 def build_environment(layers: Sequence[LayerSpec], table: CostTable, *, constraint: str, budget: float,
                       bits_per_weight: float | None, decisions: str, quantize: str, allowed: Sequence[int],
-                      fixed: Mapping[str, BitPair], backend: object) -> QuantizationEnv | UnitEnvironment:
+                      fixed: Mapping[str, BitPair]) -> QuantizationEnv | UnitEnvironment:
     """The environment of a search: per layer (HAQ's, unchanged), or per unit of ``decisions``.
 
     A ``bits_per_weight`` budget becomes its exact fraction of the 8-bit size here.
     """
     if bits_per_weight is not None:
         fixed_weights = {name: pair[0] for name, pair in fixed.items() if pair[0] is not None}
-        budget = bits_per_weight_fraction(bits_per_weight, layers, fixed_weights, backend, allowed)
+        budget = bits_per_weight_fraction(bits_per_weight, table, fixed_weights, allowed)
     units = DecisionUnits.build(layers, decisions, fixed)
     if units.trivial:
         return QuantizationEnv(layers, table, constraint, budget, allowed, fixed, quantize=quantize)

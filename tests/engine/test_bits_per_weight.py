@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from haq_plugin import HaqError, LayerSpec, load_backend
+from haq_plugin import HaqError, LayerSpec, load_backend, load_hardware
+from haq_plugin.engine.costs import build_cost_table, with_backend_storage
 from haq_plugin.engine.bits_per_weight import (bits_per_weight_fraction, parse_bits_per_weight,
                                                policy_bits_per_weight)
 
 LAYERS = [LayerSpec(name=f"l{i}", kind="linear", in_channels=576, out_channels=out)
           for i, out in enumerate((576, 192, 1536))] + [LayerSpec(name="lm_head", kind="linear", in_channels=576,
                                                                   out_channels=4096)]
+
+
+def _table(backend):
+    """The search's cost table of LAYERS, sized as ``backend`` stores them."""
+    return with_backend_storage(build_cost_table(load_hardware("llm-decode"), LAYERS, bits=range(2, 9), cache=False),
+                                backend)
 
 
 def test_parse():
@@ -22,7 +29,7 @@ def test_groups_of_64_add_half_a_bit_and_the_fraction_is_exact():
     backend = load_backend("groupwise", group_size=64)
     bits = {"l0": (3, 8), "l1": (3, 8), "l2": (3, 8), "lm_head": (8, 8)}
     assert policy_bits_per_weight(LAYERS, bits, backend, names=["l0", "l1", "l2"]) == pytest.approx(3.5)
-    fraction = bits_per_weight_fraction(3.5, LAYERS, {"lm_head": 8}, backend, allowed=range(2, 9))
+    fraction = bits_per_weight_fraction(3.5, _table(backend), {"lm_head": 8}, allowed=range(2, 9))
     total8 = sum(layer.params for layer in LAYERS) * 8.5
     free = sum(layer.params for layer in LAYERS[:3])
     assert fraction == pytest.approx((3.5 * free + 8.5 * LAYERS[3].params) / total8)
@@ -33,4 +40,4 @@ def test_groups_of_64_add_half_a_bit_and_the_fraction_is_exact():
 def test_a_budget_below_the_smallest_size_names_it():
     backend = load_backend("groupwise", group_size=64)
     with pytest.raises(HaqError, match=r"2bpw is below .* 2\.5 bits per weight"):
-        bits_per_weight_fraction(2.0, LAYERS, {"lm_head": 8}, backend, allowed=range(2, 9))
+        bits_per_weight_fraction(2.0, _table(backend), {"lm_head": 8}, allowed=range(2, 9))
