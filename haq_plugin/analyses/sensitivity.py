@@ -40,6 +40,10 @@ from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hardware import HardwareModel
 from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.engine.backend_faults import contained
+from haq_plugin.engine.backend_fit import fit_device
+from haq_plugin.engine.device import resolve_device
+from haq_plugin.engine.placement import Placement
+from haq_plugin.engine.threads import check_threads, torch_threads
 from haq_plugin.engine.evaluate import evaluate_policy, float_accuracy
 from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.storage.rng import seed_everything
@@ -81,7 +85,8 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
                 bits: Sequence[int] = DEFAULT_BITS, constraint: str = "latency", seed: int = 0,
                 output_dir: str | Path | None = None, force: bool = False, progress: bool = True,
                 use_cache: bool = True, metric: str = "accuracy", decisions: str = "layer",
-                quantize: str | None = None) -> SensitivityResult:
+                quantize: str | None = None, device: str = "auto",
+                threads: int | None = None) -> SensitivityResult:
     """Measure every layer's (or unit's) metric at each of ``bits``, weights and input activations separately.
 
     ``constraint`` chooses the cost whose per-layer share is reported.  With an
@@ -90,7 +95,9 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
     number of evaluations on stderr before the first one.  ``metric``,
     ``decisions`` and ``quantize`` mean what they mean for
     :func:`~haq_plugin.engine.search.search` (``quantize=None``: the backend's
-    current mode); weight-only measures no activation rows.
+    current mode); weight-only measures no activation rows.  ``device`` is where
+    the evaluations run and ``threads`` how many CPU threads torch uses, as for a
+    search (``"auto"``: CUDA when there is one; ``threads=None``: as set).
     """
     from tqdm import tqdm
 
@@ -115,31 +122,35 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
         what = " x 2 (weights, activations)" if len(targets) == 2 else " (weights only)"
         print(f"sensitivity: {len(units.names)} {UNIT_NOUNS[decisions]}s x {len(widths)} bit widths{what} = {total} "
               "evaluations, plus 1 for the uniform 8-bit reference", file=sys.stderr)
-    start = time.perf_counter()
-    seed_everything(seed)
-    with contained(be, "prepare"):
-        prepare_for_search(be, model, example_input, calibration_data)
-    eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
-    reference = evaluate_policy(be, eight, checked_fn)
-    rows = []
-    with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not progress,
-              dynamic_ncols=True) as bar:
-        for u, (name, members) in enumerate(zip(units.names, units.members)):
-            measured: dict[str, dict[int, float]] = {target: {} for target in TARGETS}
-            for slot, target in enumerate(targets):
-                for width in widths:
-                    pair = (width, KEPT_BITS) if slot == 0 else (KEPT_BITS, width)
-                    lowered = {layers[i].name: pair for i in members}
-                    measured[target][width] = evaluate_policy(be, {**eight, **lowered}, checked_fn)
-                    bar.update(1)
-                measured[target][KEPT_BITS] = reference
-            rows.append(LayerSensitivity(u, name, _describe(layers, members), sum(layer_shares[i] for i in members),
-                                         measured["weights"], measured["activations"],
-                                         tuple(layers[i].name for i in members)))
-    result = SensitivityResult(layers=rows, bits=widths, constraint=constraint, hardware=hw.name, backend=be.name,
-                               eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, checked_fn),
-                               evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory,
-                               metric=metric, decisions=decisions, targets=targets)
+    with torch_threads(check_threads(threads)):
+        start = time.perf_counter()
+        seed_everything(seed)
+        placement = Placement(resolve_device(fit_device(device, be)))
+        model, example_input, calibration, _ = placement.place(model, example_input, list(calibration_data), None)
+        with contained(be, "prepare"):
+            prepare_for_search(be, model, example_input, calibration)
+        placement.place_backend(be)
+        eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
+        reference = evaluate_policy(be, eight, checked_fn)
+        rows = []
+        with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for u, (name, members) in enumerate(zip(units.names, units.members)):
+                measured: dict[str, dict[int, float]] = {target: {} for target in TARGETS}
+                for slot, target in enumerate(targets):
+                    for width in widths:
+                        pair = (width, KEPT_BITS) if slot == 0 else (KEPT_BITS, width)
+                        lowered = {layers[i].name: pair for i in members}
+                        measured[target][width] = evaluate_policy(be, {**eight, **lowered}, checked_fn)
+                        bar.update(1)
+                    measured[target][KEPT_BITS] = reference
+                rows.append(LayerSensitivity(u, name, _describe(layers, members), sum(layer_shares[i] for i in members),
+                                             measured["weights"], measured["activations"],
+                                             tuple(layers[i].name for i in members)))
+        result = SensitivityResult(layers=rows, bits=widths, constraint=constraint, hardware=hw.name, backend=be.name,
+                                   eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, checked_fn),
+                                   evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory,
+                                   metric=metric, decisions=decisions, targets=targets)
     if directory is not None:
         result.files = write_sensitivity_outputs(result)
     return result

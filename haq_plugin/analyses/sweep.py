@@ -57,6 +57,7 @@ from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.api.policy import Policy
 from haq_plugin.engine.results import SearchResult
 from haq_plugin.engine.search import search
+from haq_plugin.engine.threads import check_threads, torch_threads
 from haq_plugin.engine.bits_per_weight import table_bits_per_weight
 from haq_plugin.engine.costs import CostTable, build_cost_table, with_backend_storage
 from haq_plugin.engine.metric import metric_named
@@ -72,7 +73,7 @@ UNIFORM_POLICY = "uniform_policy.json"
 OWNED_BY_SWEEP = frozenset({"hardware", "backend", "budget", "eval_fn", "calibration_data", "output_dir",
                             "resume", "force", "progress", "float_accuracy", "task"})
 #: Search options that are data, caching or placement switches, not settings that change a result.
-NOT_SETTINGS = frozenset({"train_data", "use_cache", "device", "ray_address"})
+NOT_SETTINGS = frozenset({"train_data", "use_cache", "device", "ray_address", "threads"})
 
 
 def search_defaults() -> dict[str, Any]:
@@ -129,28 +130,31 @@ def sweep(model: nn.Module, example_input: Any, *, budgets: Sequence[BudgetValue
         "hardware": {"name": hw.name, "config": hw.config}, "backend": {"name": be.name, "config": be.config},
         "search": {k: v for k, v in options.items() if k not in NOT_SETTINGS}, "task": dict(task or {}),
     })
-    directory = _prepare_directory(Path(output_dir), settings, budget_list, resume, force)
+    threads = check_threads(options["threads"])
     layers = extract_layers(model, example_input)
     note = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
-    if float_accuracy is None:
-        float_accuracy = measure_float(model, eval_fn)
-    run = _SweepRun(model, example_input, hw, be, eval_fn, calibration_data, test_eval_fn, layers, options, note)
-    previous, be.reuse_prepared = be.reuse_prepared, True
-    try:
-        statuses, searches, infeasible = run.search_budgets(
-            budget_list, directory, resume, dict(progress=progress, float_accuracy=float_accuracy, task=task))
-        if not statuses:
-            smallest = min(infeasible.values())  # only fraction budgets are infeasible; bpw ones are refused
-            raise HaqError(f"No budget of the sweep is feasible: the smallest feasible {options['constraint']} "
-                           f"budget is {smallest:.4f} x the 8-bit cost; give budgets from {smallest:.4f} to 1.")
-        points = [point for budget, status in statuses.items()
-                  for point in run.points(directory, budget, status)]
-        references = run.references(float_accuracy, budget_list[0])
-    finally:
-        be.reuse_prepared = previous
-    result = SweepResult(points=points, infeasible=infeasible, settings=settings, output_dir=directory,
-                         searches=searches, **references)
-    result.files = write_sweep_outputs(result)
+    directory, lock = outputs.lock_and_prepare(
+        Path(output_dir), lambda: _prepare_directory(Path(output_dir), settings, budget_list, resume, force))
+    with lock, torch_threads(threads):  # one sweep per directory; threads for the float reference too
+        if float_accuracy is None:
+            float_accuracy = measure_float(model, eval_fn)
+        run = _SweepRun(model, example_input, hw, be, eval_fn, calibration_data, test_eval_fn, layers, options, note)
+        previous, be.reuse_prepared = be.reuse_prepared, True
+        try:
+            statuses, searches, infeasible = run.search_budgets(
+                budget_list, directory, resume, dict(progress=progress, float_accuracy=float_accuracy, task=task))
+            if not statuses:
+                smallest = min(infeasible.values())  # only fraction budgets are infeasible; bpw ones are refused
+                raise HaqError(f"No budget of the sweep is feasible: the smallest feasible {options['constraint']} "
+                               f"budget is {smallest:.4f} x the 8-bit cost; give budgets from {smallest:.4f} to 1.")
+            points = [point for budget, status in statuses.items()
+                      for point in run.points(directory, budget, status)]
+            references = run.references(float_accuracy, budget_list[0])
+        finally:
+            be.reuse_prepared = previous
+        result = SweepResult(points=points, infeasible=infeasible, settings=settings, output_dir=directory,
+                             searches=searches, **references)
+        result.files = write_sweep_outputs(result)
     return result
 
 

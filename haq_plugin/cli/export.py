@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from haq_plugin.cli.options import data_option, model_options, plugin_options
+from haq_plugin.cli.options import data_option, model_options_defaulting_to, plugin_options
 from haq_plugin.cli.search_cmd import stored_options
 from haq_plugin.engine.backend_faults import contained
 from haq_plugin.api.layers import extract_layers
@@ -29,7 +29,7 @@ from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_m
                    "what the search measured).")
 @click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: the backend's file name in the current directory).")
-@model_options
+@model_options_defaulting_to("the model stored in the policy (the demo when it stores none)")
 @data_option
 def export_cmd(policy_path: str, backend_name: str, backend_options: tuple[str, ...], output: str | None,
                model_spec: str, input_shape: str | None, data_spec: str | None,

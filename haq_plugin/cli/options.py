@@ -40,14 +40,24 @@ def stack(*decorators: Decorator) -> Decorator:
 
 
 # -- model, data and plugins -----------------------------------------------------------
-model_options = stack(
-    click.option("--model", "model_spec", default="demo", show_default=True, metavar="SPEC",
-                 help="'demo', 'zoo:NAME' (mobilenet_v1, mobilenet_v2, resnet18, resnet50), "
-                      "'package.module:callable' returning a module or (module, example_input), or a language "
-                      "model: 'llm:smollm2-135m' (embedded, fetched once with pip), 'hf:DIR' or 'gguf:FILE'."),
-    click.option("--input-shape", default=None, metavar="N,C,H,W",
-                 help="Example input shape for a model callable that returns only a module."),
-)
+MODEL_SPECS = ("'demo', 'zoo:NAME' (mobilenet_v1, mobilenet_v2, resnet18, resnet50), "
+               "'package.module:callable' returning a module or (module, example_input), or a language "
+               "model: 'llm:smollm2-135m' (embedded, fetched once with pip), 'hf:DIR' or 'gguf:FILE'.")
+
+
+def model_options_defaulting_to(default_text: str | None) -> Decorator:
+    """``--model`` and ``--input-shape``; ``default_text`` replaces the shown default ('demo') when the
+    command's real default is something else (``export``: the model stored in the policy)."""
+    help_text = MODEL_SPECS if default_text is None else f"{MODEL_SPECS} Default: {default_text}."
+    return stack(
+        click.option("--model", "model_spec", default="demo", show_default=default_text is None, metavar="SPEC",
+                     help=help_text),
+        click.option("--input-shape", default=None, metavar="N,C,H,W",
+                     help="Example input shape for a model callable that returns only a module."),
+    )
+
+
+model_options = model_options_defaulting_to(None)
 data_option = stack(
     click.option("--data", "data_spec", default=None, metavar="SPEC",
                  help="'package.module:callable' returning your calibration/validation data (required with your "
@@ -168,6 +178,9 @@ placement_options = stack(
     click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
                  help="Torch device of the models and batches (the cost table and agent stay on the CPU); "
                       "auto: CUDA when available."),
+    click.option("--threads", default=None, type=click.IntRange(min=1), metavar="N",
+                 help="torch CPU threads for the evaluations (default: torch's, one per core; the first progress "
+                      "line says how many). On a busy machine fewer are often faster."),
     click.option("--ray-address", default=None, metavar="HOST:PORT",
                  help="With --workers > 1: join this Ray cluster (default: start a local Ray, stop it at the end)."),
 )

@@ -29,7 +29,7 @@ from haq_plugin.engine.search import run_search
 from haq_plugin.engine.settings import DEFAULT_BUDGET, SearchSettings
 
 DEFAULT_OUTPUT = "haq-output"
-RESUME_MAY_CHANGE = ("episodes", "quiet", "no_cache", "resume_dir", "device", "ray_address")
+RESUME_MAY_CHANGE = ("episodes", "quiet", "no_cache", "resume_dir", "device", "threads", "ray_address")
 
 
 @dataclass
@@ -85,7 +85,7 @@ def search_cmd(**params: Any) -> None:
                           backend=plan.backend, eval_fn=data.eval_fn, calibration_data=data.calibration_data,
                           train_data=data.train_data, output_dir=plan.output, force=params["force"],
                           resume=bool(params["resume_dir"]), progress=not quiet, use_cache=not params["no_cache"],
-                          device=params["device"], ray_address=params["ray_address"])
+                          device=params["device"], ray_address=params["ray_address"], threads=params["threads"])
     try:
         if plan.budget_given:
             result = run(plan.settings)
@@ -120,7 +120,7 @@ def resumed_plan(ctx: click.Context, resume_dir: str) -> Plan:
         opts = {param.name: param.opts[0] for param in ctx.command.params}
         flags = ", ".join(opts[name] for name in given)
         raise HaqError(f"--resume continues with the settings stored in {resume_dir} and writes there; only "
-                       f"--episodes, --quiet, --no-cache, --device and --ray-address may be given (got {flags}).")
+                       f"--episodes, --quiet, --no-cache, --device, --threads and --ray-address may be given (got {flags}).")
     settings, run = stored_settings(resume_dir)
     if ctx.get_parameter_source("episodes") == ParameterSource.COMMANDLINE:
         settings = settings.replace(episodes=ctx.params["episodes"])

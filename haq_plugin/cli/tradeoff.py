@@ -27,9 +27,9 @@ DEFAULT_BUDGETS = "0.3,0.4,0.5,0.6,0.8"
 #: A language model's default sweep: from 3 bits per weight (2-bit weights with group-32 scales) to 4.5.
 LANGUAGE_MODEL_BUDGETS = "3.0bpw,3.5bpw,4.0bpw,4.5bpw"
 SENSITIVITY_OPTIONS = ("model_spec", "input_shape", "data_spec", "data_options", "backend_name", "backend_options",
-                       "hw_name", "hw_options", "constraint", "quantize", "metric", "decisions", "seed", "force",
-                       "quiet", "no_cache")
-SWEEP_RESUME_MAY_CHANGE = {"resume_dir", "quiet", "no_cache", "budgets", "device", "ray_address"}
+                       "hw_name", "hw_options", "constraint", "quantize", "metric", "decisions", "seed", "device",
+                       "threads", "force", "quiet", "no_cache")
+SWEEP_RESUME_MAY_CHANGE = {"resume_dir", "quiet", "no_cache", "budgets", "device", "threads", "ray_address"}
 
 
 def _search_params(keep: Iterable[str] | None = None, drop: tuple[str, ...] = ()) -> list[click.Parameter]:
@@ -106,8 +106,8 @@ def _sweep_resumed(ctx: click.Context, resume_dir: str) -> dict[str, Any]:
              and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     if given:
         flags = ", ".join(next(p.opts[0] for p in ctx.command.params if p.name == name) for name in given)
-        raise HaqError(f"--resume continues with the settings stored in {resume_dir}; only --budgets, --quiet and "
-                       f"--no-cache may be given (got {flags}).")
+        raise HaqError(f"--resume continues with the settings stored in {resume_dir}; only --budgets, --quiet, "
+                       f"--no-cache, --device, --threads and --ray-address may be given (got {flags}).")
     path = Path(resume_dir) / SWEEP_FILE
     if not path.is_file():
         raise HaqError(f"Cannot resume a sweep in {resume_dir}: it has no {SWEEP_FILE}. Point --resume to the "
@@ -163,12 +163,15 @@ def _sweep(**params: Any) -> None:
             keep_last_layer_8bit=p["keep_last_layer_8bit"], quantize=p.get("quantize"),
             pins=p["pins"] if isinstance(p["pins"], dict) else parse_pins(p["pins"]),
             ddpg=DDPGConfig(**{k.removeprefix("ddpg_"): v for k, v in p.items() if k.startswith("ddpg_")}),
-            use_cache=not p["no_cache"], workers=p["workers"], device=p["device"], ray_address=p["ray_address"])
+            use_cache=not p["no_cache"], workers=p["workers"], device=p["device"], ray_address=p["ray_address"],
+            threads=p["threads"])
     except KeyboardInterrupt:
         click.echo(f"\nInterrupted. Finished budgets are kept; continue with: haq-plugin sweep --resume {output}",
                    err=True)
         raise SystemExit(130) from None
-    if not p["quiet"]:
+    if p["quiet"]:
+        _print_skipped(result, err=True)  # quiet drops progress, never the news that a budget was not searched
+    else:
         _print_sweep(result)
 
 
@@ -187,9 +190,17 @@ def _print_sweep(result: Any) -> None:
     click.echo(render_table(headers, rows), nl=False)
     click.echo(f"uniform 8-bit: val {metric.format(result.eight_bit_accuracy)}; float: val "
                f"{metric.format(result.float_accuracy)}")
-    for budget, smallest in sorted(result.infeasible.items()):
-        click.echo(f"budget {budget_label(budget)} skipped: infeasible, the smallest feasible budget is {smallest:.4f}")
+    _print_skipped(result)
     click.echo(f"Outputs in {result.output_dir}/: pareto.csv, pareto.png, summary.md, budget-*/")
+
+
+def _print_skipped(result: Any, err: bool = False) -> None:
+    """One line per infeasible budget: the sweep went on without it."""
+    from haq_plugin.analyses.sweep_budgets import budget_label
+
+    for budget, smallest in sorted(result.infeasible.items()):
+        click.echo(f"budget {budget_label(budget)} skipped: infeasible, the smallest feasible budget is "
+                   f"{smallest:.4f}", err=err)
 
 
 sweep_cmd = click.Command(
@@ -228,7 +239,8 @@ def _sensitivity(**p: Any) -> None:
                          eval_fn=data.eval_fn, calibration_data=data.calibration_data, bits=bits,
                          constraint=p["constraint"], seed=p["seed"], output_dir=Path(p["output"]), force=p["force"],
                          progress=not p["quiet"], use_cache=not p["no_cache"], metric=p["metric"],
-                         decisions=p["decisions"], quantize=p["quantize"])
+                         decisions=p["decisions"], quantize=p["quantize"], device=p["device"],
+                         threads=p["threads"])
     if not p["quiet"]:
         from haq_plugin.analyses.sensitivity_report import sensitivity_markdown
 

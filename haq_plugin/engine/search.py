@@ -29,6 +29,7 @@ episodes are in the checkpoint and ``episodes.csv``.  The package exports the fu
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -41,6 +42,7 @@ from haq_plugin.api.plugins import load_backend, load_hardware
 from haq_plugin.engine.agent import DDPGConfig
 from haq_plugin.engine.backend_fit import fit_device, fit_settings
 from haq_plugin.engine.device import resolve_device
+from haq_plugin.engine.threads import check_threads, threads_note, torch_threads
 from haq_plugin.engine.placement import Placement
 from haq_plugin.engine.results import SearchResult
 from haq_plugin.engine.rounds import SearchRun
@@ -60,7 +62,8 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
            progress: bool = True, ddpg: DDPGConfig = DDPGConfig(), float_accuracy: float | None = None,
            use_cache: bool = True, task: Mapping[str, Any] | None = None, quantize: str | None = None,
            workers: int = 1, device: str = "auto", ray_address: str | None = None, metric: str = "accuracy",
-           decisions: str = "layer", bits_per_weight: float | None = None) -> SearchResult:
+           decisions: str = "layer", bits_per_weight: float | None = None, threads: int | None = None
+           ) -> SearchResult:
     """Search per-layer (weight, activation) bits for ``model`` under a hardware budget.
 
     ``budget`` is a fraction of the uniform 8-bit (w8/a8) cost of ``constraint``
@@ -81,7 +84,8 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
     evaluates each round of that many episodes in parallel on Ray actors
     (:mod:`haq_plugin.engine.workers`; ``ray_address`` joins an existing cluster), and ``device``
     (auto, cpu, cuda, cuda:N) is where the models and batches run; ``eval_fn`` receives the
-    model there (:func:`haq_plugin.engine.device.on_model_device` moves a batch to it).  The settings
+    model there (:func:`haq_plugin.engine.device.on_model_device` moves a batch to it).  ``threads``
+    sets torch's CPU threads for the search (None: as set; :mod:`haq_plugin.engine.threads`).  The settings
     are described field by field in :class:`~haq_plugin.engine.settings.SearchSettings`.
     """
     settings = SearchSettings(
@@ -93,7 +97,7 @@ def search(model: nn.Module, example_input: Any, *, hardware: HardwareModel | st
     return run_search(model, example_input, settings, hardware=hardware, backend=backend, eval_fn=eval_fn,
                       calibration_data=calibration_data, train_data=train_data, output_dir=output_dir,
                       resume=resume, force=force, progress=progress, use_cache=use_cache, device=device,
-                      ray_address=ray_address)
+                      ray_address=ray_address, threads=threads)
 
 
 def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *,
@@ -101,11 +105,13 @@ def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *
                eval_fn: Callable[[nn.Module], float], calibration_data: Iterable[Any],
                train_data: Iterable[Any] | None = None, output_dir: str | Path | None = None,
                resume: bool = False, force: bool = False, progress: bool = True,
-               use_cache: bool = True, device: str = "auto", ray_address: str | None = None) -> SearchResult:
+               use_cache: bool = True, device: str = "auto", ray_address: str | None = None,
+               threads: int | None = None) -> SearchResult:
     """:func:`search` with its settings as one :class:`SearchSettings` (what the command line calls).
 
     The settings are first fitted to the backend's declared capabilities (:func:`fit_settings`).
     """
+    threads = check_threads(threads)
     backend = _resolve(backend, QuantBackend, load_backend, "backend")
     settings = fit_settings(settings, backend)
     placement = Placement(resolve_device(fit_device(device, backend)), ray_address)
@@ -124,7 +130,10 @@ def run_search(model: nn.Module, example_input: Any, settings: SearchSettings, *
                     backend=backend,
                     eval_fn=eval_fn, calibration_data=calibration_data, train_data=train_data,
                     progress=progress, use_cache=use_cache, placement=placement)
-    return run.execute(output_dir=output_dir, resume=resume, force=force)
+    with torch_threads(threads) as in_use:
+        if progress:
+            print(threads_note(in_use), file=sys.stderr)
+        return run.execute(output_dir=output_dir, resume=resume, force=force)
 
 
 def _resolve(value: Any, base: type, load: Callable[[str], Any], what: str) -> Any:

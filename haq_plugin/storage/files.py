@@ -2,8 +2,9 @@
 
 Every file haq-plugin writes (policies, exports, search outputs, checkpoints)
 goes through :func:`write_via_temp`, so an interrupted write never leaves half a
-file behind, and the JSON files it reads go through :func:`read_json`, so a
-missing or malformed file is a clear :class:`HaqError`.
+file behind (the bytes are on disk before the rename makes them the file), and
+the JSON files it reads go through :func:`read_json`, so a missing or malformed
+file is a clear :class:`HaqError`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def write_via_temp(path: str | Path, write: Callable[[Path], Any]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, _default_mode())  # mkstemp makes 0600; give the file the user's usual mode
+        _flush_to_disk(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -42,6 +44,20 @@ def write_via_temp(path: str | Path, write: Callable[[Path], Any]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _flush_to_disk(path: Path) -> None:
+    """Make the new file's bytes durable before the rename publishes it.
+
+    Without this a power loss soon after the rename can leave the *named* file
+    empty (the rename reached the disk, the data did not), which for a
+    checkpoint would lose every episode of the search.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def unwritable(path: Path, exc: OSError) -> HaqError:

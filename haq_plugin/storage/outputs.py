@@ -5,14 +5,18 @@ markdown, figure) and :mod:`haq_plugin.storage.checkpoint` (``checkpoint.pt``). 
 search runs, ``search.lock`` holds its process id, so that a second search on
 the same directory is refused instead of silently overwriting the first one's
 files; a lock left by a process that no longer runs (SIGKILL, power loss) is
-taken over.
+taken over, and so is an empty one a few seconds old (its process died between
+creating the file and writing its id into it).  A sweep locks its own directory
+the same way, so two sweeps never search into the same budget folders.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
+from typing import Callable
 
 from haq_plugin.storage.checkpoint import CHECKPOINT
 from haq_plugin.api.errors import HaqError
@@ -21,6 +25,8 @@ from haq_plugin.storage.report import EPISODES, FIGURE, POLICY, SUMMARY
 __all__ = ["CHECKPOINT", "EPISODES", "FIGURE", "LOCK", "POLICY", "SUMMARY", "OutputLock", "open_output_dir", "prepare_output_dir"]
 
 LOCK = "search.lock"
+#: How old an empty lock file must be to count as abandoned (writing a pid takes microseconds).
+UNWRITTEN_LOCK_SECONDS = 5.0
 
 
 def prepare_output_dir(path: str | Path, resume: bool, force: bool) -> Path:
@@ -63,16 +69,26 @@ def _remove_stale_checkpoint(checkpoint: Path) -> None:
 
 
 def open_output_dir(path: Path, resume: bool, force: bool) -> tuple[Path, OutputLock]:
-    """Check and create the output directory and lock it (the lock first where it exists already)."""
+    """Check and create a search's output directory and lock it (the lock first where it exists already)."""
+    return lock_and_prepare(path, lambda: prepare_output_dir(path, resume, force))
+
+
+def lock_and_prepare(path: Path, prepare: Callable[[], Path]) -> tuple[Path, OutputLock]:
+    """``prepare()`` (which checks and creates ``path``) under the directory's lock, taken first where it can be.
+
+    An existing directory is locked before it is checked, so a second process
+    never inspects (or, with force, clears) files the first is writing; a new
+    one must be created before its lock file can be.
+    """
     if path.is_dir():
         lock = OutputLock(path).acquire()
         try:
-            return prepare_output_dir(path, resume, force), lock
+            return prepare(), lock
         except BaseException:
             lock.release()
             raise
-    path = prepare_output_dir(path, resume, force)
-    return path, OutputLock(path).acquire()
+    prepared = prepare()
+    return prepared, OutputLock(prepared).acquire()
 
 
 class OutputLock:
@@ -88,9 +104,11 @@ class OutputLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = _lock_owner(self.path)
-                if owner is None or _is_running(owner):
+                if owner is None and not _abandoned_unwritten(self.path):
+                    break  # being written this instant by the process that holds it
+                if owner is not None and _is_running(owner):
                     break
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                self.path.unlink(missing_ok=True)  # stale: its process is gone (or died before writing it)
                 continue
             except OSError as exc:
                 raise HaqError(f"Cannot write the lock file {self.path}: {exc.strerror or exc}. The output "
@@ -110,7 +128,7 @@ class OutputLock:
             self.held = False
 
     def __enter__(self) -> "OutputLock":
-        return self.acquire()
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
@@ -122,6 +140,14 @@ def _lock_owner(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _abandoned_unwritten(path: Path) -> bool:
+    """An unreadable lock file older than a few seconds: its process died between creating and writing it."""
+    try:
+        return time.time() - path.stat().st_mtime > UNWRITTEN_LOCK_SECONDS
+    except OSError:
+        return False
 
 
 def _is_running(pid: int) -> bool:

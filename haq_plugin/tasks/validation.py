@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
+import torch
 from torch import nn
 
 from haq_plugin.api.backend import batch_inputs
@@ -38,16 +39,25 @@ def as_batches(data: Any, item: str) -> Sequence[Any]:
         raise HaqError(f"{item} must be an iterable of batches (e.g. a list of tensors or a DataLoader), "
                        f"got {type(data).__name__} {short_repr(data)}.")
     if isinstance(data, (list, tuple)):
-        if not data:
-            raise HaqError(f"{item} is empty; give at least one batch.")
-        return data
-    try:
-        batches = list(data)
-    except Exception as exc:
-        raise HaqError(f"{item}: iterating over it raised {type(exc).__name__}: {exc}") from None
+        batches: Sequence[Any] = data
+    else:
+        try:
+            batches = list(data)
+        except Exception as exc:
+            raise HaqError(f"{item}: iterating over it raised {type(exc).__name__}: {exc}") from None
     if not batches:
         raise HaqError(f"{item} is empty; give at least one batch.")
+    _refuse_empty_batches(batches, item)
     return batches
+
+
+def _refuse_empty_batches(batches: Sequence[Any], item: str) -> None:
+    """A batch of zero samples calibrates nothing and scores nothing; refusing it beats a silent wrong result."""
+    for index, batch in enumerate(batches):
+        inputs = batch_inputs(batch)
+        if isinstance(inputs, torch.Tensor) and inputs.dim() > 0 and inputs.shape[0] == 0:
+            raise HaqError(f"{item} batch {index} has no samples (its inputs have shape {tuple(inputs.shape)}); "
+                           "give batches of at least one sample, e.g. drop an empty last batch.")
 
 
 def check_accuracy(value: Any, what: str) -> float:

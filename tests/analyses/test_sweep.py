@@ -9,6 +9,7 @@ input is refused with a clear message.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -167,3 +168,19 @@ def test_no_feasible_budget_and_foreign_options_are_refused(demo, tmp_path):
         run_sweep(demo, tmp_path / "budget", budget=0.5)
     with pytest.raises(HaqError, match="episodez"):
         run_sweep(demo, tmp_path / "typo", episodez=3)
+
+
+def test_a_sweep_refuses_a_directory_another_process_is_sweeping(demo, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "sweep.json").write_text('{"budgets": [0.5], "settings": {}}\n')  # the other sweep's file
+    (out / "search.lock").write_text(f"{os.getppid()} host\n")  # held by a live process
+    with pytest.raises(HaqError, match=f"Another search is running in {out} \\(process {os.getppid()}"):
+        run_sweep(demo, out, budgets=(0.5,), force=True)
+    assert (out / "sweep.json").read_text() == '{"budgets": [0.5], "settings": {}}\n'  # force cleared nothing
+    assert sorted(p.name for p in out.iterdir()) == ["search.lock", "sweep.json"]
+
+
+def test_a_finished_sweep_releases_its_lock(swept):
+    result, _ = swept
+    assert not (result.output_dir / "search.lock").exists()

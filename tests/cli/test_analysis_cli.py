@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from haq_plugin.cli import main
 from haq_plugin.api.policy import Policy
@@ -51,10 +52,28 @@ def test_sweep_on_your_own_model_then_resume_with_another_budget(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_quiet_sweep_still_names_each_skipped_budget(tmp_path):
+    proc = haq("sweep", *USER_TASK, "--backend", "torch.ao", "--hw", "bitfusion", "--budgets", "0.01,0.9",
+               "--no-keep-last-layer-8bit", "--strategy", "random", "--episodes", "2", "--quiet",
+               "--output", str(tmp_path / "sweep"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert "budget 0.01 skipped: infeasible, the smallest feasible budget is" in proc.stderr
+    assert [r["budget"] for r in pareto_rows(tmp_path / "sweep")] == ["0.9", "0.9"]  # searched and uniform
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_sensitivity_refuses_a_device_this_machine_lacks(tmp_path):
+    proc = haq("sensitivity", *USER_TASK, "--backend", "torch.ao", "--device", "cuda", "--output", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cuda" in proc.stderr.lower()
+
+
+@pytest.mark.slow
 def test_sensitivity_on_your_own_model(tmp_path):
     out = tmp_path / "sens"
     proc = haq("sensitivity", *USER_TASK, "--backend", "torch.ao", "--hw", "bismo-edge", "--bits", "2,3",
-               "--output", str(out))
+               "--device", "cpu", "--threads", "1", "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "2 layers x 2 bit widths x 2 (weights, activations) = 8 evaluations" in proc.stderr
     with open(out / "sensitivity.csv") as handle:
@@ -70,7 +89,7 @@ def test_sensitivity_on_your_own_model(tmp_path):
     (("sweep", "--budgets", "0.3,1.2"), "1.2"),
     (("sweep", "--budgets", "0.01"), "smallest feasible"),
     (("sweep", "--resume", "{tmp}/missing"), "no sweep.json"),
-    (("sweep", "--resume", "{tmp}", "--episodes", "4"), "only --budgets, --quiet and --no-cache"),
+    (("sweep", "--resume", "{tmp}", "--episodes", "4"), "only --budgets, --quiet, --no-cache, --device, --threads and --ray-address"),
     (("sensitivity", "--bits", "1"), "1 bits are not supported"),
     (("sensitivity", "--bits", "2,x"), "--bits '2,x'"),
     (("sensitivity", "--hw", "bismo-edge", "--constraint", "energy"), "no energy model"),

@@ -23,6 +23,14 @@ def test_version_and_help():
         assert command in result.output
 
 
+def test_export_help_names_its_real_model_default():
+    text = " ".join(CliRunner().invoke(cli, ["export", "--help"], terminal_width=200).output.split())
+    assert "Default: the model stored in the policy (the demo when it stores none)." in text
+    assert "[default: demo]" not in text  # that is the default of search, not of export
+    search_help = " ".join(CliRunner().invoke(cli, ["search", "--help"], terminal_width=200).output.split())
+    assert "[default: demo]" in search_help and "--threads N" in search_help
+
+
 def test_layers_table_and_json_on_zoo_model():
     proc = _invoke(["layers", "--model", "zoo:mobilenet_v2", "--format", "json"])
     assert proc.returncode == 0, proc.stderr

@@ -72,7 +72,7 @@ def test_a_garbage_checkpoint_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("flag", [("--output", "elsewhere"), ("--force",)])
 def test_resume_refuses_output_and_force(tmp_path, flag):
-    assert_refused(search("--resume", str(tmp_path), *flag), "only --episodes, --quiet, --no-cache, --device and --ray-address", flag[0])
+    assert_refused(search("--resume", str(tmp_path), *flag), "only --episodes, --quiet, --no-cache, --device, --threads and --ray-address", flag[0])
 
 
 @pytest.mark.parametrize("args, message", [

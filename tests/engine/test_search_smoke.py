@@ -253,3 +253,23 @@ def test_greedy_strategy_on_a_classifier_fits_the_budget_and_beats_uniform(task,
     assert uniform is not None and result.accuracy >= uniform.accuracy
     rows = list(csv.DictReader((tmp_path / "greedy" / "episodes.csv").open()))
     assert [row["strategy"] for row in rows] == ["greedy"]
+
+
+def test_threads_are_set_for_the_search_said_once_and_restored(task, capsys):
+    seen = []
+
+    def counting_eval(model):
+        seen.append(torch.get_num_threads())
+        return task["eval_fn"](model)
+
+    before = torch.get_num_threads()  # the one_thread fixture: 1
+    run(task, eval_fn=counting_eval, threads=2, progress=True, episodes=2, strategy="random")
+    assert set(seen) == {2}
+    assert torch.get_num_threads() == before
+    assert "torch threads: 2 of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])
+def test_bad_thread_counts_are_refused_before_any_work(task, threads):
+    with pytest.raises(HaqError, match="threads must be a positive whole number"):
+        run(task, threads=threads, episodes=1)
