@@ -206,7 +206,8 @@ def load_task_data(spec: str | None, model_spec: str, data_options: Mapping[str,
             raise HaqError(f"--model {model_spec!r} needs --data package.module:callable returning "
                            "calibration_data and eval_fn (or val_data); see README 'Bring your own model'.")
         task = _demo_task()
-        origin = f"trained in {task.train_seconds:.0f} s" if task.trained_now else "loaded from the cache"
+        origin = {"trained": f"trained in {task.train_seconds:.0f} s", "cache": "loaded from the cache",
+                  "shipped": "shipped with haq-plugin"}[task.origin]
         description = (f"demo float model ({origin}, {task.info['cache_file']}): test accuracy "
                        f"{task.float_test_accuracy:.2f}%, validation accuracy {task.float_val_accuracy:.2f}%")
         return TaskData(task.calibration_data, task.eval_fn, task.train_data, task.test_eval_fn, description)
