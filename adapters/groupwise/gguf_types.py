@@ -14,7 +14,7 @@ weight bits   type written  how close to the searched weights        recipe type
 ============  ============  =======================================  ===========
 2, 3, 4       Q4_1          exact (bit for bit)                      q2_k, q3_k, q4_k
 5             Q5_1          exact (bit for bit)                      q5_k
-6, 7, 8       Q8_0          within half a Q8_0 step (see below)      q6_k, q8_0, q8_0
+6, 7, 8       Q8_0          within 0.44 % of the block's amax        q6_k, q8_0, q8_0
 ============  ============  =======================================  ===========
 
 Why exact: Q4_1 is a block of 32 weights with a float16 scale ``d``, a float16
@@ -27,8 +27,9 @@ fits in 4 bits; Q5_1 (the same with 5-bit levels) holds 5 bits.  Nothing smaller
 fits: Q4_0 and Q5_0 have no minimum.  No writable type has 6 to 8-bit levels and a
 minimum, so 6 to 8 bits are Q8_0 (a float16 scale per 32 weights, levels -127..127,
 no minimum), quantized by ``gguf`` from the fake-quantized weights: each weight
-moves by at most half a Q8_0 step, ``amax / 254`` of its block of 32 (0.4 % of the
-block's largest magnitude), plus the float16 rounding of the step.
+moves by at most half a Q8_0 step, ``amax / 254`` of its block of 32, plus up to
+127 times the float16 rounding of the step, ``amax / 2048``: 0.44 % of the block's
+largest magnitude in all (tested).
 7 bits has no K type; the recipe gives q8_0, the next wider.
 
 Groups of 16 (two groups in one block) and torchao's integer zero point (a float32
