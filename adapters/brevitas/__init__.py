@@ -28,12 +28,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from haq_plugin.api.backend import QuantBackend, batch_inputs, layer_difference
+from haq_plugin.api.backend import QuantBackend, batch_inputs
 from haq_plugin.engine.device import model_device
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hookspecs import hookimpl
@@ -192,13 +192,6 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self.require_prepared()
         assert self._model is not None
         return self._model
-
-    def bits_refusal(self, message: str, bits: Any, names: Sequence[str]) -> str:
-        """Names the missing and unknown layers first, as this backend always has."""
-        missing, unknown = layer_difference(bits, names) if isinstance(bits, Mapping) else ([], [])
-        lead = " ".join(([f"No bits for: {', '.join(missing)}."] if missing else [])
-                        + ([f"Unknown layer(s): {', '.join(unknown)}."] if unknown else []))
-        return " ".join(part for part in ("backend 'brevitas':", lead, message, BITS_HELP) if part)
 
 
 def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[Any] | None = None,

@@ -10,7 +10,9 @@ described in :mod:`haq_plugin.adapters.groupwise.grid`.
 Exports (``haq-plugin export --backend groupwise``) are ``groupwise_policy.json``,
 the per-tensor bits with the grid (:mod:`haq_plugin.adapters.groupwise.policy_file`);
 :func:`load_quantize_config` turns that file into torchao's ``FqnToConfig`` recipe
-and :func:`apply_policy` writes the fake-quantized weights into a model.
+and :func:`apply_policy` writes the fake-quantized weights into a model.  With
+``--format gguf`` the export is a GGUF file for llama.cpp and its ``llama-quantize``
+recipe (:mod:`haq_plugin.adapters.groupwise.gguf_export`).
 """
 
 from __future__ import annotations
@@ -111,6 +113,19 @@ class GroupwiseBackend(QuantBackend):
         shapes = {layer.name: (layer.out_channels, layer.params // layer.out_channels) for layer in self.layers}
         return write_policy_file(self.export_path(path), {name: pair[0] for name, pair in bits.items()}, shapes,
                                  self.grid)
+
+    def export_gguf(self, policy: Policy | Any, path: str | Path, source: str | Path) -> Path:
+        """Write the policy as a GGUF for llama.cpp, from the GGUF ``source`` the model was loaded from.
+
+        Also writes ``<path>.tensor-types.txt`` (see :mod:`haq_plugin.adapters.groupwise.gguf_export`).
+        """
+        from haq_plugin.adapters.groupwise.gguf_export import write_gguf  # deferred: imports gguf
+
+        self.require_prepared()
+        assert self._weights is not None
+        bits = {name: pair[0] for name, pair in self.policy_bits(policy).items()}
+        weights = {name: self._weights.float_weight(name) for name in bits}
+        return write_gguf(Path(path), Path(source), weights, bits, self.grid)
 
 
 @hookimpl

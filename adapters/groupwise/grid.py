@@ -79,12 +79,17 @@ def float_grid_params(groups: torch.Tensor, bits: int, ratio: torch.Tensor | flo
     return low, scale
 
 
+def float_grid_codes(groups: torch.Tensor, bits: int, low: torch.Tensor, scale: torch.Tensor,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Each weight's level ``q`` in ``[0, 2**bits - 1]`` (as floats): what a file stores beside ``low``, ``scale``."""
+    out = torch.empty_like(groups) if out is None else out
+    return torch.sub(groups, low, out=out).div_(scale).round_().clamp_(0, 2 ** bits - 1)
+
+
 def float_grid_values(groups: torch.Tensor, bits: int, low: torch.Tensor, scale: torch.Tensor,
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """Each weight rounded to the nearest level ``low + q * scale``, ``q`` in ``[0, 2**bits - 1]``."""
-    out = torch.empty_like(groups) if out is None else out
-    torch.sub(groups, low, out=out).div_(scale).round_().clamp_(0, 2 ** bits - 1).mul_(scale).add_(low)
-    return out
+    return float_grid_codes(groups, bits, low, scale, out=out).mul_(scale).add_(low)
 
 
 def mse_clip_ratios(groups: torch.Tensor, bits: int) -> torch.Tensor:

@@ -26,12 +26,23 @@ def rounded_weight(weight: torch.Tensor, bits: int, grid: GroupGrid, ratio: torc
     if grid.zero_point == "integer":
         values = integer_grid_values(weight, bits, grid.group_size)
         return values if out is None else out.copy_(values)
+    groups, low, scale = float_grid_of(weight, bits, grid, ratio)
+    target = None if out is None else as_groups(out, grid.group_size)
+    return float_grid_values(groups, bits, low, scale, out=target).reshape(weight.shape)
+
+
+def float_grid_of(weight: torch.Tensor, bits: int, grid: GroupGrid, ratio: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(groups, low, scale)`` of ``weight`` on the float grid: the one place its ranges are chosen.
+
+    Shared by the rounding and by file writers that store the levels (GGUF), so both
+    see the same ``low`` and ``scale`` per group.
+    """
     groups = as_groups(weight.detach(), grid.group_size)
     if ratio is None and grid.weight_range == "mse":
         ratio = mse_clip_ratios(groups, bits)
     low, scale = float_grid_params(groups, bits, 1.0 if ratio is None else ratio)
-    target = None if out is None else as_groups(out, grid.group_size)
-    return float_grid_values(groups, bits, low, scale, out=target).reshape(weight.shape)
+    return groups, low, scale
 
 
 class GroupQuantizedWeights:
@@ -47,6 +58,10 @@ class GroupQuantizedWeights:
         self._target = {name: pair[1] for name, pair in weights.items()}
         self._current: dict[str, int] = {}
         self._ratios: dict[tuple[str, int], torch.Tensor] = {}
+
+    def float_weight(self, name: str) -> torch.Tensor:
+        """The layer's float weight, which every rounding (and a file export) starts from."""
+        return self._float[name]
 
     def apply(self, bits: Mapping[str, int]) -> None:
         """Round every layer of ``bits`` to its width, skipping layers already at that width."""

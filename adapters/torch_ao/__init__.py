@@ -82,7 +82,7 @@ from haq_plugin.api.hookspecs import hookimpl
 from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.api.options import Option
 from haq_plugin.storage.files import read_versioned_json, write_text_atomic
-from haq_plugin.api.policy import Policy
+from haq_plugin.api.policy import Policy, check_layer_shapes, fingerprint
 
 from haq_plugin.adapters.torch_ao.eager import eager_handles, prepare_qat_eager
 from haq_plugin.adapters.torch_ao.mapping_json import mapping_from_json, mapping_to_json
@@ -142,16 +142,20 @@ def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
     """Rebuild the QConfigMapping of an exported ``qconfig_mapping.json``.
 
     Pass the model: ``load_qconfig_mapping(path, model, example_input)`` is the
-    safe form.  With both (FX files), the mapping is recomputed from the file's
-    bits by tracing the model, exact also for files whose ``graph`` is
-    ``assumed-chain``, and a model whose layers differ from the policy's is
-    refused with a :class:`HaqError` naming them.  With the model alone (or an
-    eager-mode file) the stored mapping is returned, with a ``UserWarning``
-    naming the layers it has that the model lacks.  Without the model nothing
-    can be checked: ``prepare_qat_fx`` ignores unknown names, and a renamed
-    layer silently gets the global 8-bit QConfig.
+    safe form.  With both, a model whose layers or layer shapes differ from the
+    policy's is refused with a :class:`HaqError` naming them (a policy of an
+    older, wider model has the same names and other shapes); for FX files the
+    mapping is then recomputed from the file's bits by tracing the model, exact
+    also for files whose ``graph`` is ``assumed-chain``.  With the model alone
+    (or an eager-mode file) the stored mapping is returned, with a
+    ``UserWarning`` naming the layers it has that the model lacks.  Without the
+    model nothing can be checked: ``prepare_qat_fx`` ignores unknown names, and
+    a renamed layer silently gets the global 8-bit QConfig.
     """
     data = _read_export(Path(path))
+    if model is not None and example_input is not None:
+        stored = {str(entry["name"]): str(entry.get("shape", "")) for entry in data["layers"]}
+        check_layer_shapes(stored, extract_layers(model, example_input))
     if model is None or example_input is None or data["mode"] == "eager":
         mapping = mapping_from_json(data["qconfig_mapping"], str(path))
         if model is not None:
@@ -180,13 +184,9 @@ def _read_export(path: Path) -> dict[str, Any]:
 
 
 def _bits_problem(bits: Any, names: Sequence[str]) -> str:
-    """The first thing wrong with ``bits``: missing or unknown layers, else the first bad width."""
+    """The first bad width of ``bits`` (whose layers are ``names``), in this backend's words."""
     if not isinstance(bits, Mapping):
         return f"bits must map layer names to pairs, got {type(bits).__name__}"
-    missing, extra = layer_difference(bits, names)
-    if missing or extra:
-        return "; ".join(([f"no bits for layer(s) {', '.join(missing)}"] if missing else [])
-                         + ([f"bits for unknown layer(s) {', '.join(extra)}"] if extra else []))
     for name in names:
         pair = tuple(bits[name]) if isinstance(bits[name], (tuple, list)) else (bits[name],)
         for kind, value in zip(("weight", "activation"), pair):
@@ -266,8 +266,11 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
         return self._model, self._plan
 
     def bits_refusal(self, message: str, bits: Any, names: Sequence[str]) -> str:
-        """Says first which layer or width is wrong, in this backend's words."""
-        return f"torch.ao backend: {_bits_problem(bits, names)}. {message} {BITS_HELP}"
+        """Says first which width is wrong, in this backend's words; layer mismatches read as everywhere."""
+        refusal = super().bits_refusal(message, bits, names)
+        if isinstance(bits, Mapping) and any(layer_difference(bits, names)):
+            return refusal
+        return f"torch.ao backend: {_bits_problem(bits, names)}. {refusal}"
 
     # -- per episode ----------------------------------------------------------------
     @property
@@ -335,7 +338,9 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
     def export(self, policy: Policy | BitMap, path: str | Path) -> Path:
         """Write ``qconfig_mapping.json``; without :meth:`prepare` the layers are assumed to form a chain."""
         bits = dict(getattr(policy, "bits", policy))
-        shapes = dict(getattr(policy, "layers", []) or [])
+        if isinstance(policy, Policy) and self.layers:
+            policy.check_layers(self.layers)
+        shapes = dict(getattr(policy, "layers", []) or fingerprint(self.layers))
         if self._plan is not None:
             plan, graph = self._plan, ("eager" if self._plan.mode == "eager" else "traced")
         else:

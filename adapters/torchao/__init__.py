@@ -39,7 +39,7 @@ Apply an exported policy in your own training script (quantization-aware)::
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e, convert_pt2e
     from haq_plugin.adapters.torchao import load_quantizer
 
-    quantizer = load_quantizer("haq-output/torchao_quantizer.json")
+    quantizer = load_quantizer("haq-output/torchao_quantizer.json", model=model, example_input=example_input)
     qat = prepare_qat_pt2e(torch.export.export(model, (example_input,)).module(), quantizer)
     ...train qat as usual...
     int_model = convert_pt2e(qat)
@@ -64,12 +64,12 @@ from torch import fx, nn
 from haq_plugin.api.backend import BitMap, QuantBackend, batch_inputs
 from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.api.hookspecs import hookimpl
-from haq_plugin.api.layers import LayerSpec
+from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.api.options import Option
-from haq_plugin.api.policy import Policy
+from haq_plugin.api.policy import Policy, check_layer_shapes
 
 from haq_plugin.adapters.torchao.quantizer_file import (
-    SUPPORTED_BITS, export_document, read_quantizer_file, write_document)
+    SUPPORTED_BITS, QuantizerFile, export_document, read_quantizer_file, write_document)
 from haq_plugin.api.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, QuantizeMode
 from haq_plugin.adapters.common.integer_ranges import act_range, set_fake_quant_range, weight_range
 from haq_plugin.adapters.torchao.quiet import quiet_export
@@ -98,18 +98,25 @@ def pt2e() -> types.ModuleType:
     return _torchao_quantizer
 
 
-def load_quantizer(path: str | Path, for_training: bool = True) -> LayerBitsQuantizer:
+def load_quantizer(path: str | Path, for_training: bool = True, *, model: nn.Module | None = None,
+                   example_input: Any = None) -> LayerBitsQuantizer:
     """The torchao ``Quantizer`` of an exported ``torchao_quantizer.json``.
 
     Use it with ``prepare_qat_pt2e`` (fake quantizers, the default) or, with
-    ``for_training=False``, with ``prepare_pt2e`` (observers).  Preparing a
-    model whose conv/linear module names differ from the file's raises
-    :class:`HaqError` naming the missing and unknown layers.
+    ``for_training=False``, with ``prepare_pt2e`` (observers).  Pass ``model``
+    and ``example_input`` to have the file's layer shapes checked now: a
+    policy of another version of the model (same names, other shapes) is
+    otherwise applied without a word.  Preparing a model whose conv/linear
+    module names differ from the file's raises :class:`HaqError` naming the
+    missing and unknown layers.
     """
-    return pt2e().LayerBitsQuantizer(read_quantizer_file(path).bits, for_training=for_training)
+    contents = read_quantizer_file(path)
+    check_model_layers(contents, model, example_input)
+    return pt2e().LayerBitsQuantizer(contents.bits, for_training=for_training)
 
 
-def load_quantize_config(path: str | Path) -> FqnToConfig:
+def load_quantize_config(path: str | Path, *, model: nn.Module | None = None,
+                         example_input: Any = None) -> FqnToConfig:
     """An ``FqnToConfig`` with ``IntxWeightOnlyConfig(torch.int{w}, PerAxis(0))`` per layer of the file.
 
     Apply it with ``quantize_(model, config, filter_fn=None)``.  This recipe
@@ -118,10 +125,13 @@ def load_quantize_config(path: str | Path) -> FqnToConfig:
     convolutions (one scale per output channel); it cannot quantize a conv
     with a larger kernel per output channel, so those layers map to ``None``
     (left in floating point, listed in a warning): use :func:`load_quantizer`
-    to quantize every layer.
+    to quantize every layer.  With ``model`` and ``example_input`` the file's
+    layers and shapes are checked against the model first, as in
+    :func:`load_quantizer`.
     """
-    ao = pt2e()
     contents = read_quantizer_file(path)
+    check_model_layers(contents, model, example_input)
+    ao = pt2e()
     configs: dict[str, Any] = {}
     for name, (weight_bits, _) in contents.bits.items():
         takes = intx_weight_only_takes(contents.shapes[name])
@@ -133,6 +143,16 @@ def load_quantize_config(path: str | Path) -> FqnToConfig:
                     "output channel; %d layer(s) stay in floating point: %s. load_quantizer(path) quantizes them.",
                     len(skipped), ", ".join(skipped))
     return ao.FqnToConfig(fqn_to_config=configs)
+
+
+def check_model_layers(contents: QuantizerFile, model: nn.Module | None, example_input: Any) -> None:
+    """Refuse a file whose layers or shapes are not ``model``'s; nothing to check without a model."""
+    if model is None:
+        return
+    if example_input is None:
+        raise HaqError("torchao loader: model given without example_input; pass both (an input batch the model "
+                       "takes) so that the file's layer shapes can be checked.")
+    check_layer_shapes(contents.shapes, extract_layers(model, example_input))
 
 
 def intx_weight_only_takes(shape_key: str) -> bool:

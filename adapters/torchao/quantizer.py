@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import fx
 
-from haq_plugin.api.bits import difference_message
+from haq_plugin.api.bits import layer_differences
 from haq_plugin.api.errors import HaqError
 
 from haq_plugin.adapters.common.integer_ranges import act_range, weight_range
@@ -126,13 +126,12 @@ class LayerBitsQuantizer(Quantizer):
 
     def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
         nodes = layer_nodes(model)
-        missing = [name for name in self.bits if name not in nodes]
-        extra = [name for name in nodes if name not in self.bits]
-        if missing or extra:
-            raise HaqError(difference_message(
-                "The torchao quantizer's layers do not match the model's conv/linear modules (policy layers "
-                "the model lacks are 'missing', model layers the policy lacks are 'unknown'; was the policy "
-                "searched on this model, with the same module names?)", missing, extra))
+        missing = [name for name in nodes if name not in self.bits]
+        unknown = [name for name in self.bits if name not in nodes]
+        if missing or unknown:
+            raise HaqError(f"The torchao quantizer's layers do not match the model's conv/linear modules "
+                           f"({layer_differences(missing, unknown)}): was the policy searched on this model, "
+                           "with the same module names?")
         for name, (weight_bits, act_bits) in self.bits.items():
             for node in nodes[name]:
                 # Input first, weight second: torchao's QAT conv-BN fusion reads the map in this order.

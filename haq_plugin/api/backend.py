@@ -86,7 +86,7 @@ class QuantBackend(BackendCapabilities, abc.ABC):
     ``options`` (tuple of :class:`~haq_plugin.api.options.Option`, values in
     ``self.config``), ``export_filename`` (what ``export`` writes by default),
     ``supported_bits`` and ``bits_help`` (why those widths: appended to every
-    refusal of bits).  ``loss_fn`` is the finetuning loss (cross-entropy by
+    refusal of a width).  ``loss_fn`` is the finetuning loss (cross-entropy by
     default; assign another ``loss(outputs, targets)`` to an instance).
     """
 
@@ -256,7 +256,13 @@ class QuantBackend(BackendCapabilities, abc.ABC):
             raise HaqError(self.bits_refusal(str(exc), bits, names)) from None
 
     def bits_refusal(self, message: str, bits: Any, names: Sequence[str]) -> str:
-        """The message for bits that :meth:`check_bits` refused: the check's own, then ``bits_help``."""
+        """The message for bits that :meth:`check_bits` refused: the check's own, then ``bits_help``.
+
+        A layer mismatch gets no ``bits_help``: why the backend takes those widths
+        is beside the point when the bits name other layers than the model's.
+        """
+        if isinstance(bits, Mapping) and any(layer_difference(bits, names)):
+            return message
         return f"{message} {self.bits_help}".strip()
 
     def policy_bits(self, policy: Policy | BitMap) -> dict[str, BitPair]:

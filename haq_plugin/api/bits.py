@@ -53,14 +53,27 @@ def check_pair(pair: Any, what: str, supported: Iterable[int] | None = None, who
             check_width(pair[1], f"activation bits of {what}", allowed, who))
 
 
-def difference_message(prefix: str, missing: Sequence[str], extra: Sequence[str]) -> str:
-    """``prefix`` followed by the layers a mapping lacks and the ones it has too many."""
+def layer_differences(missing: Sequence[str], unknown: Sequence[str], changed: Sequence[str] = ()) -> str:
+    """The one wording of two layer lists that should agree, e.g. a policy's and a model's.
+
+    ``missing``: layers of the model the policy (or bit map) lacks; ``unknown``:
+    layers it names that the model lacks; ``changed``: layers in both with
+    another shape, already described.  Every loader and check says it this way,
+    so a user reads the same words whichever entry point refused the file.
+    """
     parts = []
     if missing:
         parts.append(f"missing {len(missing)} layer(s): {_some(missing)}")
-    if extra:
-        parts.append(f"unknown {len(extra)} layer(s): {_some(extra)}")
-    return f"{prefix} ({'; '.join(parts)})."
+    if unknown:
+        parts.append(f"unknown {len(unknown)} layer(s): {_some(unknown)}")
+    if changed:
+        parts.append(f"another shape in {len(changed)} layer(s): {', '.join(changed)}")
+    return "; ".join(parts)
+
+
+def difference_message(prefix: str, missing: Sequence[str], extra: Sequence[str]) -> str:
+    """``prefix`` followed by the layers a mapping lacks and the ones it has too many."""
+    return f"{prefix} ({layer_differences(missing, extra)})."
 
 
 def check_bit_map(bits: Mapping[str, Any], names: Sequence[str], supported: Iterable[int] | None = None,

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from haq_plugin.api.bits import MAX_BITS, MIN_BITS, BitPair, check_bit_map, check_pair, check_width, difference_message
+from haq_plugin.api.bits import (MAX_BITS, MIN_BITS, BitPair, check_bit_map, check_pair, check_width,
+                                 difference_message, layer_differences)
 from haq_plugin.api.errors import HaqError
 from haq_plugin.storage.files import read_json, require_fields, write_text_atomic
 from haq_plugin.api.layers import LayerSpec
 
 SCHEMA_VERSION = 1
-__all__ = ["MAX_BITS", "MIN_BITS", "SCHEMA_VERSION", "BitPair", "Policy", "fingerprint"]
+__all__ = ["MAX_BITS", "MIN_BITS", "SCHEMA_VERSION", "BitPair", "Policy", "check_layer_shapes", "fingerprint"]
 
 
 @dataclass
@@ -77,21 +78,7 @@ class Policy:
     # -- checks -----------------------------------------------------------------------
     def check_layers(self, layers: Sequence[LayerSpec]) -> None:
         """Raise :class:`HaqError` listing every difference between the policy's layers and ``layers``."""
-        mine = dict(self.layers)
-        theirs = {spec.name: spec.shape_key() for spec in layers}
-        missing = [n for n in mine if n not in theirs]
-        extra = [n for n in theirs if n not in mine]
-        changed = [f"{n} (policy {mine[n]}, model {theirs[n]})"
-                   for n in mine if n in theirs and mine[n] != theirs[n]]
-        if missing or extra or changed:
-            parts = [f"The policy was searched on a different model{self._searched_on()}."]
-            if missing:
-                parts.append(f"Layers in the policy but not in the model: {', '.join(missing)}.")
-            if extra:
-                parts.append(f"Layers in the model but not in the policy: {', '.join(extra)}.")
-            if changed:
-                parts.append("Layers with another shape: " + "; ".join(changed) + ".")
-            raise HaqError(" ".join(parts))
+        check_layer_shapes(self.layers, layers, self._searched_on())
 
     def _searched_on(self) -> str:
         """`` (--model X)`` from the provenance, with the hint to pass it, or nothing when unrecorded."""
@@ -156,3 +143,27 @@ def fingerprint(layers: Iterable[LayerSpec]) -> list[tuple[str, str]]:
     """The (name, shape) list that identifies a model's quantizable layers."""
     return [(spec.name, spec.shape_key()) for spec in layers]
 
+
+
+def check_layer_shapes(stored: Mapping[str, str] | Iterable[tuple[str, str]], layers: Sequence[LayerSpec],
+                       searched_on: str = "") -> None:
+    """Refuse a policy whose stored (name, shape key) layers are not exactly the model's ``layers``.
+
+    Names alone are not enough: a policy of an older, wider version of a model
+    has the same names and other shapes, and its bits were chosen (and costed)
+    for layers this model does not have.  Every loader and ``export`` calls
+    this, so the refusal reads the same everywhere.  A stored shape of ``""``
+    (a file written from a bare bit map) was not recorded: only its name is
+    compared.  ``searched_on`` is appended to say which model it came from.
+    """
+    mine = dict(stored)
+    theirs = {spec.name: spec.shape_key() for spec in layers}
+    missing = [name for name in theirs if name not in mine]
+    unknown = [name for name in mine if name not in theirs]
+    changed = [f"'{name}' (policy {shape}, model {theirs[name]})" for name, shape in mine.items()
+               if shape and name in theirs and shape != theirs[name]]
+    if missing or unknown or changed:
+        hint = searched_on or "; load it with that model, or search again on this one"
+        differences = layer_differences(missing, unknown, changed)
+        raise HaqError(f"The policy's layers do not match the model's ({differences}): it was searched on a "
+                       f"different model{hint}.")

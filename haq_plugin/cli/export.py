@@ -17,6 +17,11 @@ from haq_plugin.tasks.specs import load_model, load_task_data
 from haq_plugin.api.plugins import load_backend
 from haq_plugin.api.policy import Policy
 from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_mode
+from haq_plugin.api.errors import HaqError
+
+FORMATS = ("native", "gguf")
+GGUF_FILENAME = "model.gguf"
+RECIPE_SUFFIX = ".tensor-types.txt"  # written beside the GGUF (haq_plugin.adapters.groupwise.gguf_export)
 
 
 @click.command("export")
@@ -27,14 +32,17 @@ from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, use_quantize_m
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
               help="Override a backend option stored in the policy (with a warning: the export then differs from "
                    "what the search measured).")
-@click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
-              help="Output file (default: the backend's file name in the current directory).")
+@click.option("-o", "--output", "--out", "output", default=None, type=click.Path(dir_okay=False),
+              help="Output file (default: the backend's file name in the current directory, or model.gguf).")
+@click.option("--format", "file_format", type=click.Choice(FORMATS), default="native", show_default=True,
+              help="'native': the backend's own file; 'gguf' (groupwise backend, a language model from gguf: or "
+                   "llm:): a GGUF for llama.cpp and its OUT.tensor-types.txt recipe for llama-quantize.")
 @model_options_defaulting_to("the model stored in the policy (the demo when it stores none)")
 @data_option
 def export_cmd(policy_path: str, backend_name: str, backend_options: tuple[str, ...], output: str | None,
                model_spec: str, input_shape: str | None, data_spec: str | None,
-               data_options: tuple[str, ...] = ()) -> None:
-    """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file).
+               data_options: tuple[str, ...] = (), file_format: str = "native") -> None:
+    """Write a policy in a backend's own format (a QConfigMapping file, a Brevitas policy file, a GGUF).
 
     The backend is prepared on the model the policy was searched on (by default the --model, --input-shape
     and --data stored in the policy; give --model to override), so the export reflects the real graph
@@ -45,6 +53,7 @@ def export_cmd(policy_path: str, backend_name: str, backend_options: tuple[str, 
     policy = Policy.load(policy_path)
     model_spec, input_shape, data_spec = _searched_task(policy, model_spec, input_shape, data_spec)
     backend = load_backend(backend_name, **_export_options(policy, backend_name, backend_options))
+    gguf_source = _gguf_source(backend, model_spec) if file_format == "gguf" else None
     use_quantize_mode(backend, policy.provenance.get("search", {}).get("quantize") or WEIGHTS_AND_ACTIVATIONS)
     stored_task = policy.provenance.get("search", {}).get("task") or {}
     options = parse_key_values(data_options, "--data-option") if data_options else stored_task.get("data_options")
@@ -58,8 +67,24 @@ def export_cmd(policy_path: str, backend_name: str, backend_options: tuple[str, 
     with contained(backend, "prepare"):
         backend.prepare(source.model, source.example_input, calibration, layers=layers)
     with contained(backend, "export"):
-        path = backend.export(policy, Path(output or backend.export_filename))
-    click.echo(f"wrote {path} ({backend.name} format, {len(policy.bits)} layers)")
+        if gguf_source is None:
+            path = backend.export(policy, Path(output or backend.export_filename))
+        else:
+            path = backend.export_gguf(policy, Path(output or GGUF_FILENAME), gguf_source)
+    kind = "GGUF" if gguf_source is not None else f"{backend.name} format"
+    click.echo(f"wrote {path} ({kind}, {len(policy.bits)} layers)")
+    if gguf_source is not None:
+        click.echo(f"wrote {path}{RECIPE_SUFFIX} (llama-quantize --tensor-type-file recipe)")
+
+
+def _gguf_source(backend: Any, model_spec: str) -> Path:
+    """The GGUF the model is loaded from, after checking that this backend writes GGUF files."""
+    if not callable(getattr(backend, "export_gguf", None)):
+        raise HaqError(f"--format gguf: backend '{backend.name}' does not write GGUF files; use --backend groupwise "
+                       "(weight-only group-wise quantization, llama.cpp's grid).")
+    from haq_plugin.tasks.llm.sources import gguf_file_of
+
+    return gguf_file_of(model_spec)
 
 
 def _searched_task(policy: Policy, model_spec: str, input_shape: str | None,

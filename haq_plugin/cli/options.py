@@ -60,9 +60,9 @@ def model_options_defaulting_to(default_text: str | None) -> Decorator:
 model_options = model_options_defaulting_to(None)
 data_option = stack(
     click.option("--data", "data_spec", default=None, metavar="SPEC",
-                 help="'package.module:callable' returning your calibration/validation data (required with your "
-                      "own --model; default: the demo's); for a language model 'text:pydoc' (default) or "
-                      "'text:FILE'."),
+                 help="'package.module:callable' returning your calibration, validation and optional test "
+                      "data (required with your own --model; default: the demo's); for a language model "
+                      "'text:pydoc' (default) or 'text:FILE'."),
     click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE",
                  help="Language-model token windows: window, calibration_windows, val_windows, test_windows, "
                       "batch_size (see README 'Language models')."),

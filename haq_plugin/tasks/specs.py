@@ -16,7 +16,13 @@ object with these attributes):
 * ``calibration_data``: an iterable of input batches (tensors, or ``(x, y)``);
 * ``eval_fn``: ``model -> accuracy in percent``, **or** ``val_data``: an
   iterable of ``(x, y)`` batches from which top-1 accuracy is computed;
-* ``train_data`` (optional): ``(x, y)`` batches for ``--finetune-steps``.
+* ``train_data`` (optional): ``(x, y)`` batches for ``--finetune-steps``;
+* ``test_eval_fn`` or ``test_data`` (optional), like ``eval_fn`` and ``val_data``: a
+  held-out split that the search never sees, measured once on the result so that
+  ``search`` and ``sweep`` report an accuracy the policy was not selected on.
+
+Any other key of a mapping is refused: a misspelt ``test_data`` would otherwise
+leave the report without its test column and say nothing.
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ import torch
 from torch import nn
 
 from haq_plugin.engine.device import BatchesOnDevice, model_device
-from haq_plugin.api.errors import HaqError
+from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.api.layers import describe_input, run_forward
 from haq_plugin.tasks.llm.spec import DEFAULT_DATA, batch_size, is_language_model, language_model_task
 from haq_plugin.tasks.validation import as_batches, short_repr
 
-DATA_KEYS = ("calibration_data", "eval_fn", "val_data", "train_data")
+DATA_KEYS = ("calibration_data", "eval_fn", "val_data", "train_data", "test_eval_fn", "test_data")
+#: for each batches key, the key of the function a user gives instead for outputs other than class scores
+OWN_EVAL_FN = {"val_data": "eval_fn", "test_data": "test_eval_fn"}
 
 
 @dataclass
@@ -157,12 +165,15 @@ def call_user_callable(spec: str, flag: str) -> Any:
         raise HaqError(f"{flag} {spec!r}: the callable called sys.exit({exc.code!r}).") from None
 
 
-def top1_eval_fn(val_data: Iterable[Any]) -> Callable[[nn.Module], float]:
-    """Top-1 accuracy (percent) over (x, y) batches; empty or malformed batches are refused up front."""
-    batches = as_batches(val_data, "val_data")
+def top1_eval_fn(val_data: Iterable[Any], item: str = "val_data") -> Callable[[nn.Module], float]:
+    """Top-1 accuracy (percent) over (x, y) batches; empty or malformed batches are refused up front.
+
+    ``item`` (``"val_data"`` or ``"test_data"``) names the batches in every message.
+    """
+    batches = as_batches(val_data, item)
     for i, batch in enumerate(batches):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise HaqError(f"val_data batch {i} is {type(batch).__name__}; each batch must be an "
+            raise HaqError(f"{item} batch {i} is {type(batch).__name__}; each batch must be an "
                            "(inputs, labels) pair.")
 
     placed = BatchesOnDevice(batches)
@@ -170,29 +181,29 @@ def top1_eval_fn(val_data: Iterable[Any]) -> Callable[[nn.Module], float]:
     def evaluate(model: nn.Module) -> float:
         correct = total = 0
         for i, (x, y) in enumerate(placed.on(model_device(model))):
-            scores = run_forward(model, x, f"val_data batch {i}")
-            correct += _correct_predictions(scores, y, i)
+            scores = run_forward(model, x, f"{item} batch {i}")
+            correct += _correct_predictions(scores, y, f"{item} batch {i}", OWN_EVAL_FN.get(item, "eval_fn"))
             total += len(y)
         if total == 0:
-            raise HaqError("val_data has no labels (every batch is empty); an accuracy of nothing is meaningless.")
+            raise HaqError(f"{item} has no labels (every batch is empty); an accuracy of nothing is meaningless.")
         return 100.0 * correct / total
     return evaluate
 
 
-def _correct_predictions(scores: Any, labels: Any, index: int) -> int:
+def _correct_predictions(scores: Any, labels: Any, batch: str, own_eval_fn: str) -> int:
     """How many rows of ``scores`` have their largest entry at ``labels``; a mismatch is a clear error."""
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
         shape = describe_input(scores)
-        raise HaqError(f"val_data batch {index}: the model returned {shape}; top-1 accuracy needs class scores "
-                       "of shape (batch, classes). Return 'eval_fn' from --data for other outputs.")
+        raise HaqError(f"{batch}: the model returned {shape}; top-1 accuracy needs class scores "
+                       f"of shape (batch, classes). Return '{own_eval_fn}' from --data for other outputs.")
     labels = torch.as_tensor(labels)
     if labels.shape != scores.shape[:1]:
-        raise HaqError(f"val_data batch {index}: the labels have shape {describe_input(labels)} but the model "
+        raise HaqError(f"{batch}: the labels have shape {describe_input(labels)} but the model "
                        f"returned scores for {scores.shape[0]} samples; give one class index per sample.")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise HaqError(f"val_data batch {index}: the labels are {labels.dtype}; give integer class indices.")
+        raise HaqError(f"{batch}: the labels are {labels.dtype}; give integer class indices.")
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < scores.shape[1]:
-        raise HaqError(f"val_data batch {index}: labels range {int(labels.min())}..{int(labels.max())}, but the "
+        raise HaqError(f"{batch}: labels range {int(labels.min())}..{int(labels.max())}, but the "
                        f"model has {scores.shape[1]} outputs (classes 0..{scores.shape[1] - 1}).")
     return int((scores.argmax(1) == labels).sum())
 
@@ -211,8 +222,14 @@ def load_task_data(spec: str | None, model_spec: str, data_options: Mapping[str,
         description = (f"demo float model ({origin}, {task.info['cache_file']}): test accuracy "
                        f"{task.float_test_accuracy:.2f}%, validation accuracy {task.float_val_accuracy:.2f}%")
         return TaskData(task.calibration_data, task.eval_fn, task.train_data, task.test_eval_fn, description)
+    return _user_task_data(spec)
+
+
+def _user_task_data(spec: str) -> TaskData:
+    """Call the user's ``--data`` callable and check what it returned (see the module docstring)."""
     made = call_user_callable(spec, "--data")
     if isinstance(made, Mapping):
+        _refuse_unknown_keys(spec, made)
         get = made.get
     elif any(hasattr(made, key) for key in DATA_KEYS):
         get = lambda key: getattr(made, key, None)  # noqa: E731
@@ -224,18 +241,46 @@ def load_task_data(spec: str | None, model_spec: str, data_options: Mapping[str,
     if calibration is None:
         raise HaqError(f"--data {spec!r} returned no 'calibration_data' (it has: {_keys(made)}).")
     calibration = _prefixed(spec, lambda: as_batches(calibration, "calibration_data"))
-    eval_fn = get("eval_fn")
+    eval_fn = _evaluation(spec, get, "val_data")
     if eval_fn is None:
-        val_data = get("val_data")
-        if val_data is None:
-            raise HaqError(f"--data {spec!r} returned neither 'eval_fn' nor 'val_data' (it has: {_keys(made)}).")
-        eval_fn = _prefixed(spec, lambda: top1_eval_fn(val_data))
-    elif not callable(eval_fn):
-        raise HaqError(f"--data {spec!r}: 'eval_fn' is {type(eval_fn).__name__}, not a function model -> accuracy.")
+        raise HaqError(f"--data {spec!r} returned neither 'eval_fn' nor 'val_data' (it has: {_keys(made)}).")
     train = get("train_data")
     if train is not None:
         train = _prefixed(spec, lambda: as_batches(train, "train_data"))
-    return TaskData(calibration, eval_fn, train)
+    return TaskData(calibration, eval_fn, train, _evaluation(spec, get, "test_data"))
+
+
+def _refuse_unknown_keys(spec: str, made: Mapping[Any, Any]) -> None:
+    """A key the search does not read is a mistake (a typo, or a split meant for the report): say so."""
+    unknown = [key for key in made if key not in DATA_KEYS]
+    if unknown:
+        raise HaqError(f"--data {spec!r} returned unknown key(s) {', '.join(map(repr, unknown))}; the allowed "
+                       f"keys are {', '.join(DATA_KEYS)}.")
+
+
+def _evaluation(spec: str, get: Callable[[str], Any], item: str) -> Callable[[nn.Module], float] | None:
+    """The user's own function for ``item``'s split if given, else top-1 accuracy on its batches, else None."""
+    key = OWN_EVAL_FN[item]
+    eval_fn = get(key)
+    if eval_fn is None:
+        batches = get(item)
+        return None if batches is None else _prefixed(spec, lambda: top1_eval_fn(batches, item))
+    if not callable(eval_fn):
+        raise HaqError(f"--data {spec!r}: '{key}' is {type(eval_fn).__name__}, not a function model -> accuracy.")
+    return eval_fn if item == "val_data" else _blamed(eval_fn, key)
+
+
+def _blamed(eval_fn: Callable[[nn.Module], float], key: str) -> Callable[[nn.Module], float]:
+    """``eval_fn`` whose exception names ``key``: the report's test evaluation runs through the backend,
+    which would otherwise be blamed for the user's function (the search checks ``eval_fn`` itself)."""
+    def evaluate(model: nn.Module) -> float:
+        try:
+            return eval_fn(model)
+        except HaqError:
+            raise
+        except Exception as exc:
+            raise HaqError(f"{key} raised {one_line(exc)}.") from None
+    return evaluate
 
 
 def _language_model_data(model_spec: str, spec: str | None, options: Mapping[str, Any] | None) -> TaskData:

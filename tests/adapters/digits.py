@@ -1,8 +1,17 @@
-"""The UCI digits as the adapter tests use them (images in [0, 1], shuffled with seed 0), and a model change."""
+"""The UCI digits as the adapter tests use them (images in [0, 1], shuffled with seed 0), and model changes."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
+
+from haq_plugin.api.layers import extract_layers
+
+#: How every loader names the layers a policy and a model do not share, for a model whose ``fc`` is now
+#: ``head``: 'missing' are the model's layers the policy lacks, 'unknown' the policy's layers the model lacks.
+RENAMED_HEAD_DIFFERENCE = r"missing 1 layer\(s\): 'head'; unknown 1 layer\(s\): 'fc'"
 
 
 def shuffled_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,3 +40,21 @@ class RenamedHead:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.proj(self.stem(x))
         return self.head(torch.flatten(self.pool(self.expand(y) + y), 1))
+
+
+def wider_head(model: nn.Module, extra: int = 6) -> nn.Module:
+    """A copy of ``model`` whose classifier ``fc`` has ``extra`` more outputs: the same names, another shape.
+
+    The model a policy was searched on, widened afterwards.
+    """
+    wider = copy.deepcopy(model)
+    wider.fc = nn.Linear(model.fc.in_features, model.fc.out_features + extra)
+    return wider.eval()
+
+
+def assert_names_the_wider_head(message: str, model: nn.Module, wider: nn.Module, example: torch.Tensor) -> None:
+    """``message`` names ``fc`` with its shape in the policy (``model``'s) and in ``wider``, in the shared words."""
+    stored, given = ({spec.name: spec.shape_key() for spec in extract_layers(m, example)}["fc"]
+                     for m in (model, wider))
+    assert f"another shape in 1 layer(s): 'fc' (policy {stored}, model {given})" in message, message
+    assert "searched on a different model" in message and "bit" not in message.lower(), message

@@ -62,9 +62,9 @@ def test_applying_to_a_different_model_lists_differences(layers):
     with pytest.raises(HaqError) as err:
         policy.check_layers(other)
     text = str(err.value)
-    assert "Layers in the policy but not in the model: 3" in text
-    assert "Layers in the model but not in the policy: 2" in text
-    assert "0 (policy conv:1->4" in text
+    assert "(missing 1 layer(s): '2'; unknown 1 layer(s): '3'; another shape in 1 layer(s): '0' (policy conv:1->4" \
+        in text
+    assert f", model {other[0].shape_key()}))" in text
 
 
 def test_missing_and_extra_layers_in_bits(layers):
@@ -91,11 +91,11 @@ def test_a_different_model_error_names_the_model_the_policy_was_searched_on(laye
     other = extract_layers(nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 36, 10)),
                            torch.zeros(1, 1, 8, 8))
     policy = Policy.uniform(layers, 4, 4, task={"model": "mypkg.nets:small", "input_shape": None, "data": None})
-    with pytest.raises(HaqError, match=r"searched on a different model \(--model mypkg.nets:small\); pass "
-                                       r"--model mypkg.nets:small to use it\. Layers in the policy"):
+    with pytest.raises(HaqError, match=r"\)\): it was searched on a different model \(--model mypkg.nets:small\); "
+                                       r"pass --model mypkg.nets:small to use it\.$"):
         policy.check_layers(other)
     unrecorded = Policy.uniform(layers, 4, 4)
-    with pytest.raises(HaqError, match=r"searched on a different model\. Layers"):
+    with pytest.raises(HaqError, match=r"searched on a different model; load it with that model, or search again"):
         unrecorded.check_layers(other)
 
 

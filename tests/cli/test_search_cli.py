@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,10 @@ def test_bring_your_own_model_and_data(tmp_path):
     out = tmp_path / "mine"
     proc = haq("search", "--model", "user_task:model", "--data", "user_task:data", "--backend", "torch.ao",
                "--hw", "bismo-edge", "--budget", "0.6", "--no-keep-last-layer-8bit", "--episodes", "4",
-               "--warmup-episodes", "2", "--output", str(out), "--quiet", cwd=HERE)
+               "--warmup-episodes", "2", "--output", str(out), cwd=HERE)
     assert proc.returncode == 0, proc.stderr
+    # the --data callable's test_data gives the best policy's held-out accuracy
+    assert re.search(r"Held-out test accuracy of the best policy: [\d.]+% \(float [\d.]+%\)", proc.stdout)
     policy = Policy.load(out / "policy.json")
     assert list(policy.bits) == ["0", "3"]
     assert policy.bits["0"] == (8, 8)  # the first layer is kept at 8 bits by default

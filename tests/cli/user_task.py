@@ -30,4 +30,5 @@ def model():
 
 def data():
     x, y = _digits()
-    return {"calibration_data": [x[:256]], "val_data": [(x[1400:], y[1400:])], "train_data": [(x[:1000], y[:1000])]}
+    return {"calibration_data": [x[:256]], "val_data": [(x[1400:], y[1400:])], "train_data": [(x[:1000], y[:1000])],
+            "test_data": [(x[1000:1400], y[1000:1400])]}

@@ -144,11 +144,58 @@ def test_data_callable_results_through_load_task_data(tmp_path, monkeypatch):
     assert len(data.calibration_data) == 1 and data.eval_fn(None) == 50.0
     assert len(load_task_data("userdata:generator_calibration", "m").calibration_data) == 3
     for spec, message in [("userdata:nothing", "returned NoneType None; expected a dict"),
-                          ("userdata:wrong_keys", r"returned no 'calibration_data' \(it has: calib\)"),
+                          ("userdata:wrong_keys", r"unknown key\(s\) 'calib'; the allowed keys are "
+                                                  "calibration_data, eval_fn, val_data, train_data"),
                           ("userdata:eval_not_callable", "'eval_fn' is int, not a function"),
                           ("userdata:exits", r"called sys.exit\(0\)")]:
         with pytest.raises(HaqError, match=message):
             load_task_data(spec, "userdata:model")
+
+
+def test_a_data_callable_may_give_a_test_split_and_nothing_unknown(tmp_path, monkeypatch):
+    (tmp_path / "splits.py").write_text(textwrap.dedent("""
+        import torch
+
+        def batches(label):
+            return [(torch.zeros(4, 3, 8, 8), torch.full((4,), label))]
+
+        def with_test_data():
+            return {"calibration_data": [torch.zeros(2, 3, 8, 8)], "val_data": batches(0), "test_data": batches(1)}
+
+        def with_test_eval_fn():
+            def test_eval_fn(model):
+                raise KeyError("test labels")
+            return {"calibration_data": [torch.zeros(2, 3, 8, 8)], "eval_fn": lambda m: 50.0,
+                    "test_eval_fn": test_eval_fn}
+
+        def misspelt():
+            return {"calibration_data": [torch.zeros(2, 3, 8, 8)], "eval_fn": lambda m: 50.0, "test_dat": []}
+
+        def bad_test_data():
+            return {"calibration_data": [torch.zeros(2, 3, 8, 8)], "eval_fn": lambda m: 50.0,
+                    "test_data": [torch.zeros(4, 3, 8, 8)]}
+
+        def test_eval_fn_not_callable():
+            return {"calibration_data": [torch.zeros(2, 3, 8, 8)], "eval_fn": lambda m: 50.0, "test_eval_fn": 7}
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    always_zero = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    nn.init.zeros_(always_zero[1].weight)
+    with torch.no_grad():
+        always_zero[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    data = load_task_data("splits:with_test_data", "splits:model")
+    assert data.eval_fn(always_zero) == 100.0 and data.test_eval_fn(always_zero) == 0.0  # each split its own
+    given = load_task_data("splits:with_test_eval_fn", "splits:model").test_eval_fn
+    with pytest.raises(HaqError, match=r"^test_eval_fn raised KeyError: 'test labels'\.$"):
+        given(always_zero)  # the user's function is named, not the backend that ran it
+    for spec, message in [
+            ("splits:misspelt", r"unknown key\(s\) 'test_dat'; the allowed keys are calibration_data, eval_fn, "
+                                "val_data, train_data, test_eval_fn, test_data"),
+            ("splits:bad_test_data", r"test_data batch 0 is Tensor; each batch must be an \(inputs, labels\) pair"),
+            ("splits:test_eval_fn_not_callable", "'test_eval_fn' is int, not a function")]:
+        with pytest.raises(HaqError, match=message):
+            load_task_data(spec, "splits:model")
 
 
 def test_a_truncated_demo_cache_is_rebuilt(tmp_path, monkeypatch):

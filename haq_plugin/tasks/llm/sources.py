@@ -167,6 +167,20 @@ def load_hf(directory: str | Path) -> LanguageModel:
     return language_model_from(model, tokenizer, name=path.name, spec=f"hf:{path}", source=source)
 
 
+def gguf_file_of(spec: str) -> Path:
+    """The GGUF file a ``gguf:FILE`` or ``llm:NAME`` spec loads from (a GGUF export copies its metadata)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "gguf":
+        path = Path(rest).expanduser()
+        _check_gguf(path)
+        return path
+    if kind == "llm":
+        return embedded_gguf(rest)[1]
+    raise HaqError(f"--format gguf needs a model loaded from a GGUF file (--model gguf:FILE or llm:NAME), not "
+                   f"{spec!r}: the export copies that file's architecture metadata and tokenizer; convert a "
+                   "Hugging Face checkpoint with llama.cpp's convert_hf_to_gguf.py and search on gguf:FILE.")
+
+
 def load_language_model(spec: str, *, progress: bool = True) -> LanguageModel:
     """The language model a ``--model`` spec names: ``llm:NAME``, ``hf:DIR`` or ``gguf:FILE``."""
     kind, sep, rest = spec.partition(":")

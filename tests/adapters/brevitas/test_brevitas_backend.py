@@ -17,6 +17,7 @@ from haq_plugin.api.errors import HaqError
 from haq_plugin.api.layers import extract_layers
 from haq_plugin.api.plugins import get_plugin_manager, load_backend
 from haq_plugin.api.policy import Policy
+from tests.adapters.digits import RENAMED_HEAD_DIFFERENCE, assert_names_the_wider_head, wider_head
 
 QUANT_LAYERS = (qnn.QuantConv1d, qnn.QuantConv2d, qnn.QuantLinear)
 
@@ -324,8 +325,9 @@ def test_bits_changed_in_place_quantize_exactly_like_a_freshly_built_model(task,
 @pytest.mark.parametrize("bad, message", [
     ({"conv1": (1, 8), "conv2": (8, 8), "conv3": (8, 8), "fc": (8, 8)}, "1 bit is refused"),
     ({"conv1": (8, 9), "conv2": (8, 8), "conv3": (8, 8), "fc": (8, 8)}, "More than 8 bits"),
-    ({"conv1": (8, 8), "conv2": (8, 8), "conv3": (8, 8)}, "No bits for: fc"),
-    ({"conv1": (8, 8), "conv2": (8, 8), "conv3": (8, 8), "fc": (8, 8), "head": (8, 8)}, "Unknown layer"),
+    ({"conv1": (8, 8), "conv2": (8, 8), "conv3": (8, 8)}, r"\(missing 1 layer\(s\): 'fc'\)\.$"),
+    ({"conv1": (8, 8), "conv2": (8, 8), "conv3": (8, 8), "fc": (8, 8), "head": (8, 8)},
+     r"\(unknown 1 layer\(s\): 'head'\)\.$"),
     ({"conv1": (8.5, 8), "conv2": (8, 8), "conv3": (8, 8), "fc": (8, 8)}, "conv1"),
 ])
 def test_unsupported_bits_are_refused_with_the_reason(backend, bad, message):
@@ -397,6 +399,31 @@ def test_apply_policy_checks_the_fingerprint_and_the_file(task, backend, tmp_pat
     (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
     with pytest.raises(HaqError, match="not a Brevitas policy file"):
         apply_policy(task["model"], tmp_path / "other.json")
+
+
+class RenamedSmallNet(SmallNet):
+    """SmallNet with its classifier called ``head``: a model changed after its policy was searched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = self.fc
+        del self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv3(self.bn2(self.conv2(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_apply_policy_refuses_a_wider_or_renamed_model_in_the_shared_words(task, backend, tmp_path):
+    path = backend.export(Policy.from_bits(extract_layers(task["model"], task["example"]), MIXED), tmp_path)
+    wider = wider_head(task["model"])
+    with pytest.raises(HaqError) as refusal:
+        apply_policy(wider, path)
+    assert_names_the_wider_head(str(refusal.value), task["model"], wider, task["example"])
+    with pytest.raises(HaqError, match=r"layers do not match the model's \(" + RENAMED_HEAD_DIFFERENCE + r"\)"):
+        apply_policy(RenamedSmallNet().eval(), path)
+    assert set(quant_layers(apply_policy(task["model"], path))) == set(NAMES)
 
 
 def test_user_applies_a_policy_trains_and_keeps_the_bits(task, backend, tmp_path):

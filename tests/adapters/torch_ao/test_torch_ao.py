@@ -26,7 +26,8 @@ from haq_plugin.adapters.torch_ao import (
 from haq_plugin.api.plugins import load_backend
 from haq_plugin.api.policy import Policy
 from haq_plugin.tasks.zoo import BasicBlock, ResNet
-from tests.adapters.digits import RenamedHead, shuffled_digits
+from tests.adapters.digits import (RENAMED_HEAD_DIFFERENCE, RenamedHead, assert_names_the_wider_head, shuffled_digits,
+                                   wider_head)
 
 # User-side calls below (prepare_qat_fx, convert_fx in a user's own script) print torch's notices.
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
@@ -180,9 +181,9 @@ def test_bit_widths_outside_2_to_8_are_refused_with_the_reason(backend, bad):
 
 
 def test_policy_must_name_exactly_the_model_layers(backend):
-    with pytest.raises(HaqError, match="no bits for layer.*fc"):
+    with pytest.raises(HaqError, match=r"the model's quantizable layers \(missing 1 layer\(s\): 'fc'\)\.$"):
         backend.set_policy({n: (8, 8) for n in LAYERS[:-1]})
-    with pytest.raises(HaqError, match="unknown layer.*head"):
+    with pytest.raises(HaqError, match=r"\(unknown 1 layer\(s\): 'head'\)\.$"):
         backend.set_policy({**{n: (8, 8) for n in LAYERS}, "head": (8, 8)})
     with pytest.raises(HaqError, match="other_act_bits"):
         TorchAoFxBackend(other_act_bits=12)
@@ -487,8 +488,9 @@ def test_a_renamed_layer_is_refused_with_the_example_input_and_named_in_a_warnin
     # the unsafe form: prepare_qat_fx ignores 'fc' and gives 'head' the global QConfig, 8-bit weights
     blind = prepare_qat_fx(copy.deepcopy(renamed).train(), load_qconfig_mapping(path), (EXAMPLE,))
     assert _ranges(blind.get_submodule("head").weight_fake_quant) == _wrange(8) != _wrange(MIXED["fc"][0])
-    with pytest.raises(HaqError, match=r"no bits for layer\(s\) head; bits for unknown layer\(s\) fc"):
+    with pytest.raises(HaqError, match=r"do not match the model's \(" + RENAMED_HEAD_DIFFERENCE + r"\)") as refusal:
         load_qconfig_mapping(path, renamed, EXAMPLE)
+    assert "bit" not in str(refusal.value)
     with pytest.warns(UserWarning, match=r"names layer\(s\) this model lacks: fc; the model's layer\(s\) head "
                                          r"are not in it and would get the global QConfig \(8 bits\)"):
         mapping = load_qconfig_mapping(path, renamed)
@@ -496,6 +498,16 @@ def test_a_renamed_layer_is_refused_with_the_example_input_and_named_in_a_warnin
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert _describe(load_qconfig_mapping(path, task["model"])) == _describe(load_qconfig_mapping(path))
+
+
+def test_a_wider_model_with_the_same_layer_names_is_refused(backend, task, tmp_path):
+    policy = Policy.from_bits(extract_layers(task["model"], EXAMPLE), MIXED)
+    wider = wider_head(task["model"])
+    for path in (backend.export(policy, tmp_path / "policy.json"), backend.export(MIXED, tmp_path / "bits.json")):
+        with pytest.raises(HaqError) as refusal:
+            load_qconfig_mapping(path, wider, EXAMPLE)
+        assert_names_the_wider_head(str(refusal.value), task["model"], wider, EXAMPLE)
+        assert _describe(load_qconfig_mapping(path, task["model"], EXAMPLE)) == _describe(load_qconfig_mapping(path))
 
 
 def test_malformed_mapping_files_are_explained(tmp_path):

@@ -21,7 +21,8 @@ from haq_plugin.api.policy import Policy
 
 from torchao.quantization import IntxWeightOnlyConfig, quantize_
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
-from tests.adapters.digits import RenamedHead, shuffled_digits
+from tests.adapters.digits import (RENAMED_HEAD_DIFFERENCE, RenamedHead, assert_names_the_wider_head, shuffled_digits,
+                                   wider_head)
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
@@ -315,9 +316,24 @@ def test_a_model_with_a_renamed_layer_is_refused(backend, task, tmp_path):
     renamed = RenamedNet()
     renamed.load_state_dict({k.replace("fc.", "head."): v for k, v in task["model"].state_dict().items()})
     graph = torch.export.export(renamed.eval(), (EXAMPLE,)).module()
-    with pytest.raises(HaqError, match=r"do not match the model's conv/linear modules.*missing 1 layer\(s\): 'fc'"
-                                       r"; unknown 1 layer\(s\): 'head'"):
+    with pytest.raises(HaqError, match=r"do not match the model's conv/linear modules \(" + RENAMED_HEAD_DIFFERENCE):
         prepare_qat_pt2e(graph, load_quantizer(path))
+    for load in (load_quantizer, load_quantize_config):
+        with pytest.raises(HaqError, match=r"layers do not match the model's \(" + RENAMED_HEAD_DIFFERENCE + r"\)"):
+            load(path, model=renamed, example_input=EXAMPLE)
+
+
+def test_the_loaders_refuse_a_wider_model_with_the_same_layer_names(backend, task, tmp_path):
+    path = backend.export(Policy.from_bits(extract_layers(task["model"], EXAMPLE), MIXED), tmp_path / "q.json")
+    wider = wider_head(task["model"])
+    for load in (load_quantizer, load_quantize_config):
+        with pytest.raises(HaqError) as refusal:
+            load(path, model=wider, example_input=EXAMPLE)
+        assert_names_the_wider_head(str(refusal.value), task["model"], wider, EXAMPLE)
+        assert load(path, model=task["model"], example_input=EXAMPLE) is not None
+    assert load_quantizer(path, False, model=task["model"], example_input=EXAMPLE).for_training is False
+    with pytest.raises(HaqError, match="model given without example_input"):
+        load_quantizer(path, model=wider)
 
 
 def test_a_file_of_another_kind_is_refused(tmp_path):
