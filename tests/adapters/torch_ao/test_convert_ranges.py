@@ -20,19 +20,12 @@ from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
 from haq_plugin.adapters.torch_ao import TorchAoFxBackend, backend_config, convert_in_range, load_qconfig_mapping
 from haq_plugin.api.layers import extract_layers
-from haq_plugin.tasks.zoo import MobileNetV2
-from tests.adapters.digits import shuffled_digits
+from tests.adapters.digits import mobilenet_v2_relu6, shuffled_digits
 
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
               pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor"), pytest.mark.usefixtures("one_thread")]
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
-
-
-def relu6_net() -> nn.Module:
-    """Stem, three inverted residual blocks (one with a residual add), head, classifier: 11 layers, ReLU6."""
-    return MobileNetV2(num_classes=10, in_channels=1, config=[(1, 8, 1, 1), (4, 16, 1, 2), (4, 16, 1, 1)],
-                       stem_stride=1, stem_channels=8, last_channels=32, dropout=0.0, relu6=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def digits():
 @pytest.fixture(scope="module")
 def trained(digits):
     torch.manual_seed(0)
-    return _train(relu6_net(), digits["train"], steps=30, lr=1e-2).eval()
+    return _train(mobilenet_v2_relu6(), digits["train"], steps=15, lr=1e-2).eval()
 
 
 @pytest.fixture(scope="module")
