@@ -1,7 +1,7 @@
-"""``convert_fx`` that keeps every layer's weight integers inside the policy's range.
+"""``convert_fx`` whose converted model keeps the policy: weight and activation integers inside its ranges.
 
-``convert_fx`` quantizes each weight again from the float weight and the
-scale its fake-quantizer last computed, and clamps to the limits of
+Weights.  ``convert_fx`` quantizes each weight again from the float weight and
+the scale its fake-quantizer last computed, and clamps to the limits of
 ``torch.qint8`` (-128..127), not to the layer's ``quant_min``/``quant_max``.
 Two cases then leave the range:
 
@@ -14,13 +14,16 @@ Two cases then leave the range:
 Fake quantization clamps those weights during training, so the QAT model
 computed with the clamped values all along; :func:`convert_in_range` clamps
 the converted integers the same way, which makes the integer model compute
-what the QAT model computed.
+what the QAT model computed.  Weight-only layers become reference modules,
+whose stored weights are put on the same grid
+(:mod:`~haq_plugin.adapters.torch_ao.reference_weights`).
 
-What this does not change: activations.  A converted layer requantizes its
-output with the calibrated scale and zero point, but the quantized kernels
-saturate at 0..255, not at ``2^a - 1``.  Inputs inside the range the
-activation observers saw map into ``[0, 2^a - 1]``; inputs beyond it can give
-larger integers.
+Activations.  The lowering drops the observer after ReLU/ReLU6/Hardtanh/clamp
+and quantized kernels saturate at 0..255, not at ``2^a - 1``; the observers'
+grids are put back into the converted graph
+(:mod:`~haq_plugin.adapters.torch_ao.activation_grids`), so every quantized
+layer reads its input on the grid of the observer the prepared model had in
+front of it, with integers in ``[quant_min, quant_max]`` for any input.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from torch import fx, nn
 from torch.ao.quantization import FakeQuantize
 from torch.ao.quantization.quantize_fx import convert_fx
 
+from haq_plugin.adapters.torch_ao.activation_grids import hold_grids, read_grids
 from haq_plugin.adapters.torch_ao.fx_backend import backend_config
 from haq_plugin.adapters.torch_ao.qconfig import fake_quant_range
 from haq_plugin.adapters.torch_ao.quiet import quiet_torch_ao
+from haq_plugin.adapters.torch_ao.reference_weights import snap_reference_weights
 
 
 def weight_ranges(qat_model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -72,15 +77,22 @@ def clamp_weight_integers(int_model: nn.Module, ranges: dict[str, tuple[int, int
 
 
 def convert_in_range(qat_model: nn.Module, **convert_kwargs: Any) -> fx.GraphModule:
-    """``convert_fx(qat_model.eval(), backend_config=backend_config())`` with weight integers held in range.
+    """``convert_fx(qat_model.eval(), backend_config=backend_config())`` with every integer held in range.
 
-    Every converted Conv/Linear stores weight integers inside its policy's
-    ``[-2^(w-1), 2^(w-1) - 1]``, whether the observers were frozen or not;
-    see the module docstring for what holds for activations.
+    For a model from ``prepare_qat_fx`` or ``prepare_fx`` (which ``convert_fx``
+    changes in place).  Every converted Conv/Linear stores weight integers
+    inside its policy's ``[-2^(w-1), 2^(w-1) - 1]``, whether the observers were
+    frozen or not; weight-only layers are reference modules whose stored weights
+    are those integers times their scale; and every quantized layer reads input
+    integers inside ``[0, 2^a - 1]`` on the grid it was trained with (see the
+    module docstring).
     """
     ranges = weight_ranges(qat_model)
+    grids = read_grids(qat_model)
     convert_kwargs.setdefault("backend_config", backend_config())
     with quiet_torch_ao():
         int_model = convert_fx(qat_model.eval(), **convert_kwargs)
     clamp_weight_integers(int_model, ranges)
+    snap_reference_weights(int_model)
+    hold_grids(int_model, grids)
     return int_model

@@ -1,4 +1,5 @@
-"""The UCI digits as the adapter tests use them (images in [0, 1], shuffled with seed 0), and model changes."""
+"""The UCI digits as the adapter tests use them (images in [0, 1], shuffled with seed 0), a ReLU6 network and
+model changes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from haq_plugin.api.layers import extract_layers
+from haq_plugin.tasks.zoo import MobileNetV2
 
 #: How every loader names the layers a policy and a model do not share, for a model whose ``fc`` is now
 #: ``head``: 'missing' are the model's layers the policy lacks, 'unknown' the policy's layers the model lacks.
@@ -23,6 +25,12 @@ def shuffled_digits() -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.tensor(data.target)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     return x[order], y[order]
+
+
+def mobilenet_v2_relu6() -> nn.Module:
+    """The MobileNet-V2-style digits network of issue 16: 12 layers, ReLU6 everywhere, which FX does not fuse."""
+    return MobileNetV2(num_classes=10, in_channels=1, config=[(4, 24, 1, 2), (4, 24, 1, 1), (4, 32, 1, 2)],
+                       stem_stride=1, stem_channels=16, last_channels=64, dropout=0.0, relu6=True)
 
 
 class RenamedHead:

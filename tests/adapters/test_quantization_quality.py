@@ -17,19 +17,12 @@ from haq_plugin.adapters.common.weight_ranges import mse_clip_ratios, reconstruc
 from haq_plugin.adapters.torch_ao.qconfig import FullRangeSymmetricObserver
 from haq_plugin.adapters.brevitas import BrevitasBackend, apply_policy
 from haq_plugin.adapters.torch_ao import TorchAoFxBackend, backend_config, convert_in_range, load_qconfig_mapping
-from haq_plugin.tasks.zoo import MobileNetV2
 
 from tests.adapters.torch_ao.test_torch_ao import EXAMPLE, LAYERS, DigitsNet, _accuracy, _train
-from tests.adapters.digits import shuffled_digits
+from tests.adapters.digits import mobilenet_v2_relu6, shuffled_digits
 
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated"),
               pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor"), pytest.mark.usefixtures("one_thread")]
-
-
-def mobilenet_v2_relu6() -> nn.Module:
-    """The MobileNet-V2-style digits network of issue 16: ReLU6 everywhere, which FX does not fuse."""
-    return MobileNetV2(num_classes=10, in_channels=1, config=[(4, 24, 1, 2), (4, 24, 1, 1), (4, 32, 1, 2)],
-                       stem_stride=1, stem_channels=16, last_channels=64, dropout=0.0, relu6=True)
 
 
 @pytest.fixture(scope="module")
