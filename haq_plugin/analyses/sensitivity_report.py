@@ -74,10 +74,15 @@ class LayerSensitivity:
 
     def record_applied(self, target: str, width: int, asked: Mapping[str, tuple[int, int]],
                        applied: Mapping[str, tuple[int, int]]) -> None:
-        """Keep what the backend really applied when this entry asked for ``asked``."""
+        """Keep what the backend really applied when this entry asked for ``asked``.
+
+        Only the entry's target counts: the other half of each pair stays at 8 bits,
+        or is float for weight-only quantization, whatever a backend reports for it.
+        """
         slot = TARGETS.index(target)
         self.effective.setdefault(target, {})[width] = tuple(sorted({applied[name][slot] for name in self.members}))
-        others = tuple(name for name, pair in asked.items() if name not in self.members and applied[name] != pair)
+        others = tuple(name for name, pair in asked.items()
+                       if name not in self.members and applied[name][slot] != pair[slot])
         if others:
             self.also_changed.setdefault(target, {})[width] = others
 
@@ -193,7 +198,8 @@ def sensitivity_csv(result: SensitivityResult) -> str:
                      *_headers(result), "effective"])
     for row in result.layers:
         writer.writerow([row.index, row.name, *([";".join(row.members)] if grouped else []),
-                         f"{row.cost_share:.6f}", *_cells(result, row, "{:.4f}", lambda *_: ""), effective_flags(result, row)])
+                         f"{row.cost_share:.6f}", *_cells(result, row, "{:.4f}", lambda *_: ""),
+                         effective_flags(result, row)])
     return out.getvalue()
 
 
@@ -226,12 +232,14 @@ def _other_bits_note(result: SensitivityResult) -> list[str]:
     if not others:
         return []
     total = len(result.layers) * len(result.entries())
-    return ["", f"{OTHER_BITS} Not measured: the backend ran this entry at the bits in parentheses, not at its "
-            f"column's ({len(others)} of {total} entries), so the asked width is left unmeasured: this is no drop "
-            "of zero. A backend does so where a layer cannot have bits of its own; torch.ao's FX mode, for example, "
-            "has one input observer for a tensor that several layers read (a residual block's input, the output "
-            "of a residual add), which stays at 8 bits while another layer it feeds does. A unit whose layers got "
-            "different widths lists them (2/8); 'also' names layers outside the row whose bits changed with it."]
+    return ["", f"{OTHER_BITS} Not measured ({len(others)} of {total} entries): the backend did not run the entry as "
+            "asked. It gave the row's layers the bits in parentheses instead of the column's, or also changed the "
+            "layers named after 'also', so the value says nothing about the asked width and is no drop of zero. A "
+            "backend does so where a layer cannot have bits of its own: torch.ao's FX mode has one input observer "
+            "for a tensor that several layers read (a residual block's input, the network input and the first "
+            "layer's output), which stays at 8 bits while another layer it feeds does; torchao's PT2E gives such "
+            "layers one input quantizer, which takes the bits of the last of them. A unit whose layers got "
+            "different widths lists them (2/8)."]
 
 
 def write_sensitivity_figure(path: Path, result: SensitivityResult) -> Path | None:
@@ -276,7 +284,7 @@ def write_sensitivity_figure(path: Path, result: SensitivityResult) -> Path | No
         fig.legend(handles=[Patch(facecolor=UNMEASURED_GREY, edgecolor="grey", hatch="///",
                                   label="not measured: the backend applied the bits shown instead "
                                         "(+: and changed other layers too)")],
-                   loc="lower center", fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.04))
+                   loc="upper center", fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.01))
     fig.suptitle(f"Per-{result.unit_noun} sensitivity ({result.backend}; label: {result.constraint} share on "
                  f"{result.hardware})", fontsize=9)
     return write_via_temp(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
