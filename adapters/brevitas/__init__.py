@@ -4,7 +4,9 @@ A HAQ policy becomes a model whose Conv1d/Conv2d/Linear layers are Brevitas
 ``QuantConv1d``/``QuantConv2d``/``QuantLinear`` layers, converted by Brevitas'
 own ``layerwise_quantize`` with per-layer ``weight_bit_width`` and
 ``input_bit_width`` (see :mod:`haq_plugin.adapters.brevitas.quantizers` for
-the quantizers and why changing bits in place is sound).
+the quantizers and why changing bits in place is sound).  Every converted layer
+has an input quantizer of its own, even where layers read one tensor, so each
+input gets exactly its policy's bits (the default ``effective_bits`` holds).
 
 Search loop costs: ``prepare`` copies the model once and quantizes it once;
 ``set_policy`` only writes bit widths into existing quantizer buffers;

@@ -5,9 +5,13 @@ dynamic) and prepared once with torchao's ``prepare_qat_pt2e`` and a
 :class:`~haq_plugin.adapters.torchao.quantizer.LayerBitsQuantizer` at 8
 bits: every conv/linear node gets a per-channel symmetric weight fake
 quantizer and a per-tensor affine fake quantizer on its input, which is
-exactly HAQ's "activation bits of the layer's input" (no observer is shared
-between layers, unlike torch.ao's FX mode).  Layers are matched by module
-name through the exported graph's ``nn_module_stack``.
+exactly HAQ's "activation bits of the layer's input".  One exception: PT2E
+gives a tensor that several layers read (both branches of a residual block)
+one input fake quantizer, and ``set_policy`` writes the layers in order, so
+that quantizer takes the bits of the last of them;
+:meth:`TorchaoPt2eBackend.effective_act_bits` reports what each input really
+gets.  Layers are matched by module name through the exported graph's
+``nn_module_stack``.
 
 Search loop costs: ``set_policy`` rewrites ``quant_min``/``quant_max`` of
 the existing fake quantizers in place and forgets their statistics;
@@ -234,6 +238,20 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
                 set_fake_quant_range(fq, *weight_range(weight_bits))
             for fq in self._fake_quants[name].inputs:
                 set_fake_quant_range(fq, *act_range(act_bits))
+
+    def effective_act_bits(self, bits: BitMap | None = None) -> dict[str, int] | None:
+        """Input bits each layer really gets: a shared input quantizer keeps the last writer's bits.
+
+        Replays :meth:`_apply_policy`'s writes (layer order) on the input quantizers;
+        a layer whose quantizer another layer overwrote reports the other's bits.
+        """
+        self._require_prepared()
+        if self.weights_only:
+            return None
+        checked = self.check_bits(bits) if bits is not None else self._bits
+        written = {id(fq): act for name, (_, act) in checked.items() for fq in self._fake_quants[name].inputs}
+        return {name: next((written[id(fq)] for fq in self._fake_quants[name].inputs if written[id(fq)] != act), act)
+                for name, (_, act) in checked.items()}
 
     def _all_fake_quants(self) -> list[Any]:
         return [fq for entry in self._fake_quants.values() for fq in entry.weights + entry.inputs]

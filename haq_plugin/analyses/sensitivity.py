@@ -20,6 +20,14 @@ Language models (and any search) differ in three ways, each an argument:
 * ``decisions="block"`` or ``"role"``: each decision unit, a group of layers the
   search lowers together (:mod:`haq_plugin.engine.decisions`), is measured as
   one row, which is what the greedy strategy measures before it chooses.
+
+A backend may apply other bits than those asked for: torch.ao's FX mode has one
+observer for a tensor that several layers read (a residual block's input, the
+output of a residual add), and that observer stays at 8 bits while a layer it
+feeds is kept at 8.  Every entry therefore records the bits the backend really
+applied (:meth:`~haq_plugin.api.capabilities.BackendCapabilities.effective_bits`);
+an entry that ran at other bits than its column's is not a measurement of that
+width, and every output marks it instead of showing it as "no drop".
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -132,21 +140,23 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
         placement.place_backend(be)
         eight = {layer.name: (KEPT_BITS, KEPT_BITS) for layer in layers}
         reference = evaluate_policy(be, eight, checked_fn)
+        reference_applied = applied_bits(be, eight)
         rows = []
         with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not progress,
                   dynamic_ncols=True) as bar:
             for u, (name, members) in enumerate(zip(units.names, units.members)):
-                measured: dict[str, dict[int, float]] = {target: {} for target in TARGETS}
+                row = LayerSensitivity(u, name, _describe(layers, members), sum(layer_shares[i] for i in members),
+                                       {}, {}, tuple(layers[i].name for i in members))
                 for slot, target in enumerate(targets):
                     for width in widths:
                         pair = (width, KEPT_BITS) if slot == 0 else (KEPT_BITS, width)
-                        lowered = {layers[i].name: pair for i in members}
-                        measured[target][width] = evaluate_policy(be, {**eight, **lowered}, checked_fn)
+                        asked = {**eight, **{member: pair for member in row.members}}
+                        getattr(row, target)[width] = evaluate_policy(be, asked, checked_fn)
+                        row.record_applied(target, width, asked, applied_bits(be, asked))
                         bar.update(1)
-                    measured[target][KEPT_BITS] = reference
-                rows.append(LayerSensitivity(u, name, _describe(layers, members), sum(layer_shares[i] for i in members),
-                                             measured["weights"], measured["activations"],
-                                             tuple(layers[i].name for i in members)))
+                    getattr(row, target)[KEPT_BITS] = reference
+                    row.record_applied(target, KEPT_BITS, eight, reference_applied)
+                rows.append(row)
         result = SensitivityResult(layers=rows, bits=widths, constraint=constraint, hardware=hw.name, backend=be.name,
                                    eight_bit_accuracy=reference, float_accuracy=float_accuracy(model, checked_fn),
                                    evaluations=total + 1, seconds=time.perf_counter() - start, output_dir=directory,
@@ -154,6 +164,17 @@ def sensitivity(model: nn.Module, example_input: Any, *, hardware: HardwareModel
     if directory is not None:
         result.files = write_sensitivity_outputs(result)
     return result
+
+
+def applied_bits(backend: QuantBackend, bits: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """The (weight, input) bits ``backend`` really applies under ``bits``, layer by layer.
+
+    Asked of :meth:`~haq_plugin.api.capabilities.BackendCapabilities.effective_bits`;
+    a duck-typed backend without it is taken at its word (every layer as asked).
+    """
+    method = getattr(backend, "effective_bits", None)
+    applied = method(bits) if callable(method) else {}
+    return {name: tuple(applied.get(name, pair)) for name, pair in bits.items()}  # type: ignore[misc]
 
 
 def _describe(layers: Sequence[LayerSpec], members: Sequence[int]) -> str:

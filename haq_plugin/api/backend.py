@@ -79,7 +79,7 @@ class QuantBackend(BackendCapabilities, abc.ABC):
     """Base class of every quantization backend.
 
     Capabilities (``quantize_modes``, ``supports_finetune``, ``supports_workers``,
-    ``supports_device``, :meth:`weight_storage_bits`, :meth:`effective_act_bits`) are
+    ``supports_device``, :meth:`weight_storage_bits`, :meth:`effective_act_bits`, :meth:`effective_bits`) are
     declared with defaults in :class:`~haq_plugin.api.capabilities.BackendCapabilities`.
 
     Class attributes: ``name`` (``--backend NAME``), ``description``,

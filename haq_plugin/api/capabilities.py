@@ -21,6 +21,8 @@ capability                   default                             without it, the
                                                                  runs on cpu, with one warning line)
 ``weight_storage_bits()``    ``layer.params * bits``             (the default is the size constraint's cost)
 ``effective_act_bits()``     ``None`` (inputs as the policy)     shows the policy's input bits in the report
+``effective_bits()``         weights as asked, inputs from       takes every width ``sensitivity`` asks for as
+                             ``effective_act_bits()``            measured
 ===========================  ==================================  ==============================================
 
 The core tells a backend its mode once, before ``prepare``, by setting the
@@ -90,3 +92,14 @@ class BackendCapabilities:
         """
         return None
 
+    def effective_bits(self, bits: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        """Layer name -> the (weight, input) bits the quantized model really applies under ``bits``.
+
+        ``haq-plugin sensitivity`` lowers one layer at a time and compares this with
+        what it asked for: an entry the backend ran at other bits (an input observer
+        shared with a layer kept at 8, say) is marked as not measured instead of being
+        shown as "no drop".  The default takes the weights as asked and the inputs from
+        :meth:`effective_act_bits`; override it where weight widths, too, can differ.
+        """
+        inputs = self.effective_act_bits(bits) or {}
+        return {name: (weight, inputs.get(name, act)) for name, (weight, act) in bits.items()}

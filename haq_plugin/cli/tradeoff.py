@@ -228,7 +228,8 @@ def _sensitivity(**p: Any) -> None:
     as for a language model: x 1). Writes sensitivity.csv, sensitivity.png and
     sensitivity.md, with each layer's share of the --constraint cost of the
     uniform 8-bit policy. --decisions block|role lowers each group of layers
-    together, as the greedy strategy measures them.
+    together, as the greedy strategy measures them. An entry the backend ran at
+    other bits (an input observer shared between layers) is marked, not measured.
     """
     from haq_plugin.analyses.sensitivity import parse_bit_list, sensitivity
 
@@ -246,6 +247,17 @@ def _sensitivity(**p: Any) -> None:
 
         click.echo(sensitivity_markdown(result))
         click.echo(f"Outputs in {result.output_dir}/: sensitivity.csv, sensitivity.png, sensitivity.md")
+        _note_other_bits(result)
+
+
+def _note_other_bits(result: Any) -> None:
+    """One stderr line when the backend ran some entries at other bits than asked: those are not measured."""
+    others = result.unmeasured()
+    if others:
+        click.echo(f"note: backend '{result.backend}' ran {len(others)} entries at other bits than their column's "
+                   "(shared input observers, for example); they are not measured at the asked width and are marked "
+                   "(sensitivity.md: \u2020, sensitivity.csv: the 'effective' column, sensitivity.png: hatched).",
+                   err=True)
 
 
 sensitivity_cmd = click.Command(

@@ -182,7 +182,7 @@ def test_sensitivity_per_block_measures_perplexity_rises_weights_only(llm, tmp_p
     assert sum(rise >= 0 for rise in rises) >= 4 and max(rises) > 0.5
     assert sum(row.cost_share for row in result.layers) == pytest.approx(1.0)
     rows = read_csv(tmp_path / "sens" / "sensitivity.csv")
-    assert list(rows[0]) == ["index", "unit", "layers", "cost_share", "w2", "w4", "w8"]
+    assert list(rows[0]) == ["index", "unit", "layers", "cost_share", "w2", "w4", "w8", "effective"]
     assert rows[0]["layers"].split(";") == [f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"]
     assert float(rows[4]["w8"]) == pytest.approx(result.eight_bit_accuracy, abs=1e-4)
     markdown = sensitivity_markdown(result)

@@ -67,7 +67,7 @@ def test_outputs_hold_the_measured_table(measured):
     with open(directory / "sensitivity.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(measured.layers) == 14
-    assert list(rows[0])[3:] == ["w2", "w4", "w8", "a2", "a4", "a8"]
+    assert list(rows[0])[3:] == ["w2", "w4", "w8", "a2", "a4", "a8", "effective"]
     for row, layer in zip(rows, measured.layers):
         assert row["layer"] == layer.name
         assert float(row["w2"]) == pytest.approx(layer.weights[2], abs=1e-4)

@@ -83,6 +83,9 @@ def test_sensitivity_on_your_own_model(tmp_path):
     assert float(rows[0]["w8"]) == float(rows[1]["a8"])
     assert sum(float(r["cost_share"]) for r in rows) == pytest.approx(1.0, abs=1e-5)
     assert "| 0 | `0` |" in proc.stdout and (out / "sensitivity.png").is_file()
+    # Each layer's input has an observer of its own here: every entry ran as asked, and none is marked.
+    assert [r["effective"] for r in rows] == ["", ""] and "\u2020" not in proc.stdout
+    assert "at other bits" not in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
