@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from haq_plugin.api.backend import QuantBackend, batch_inputs
+from haq_plugin.api.inputs import require_one_tensor
 from haq_plugin.engine.device import model_device
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.hookspecs import hookimpl
@@ -111,9 +112,7 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
     def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
                 layers: Sequence[LayerSpec] | None = None) -> None:
         """Copy ``model`` once, convert it to Brevitas quant layers (8 bits) and calibrate it."""
-        if not isinstance(example_input, torch.Tensor):
-            raise HaqError("backend 'brevitas': example_input must be a single tensor (its shape is recorded "
-                           f"in the exported policy), got {type(example_input).__name__}.")
+        require_one_tensor(example_input, self.name, "its policy file records one input shape")
         batches = [batch_inputs(batch) for batch in calibration_data]
         if not batches:
             raise HaqError("backend 'brevitas': calibration_data is empty; give at least one input batch so "

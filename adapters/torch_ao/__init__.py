@@ -77,6 +77,7 @@ from torch.ao.nn.intrinsic import qat as nniqat
 from torch.ao.quantization import FakeQuantize, QConfigMapping
 
 from haq_plugin.api.backend import QuantBackend, batch_inputs, layer_difference
+from haq_plugin.api.inputs import call_model
 from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.api.hookspecs import hookimpl
 from haq_plugin.api.layers import LayerSpec, extract_layers
@@ -308,7 +309,7 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
             fq.enable_fake_quant()
         with torch.no_grad():
             for batch in self._calibration:
-                model(batch_inputs(batch))
+                call_model(model, batch_inputs(batch))
         for fq in self._fake_quants():
             fq.disable_observer()
 

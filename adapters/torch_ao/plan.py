@@ -53,6 +53,7 @@ from torch.ao.quantization import FakeQuantize, QConfig, QConfigMapping
 from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
 from haq_plugin.api.errors import HaqError
+from haq_plugin.api.inputs import as_positional
 
 from haq_plugin.api.quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
 from haq_plugin.adapters.torch_ao.fx_backend import backend_config
@@ -242,7 +243,7 @@ def prepare_probed(model: nn.Module, example_input: Any, layers: list[str], obse
     ``prepare_qat_fx`` leaves ``.qconfig`` attributes on its modules, which a
     later ``prepare_qat_fx`` of the same modules would pick up.
     """
-    example = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    example = as_positional(model, example_input)
     was_training = model.training
     model.train()
     try:

@@ -60,12 +60,13 @@ import copy
 import logging
 from pathlib import Path
 import types
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import fx, nn
 
 from haq_plugin.api.backend import BitMap, QuantBackend, batch_inputs
+from haq_plugin.api.inputs import call_model, input_kind
 from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.api.hookspecs import hookimpl
 from haq_plugin.api.layers import LayerSpec, extract_layers
@@ -164,26 +165,41 @@ def intx_weight_only_takes(shape_key: str) -> bool:
     return not shape_key.startswith("conv") or ":k(1,1):" in shape_key
 
 
-def export_for_quantization(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+def export_for_quantization(model: nn.Module, example_input: Any) -> fx.GraphModule:
     """``torch.export`` of a copy of ``model`` with a dynamic batch dimension, as a graph module.
 
-    A model that ``torch.export`` cannot capture is a :class:`HaqError` naming
-    the construct it failed on.
+    ``example_input`` is one batched tensor, a tuple of them (positional inputs)
+    or a dict (keyword inputs); every tensor's first dimension is the batch.  A
+    model that ``torch.export`` cannot capture is a :class:`HaqError` naming the
+    construct it failed on.
     """
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
-        raise HaqError("backend 'torchao': example_input must be one batched tensor, got "
-                       f"{type(example_input).__name__}.")
-    example = torch.cat([example_input[:1]] * 2)  # a batch of 2: export keeps size-1 dims static
+    args, kwargs = _batch_of_two(example_input)
+    batch = torch.export.Dim("batch")
+    dynamic = ({k: {0: batch} for k in kwargs} if kwargs else tuple({0: batch} for _ in args))
     try:
         with quiet_export():
-            exported = torch.export.export(copy.deepcopy(model).eval(), (example,),
-                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
+            exported = torch.export.export(copy.deepcopy(model).eval(), args, kwargs=kwargs or None,
+                                           dynamic_shapes=dynamic)
     except Exception as exc:  # torch.export raises many types: user errors, unsupported ops, guards
         raise HaqError(f"backend 'torchao': torch.export cannot capture {type(model).__name__}: "
                        f"{one_line(exc)}. PT2E quantization needs an exportable model (no data-dependent "
                        "control flow, no unsupported Python constructs in forward); use --backend torch.ao, "
                        "which falls back to eager mode for such models.") from None
     return exported.module()
+
+
+def _batch_of_two(example_input: Any) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+    """Positional and keyword example inputs, each a batch of 2 (export keeps size-1 dimensions static)."""
+    def doubled(value: Any) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            raise HaqError("backend 'torchao': every example input must be a batched tensor (batch first); "
+                           f"got {input_kind(example_input)} with a {type(value).__name__} in it.")
+        return torch.cat([value[:1]] * 2)
+    if isinstance(example_input, Mapping):
+        return (), {str(key): doubled(value) for key, value in example_input.items()}
+    if isinstance(example_input, (tuple, list)):
+        return tuple(doubled(value) for value in example_input), {}
+    return (doubled(example_input),), {}
 
 
 class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
@@ -266,7 +282,7 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
             fq.enable_fake_quant()
         with torch.no_grad():
             for batch in self._calibration:
-                model(batch)
+                call_model(model, batch)
         for fq in self._all_fake_quants():
             fq.disable_observer()
 

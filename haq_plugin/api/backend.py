@@ -52,6 +52,7 @@ from torch import nn
 from haq_plugin.api.bits import BitPair, check_bit_map
 from haq_plugin.api.capabilities import BackendCapabilities
 from haq_plugin.api.errors import HaqError
+from haq_plugin.api.inputs import call_model
 from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.api.options import Option, resolve_options
 from haq_plugin.api.policy import Policy
@@ -303,7 +304,7 @@ class QuantBackend(BackendCapabilities, abc.ABC):
         try:
             for batch in itertools.islice(itertools.cycle(batches), steps):
                 optimizer.zero_grad()
-                self.loss_fn(model(batch[0]), batch[1]).backward()
+                self.loss_fn(call_model(model, batch[0]), batch[1]).backward()
                 optimizer.step()
         finally:
             model.eval()

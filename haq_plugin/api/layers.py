@@ -19,12 +19,13 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from haq_plugin.api.errors import HaqError
+from haq_plugin.api.inputs import call_model
 
 Pair = tuple[int, int]
 
@@ -218,11 +219,13 @@ def extract_layers(model: nn.Module, example_input: Any) -> list[LayerSpec]:
 
 
 def describe_input(value: Any) -> str:
-    """Shape of a tensor (``1x3x224x224``), or of each tensor in a tuple/list, for messages."""
+    """Shape of a tensor (``1x3x224x224``), or of each tensor in a tuple, list or dict, for messages."""
     if isinstance(value, torch.Tensor):
         return "x".join(map(str, value.shape)) or "scalar"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(describe_input(v) for v in value) + ")"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key}: {describe_input(v)}" for key, v in value.items()) + "}"
     return type(value).__name__
 
 
@@ -251,7 +254,7 @@ def run_forward(model: nn.Module, inputs: Any, what: str, hint: str = DATA_HINT)
     """
     try:
         with torch.no_grad():
-            return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+            return call_model(model, inputs)
     except HaqError:
         raise
     except Exception as exc:

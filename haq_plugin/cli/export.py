@@ -63,7 +63,7 @@ def export_cmd(policy_path: str, backend_name: str, backend_options: tuple[str, 
     if data_spec is not None or model_spec == "demo":
         calibration = load_task_data(data_spec, model_spec, options).calibration_data
     else:
-        calibration = [source.example_input]
+        calibration = [(source.example_input,)]  # a batch whose inputs are the example (one tensor, a tuple or a dict)
     with contained(backend, "prepare"):
         backend.prepare(source.model, source.example_input, calibration, layers=layers)
     with contained(backend, "export"):
