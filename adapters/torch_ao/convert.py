@@ -30,6 +30,7 @@ from __future__ import annotations
 
 __all__ = ["backend_config", "clamp_weight_integers", "convert_in_range", "weight_ranges"]
 
+import logging
 from typing import Any
 
 import torch
@@ -42,6 +43,8 @@ from haq_plugin.adapters.torch_ao.fx_backend import backend_config
 from haq_plugin.adapters.torch_ao.qconfig import fake_quant_range
 from haq_plugin.adapters.torch_ao.quiet import quiet_torch_ao
 from haq_plugin.adapters.torch_ao.reference_weights import snap_reference_weights
+
+LOG = logging.getLogger(__name__)
 
 
 def weight_ranges(qat_model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -95,4 +98,27 @@ def convert_in_range(qat_model: nn.Module, **convert_kwargs: Any) -> fx.GraphMod
     clamp_weight_integers(int_model, ranges)
     snap_reference_weights(int_model)
     hold_grids(int_model, grids)
+    warn_if_kernels_saturate(ranges)
     return int_model
+
+
+def warn_if_kernels_saturate(ranges: dict[str, tuple[int, int]]) -> bool:
+    """Warn (and return True) when this CPU's default integer kernels would not compute what was measured.
+
+    torch's ``x86``/``fbgemm`` engine on a CPU without VNNI (AVX2 only)
+    multiplies unsigned 8-bit inputs by signed 8-bit weights in pairs summed
+    into 16 bits, which saturates for full-range 8-bit inputs and weights
+    (2 x 255 x 127 > 32767): on such a machine the demo's w8/a8 stem cost a
+    post-training model 4 points.  Narrower layers cannot overflow.  The
+    ``onednn`` engine computes exactly, so the warning names it.
+    """
+    engine = torch.backends.quantized.engine
+    if engine not in ("x86", "fbgemm") or "VNNI" in torch.backends.cpu.get_cpu_capability():
+        return False
+    wide = [name for name, (low, high) in ranges.items() if high - low >= 255]
+    if wide:
+        LOG.warning("convert_in_range: torch's '%s' engine on this CPU (%s, no VNNI) can saturate 16-bit sums in "
+                    "the 8-bit layers %s; set torch.backends.quantized.engine = 'onednn' before "
+                    "convert_in_range (weights are packed for the engine then) to compute exactly what was measured.", engine,
+                    torch.backends.cpu.get_cpu_capability(), ", ".join(wide[:4]) + (" ..." if len(wide) > 4 else ""))
+    return bool(wide)

@@ -153,3 +153,21 @@ def test_weight_only_conversion_stores_the_policy_integers(trained, bits, digits
         assert torch.allclose(layer.weight, quantized.dequantize(), atol=1e-7), name  # stored on the grid
     with torch.no_grad():
         assert torch.allclose(int_model(digits["val"]), expected, atol=1e-4)  # what the QAT model computed
+
+
+def test_the_saturation_warning_follows_the_engine_and_the_cpu(caplog):
+    from haq_plugin.adapters.torch_ao.convert import warn_if_kernels_saturate
+
+    ranges = {"stem.0": (-128, 127), "fc": (-8, 7)}
+    vnni = "VNNI" in torch.backends.cpu.get_cpu_capability()
+    engine = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "x86"
+        assert warn_if_kernels_saturate(ranges) is (not vnni)
+        assert warn_if_kernels_saturate({"fc": (-8, 7)}) is False  # a 4-bit layer cannot overflow 16 bits
+        torch.backends.quantized.engine = "onednn"
+        assert warn_if_kernels_saturate(ranges) is False
+    finally:
+        torch.backends.quantized.engine = engine
+    if not vnni:
+        assert "stem.0" in caplog.text and "'onednn' before convert_in_range" in caplog.text
