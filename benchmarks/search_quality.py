@@ -1,8 +1,10 @@
-"""Search quality on the demo: DDPG against random and uniform at equal budgets.
+"""Search quality on the demo: DDPG against greedy, random and uniform at equal budgets.
 
 For each constraint (latency and energy on ``bitfusion``), budget (0.3, 0.5, 0.7
-of the uniform 8-bit cost) and seed, runs the three strategies with the same
-number of evaluated episodes and records the best policy's validation accuracy,
+of the uniform 8-bit cost) and seed, runs the strategies (random and DDPG with
+the same number of evaluated episodes; uniform and the sensitivity-greedy
+strategy are deterministic, one run each, greedy with its own number of
+evaluations) and records the best policy's validation accuracy,
 its test accuracy and its achieved cost.  A budget below the cheapest policy is
 recorded as infeasible with the smallest feasible fraction.
 
@@ -30,7 +32,8 @@ from haq_plugin.engine.search import search
 
 from benchmarks.heldout import held_out_accuracy
 
-STRATEGIES = ("uniform", "random", "ddpg")
+STRATEGIES = ("uniform", "greedy", "random", "ddpg")
+DETERMINISTIC = ("uniform", "greedy")
 
 
 @dataclass
@@ -69,7 +72,7 @@ def run_all(settings: QualitySettings) -> list[Run]:
     for constraint in settings.constraints:
         for budget in settings.budgets:
             for strategy in STRATEGIES:
-                seeds = settings.seeds[:1] if strategy == "uniform" else settings.seeds
+                seeds = settings.seeds[:1] if strategy in DETERMINISTIC else settings.seeds
                 for seed in seeds:
                     runs.append(_one(demo, settings, constraint, budget, strategy, seed))
                     print(_progress_line(runs[-1]), file=sys.stderr, flush=True)
@@ -137,18 +140,19 @@ def verdicts(rows: list[dict]) -> list[str]:
                          "narrow 1x1) never get cheaper than their output traffic, and the first and last layers "
                          "stay at 8 bits.")
             continue
-        d, r, u = (group[s]["accuracy"] for s in ("ddpg", "random", "uniform"))
-        vs_u = "beats" if d > u else ("ties" if d == u else "loses to")
-        vs_r = "beats" if d > r else ("ties" if d == r else "loses to")
-        lines.append(f"- {constraint} {budget}: DDPG {d:.2f}% {vs_u} uniform ({u:.2f}%) and {vs_r} random "
-                     f"({r:.2f}%), medians over seeds.")
+        d, g, r, u = (group[s]["accuracy"] for s in ("ddpg", "greedy", "random", "uniform"))
+
+        def versus(other: float) -> str:
+            return "beats" if d > other else ("ties" if d == other else "loses to")
+        lines.append(f"- {constraint} {budget}: DDPG {d:.2f}% {versus(u)} uniform ({u:.2f}%), {versus(g)} greedy "
+                     f"({g:.2f}%) and {versus(r)} random ({r:.2f}%), medians over seeds.")
     return lines
 
 
 def to_markdown(rows: list[dict], settings: QualitySettings) -> str:
     head = (f"Demo network, hardware `{settings.hardware}`, backend `{settings.backend}`, {settings.episodes} "
             f"evaluated episodes per search (DDPG warmup {settings.warmup}), seeds {list(settings.seeds)} "
-            f"(uniform is deterministic: one run). Accuracy is on the validation split the search optimises; "
+            f"(uniform and greedy are deterministic: one run). Accuracy is on the validation split the search optimises; "
             f"test accuracy of the same policy on the held-out split.\n\n")
     table_rows = []
     for r in rows:
@@ -174,7 +178,7 @@ def plot(runs: list[Run], path: Path) -> Path | None:
         return None
     constraints = sorted({r.constraint for r in runs})
     fig, axes = plt.subplots(1, len(constraints), figsize=(5.5 * len(constraints), 4), squeeze=False)
-    markers = {"uniform": "s", "random": "o", "ddpg": "*"}
+    markers = {"uniform": "s", "greedy": "D", "random": "o", "ddpg": "*"}
     for ax, constraint in zip(axes[0], constraints):
         for strategy in STRATEGIES:
             pts = [(r.cost_fraction, r.accuracy) for r in runs
