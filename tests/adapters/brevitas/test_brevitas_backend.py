@@ -108,7 +108,8 @@ def test_backend_is_registered_through_its_entry_point():
     assert isinstance(backend, BrevitasBackend)
     assert backend.export_filename == "brevitas_policy.json"
     assert backend.supported_bits == (2, 3, 4, 5, 6, 7, 8)
-    assert backend.config == {"act_range": "percentile", "act_percentile": 99.99}
+    assert backend.config == {"act_range": "percentile", "act_percentile": 99.99, "weight_range": "minmax",
+                              "clip_weights": None}
 
 
 def test_bad_options_are_user_errors():
