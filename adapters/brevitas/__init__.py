@@ -42,9 +42,8 @@ from haq_plugin.api.options import Option
 from haq_plugin.api.policy import Policy
 
 from haq_plugin.api.quantize_mode import QuantizeMode
-from haq_plugin.adapters.brevitas.settings import (
-    ACT_RANGES, DEFAULT_WEIGHT_RANGE, LayerQuant, QuantSettings, alias_weight_range)
-from haq_plugin.adapters.common.weight_ranges import WEIGHT_RANGE_HELP, WEIGHT_RANGES
+from haq_plugin.adapters.brevitas.settings import ACT_RANGES, LayerQuant, QuantSettings, alias_weight_range
+from haq_plugin.adapters.common.weight_ranges import DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_HELP, WEIGHT_RANGES
 
 if TYPE_CHECKING:
     from haq_plugin.adapters.brevitas.calibration import InputRangeCache

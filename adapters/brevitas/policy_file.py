@@ -8,9 +8,10 @@ Plain JSON, no pickles.  Schema (``format_version`` 1)::
       "brevitas_version": "0.13.4",
       "example_input_shape": [1, 1, 8, 8],      # input used for the layer fingerprint
       "quantizers": {                             # Brevitas quantizer classes (import paths)
-        "weight": "brevitas.quant.scaled_int.Int8WeightPerChannelFloat",   # or the clipped subclass
-        "weight_range": "minmax",                 # or "mse"; absent in older files (then clip_weights)
-        "clip_weights": false,                    # weight_range == "mse", for older readers
+        "weight": "haq_plugin.adapters.brevitas.clipped_scales.ClippedInt8WeightPerChannelFloat",
+        "weight_range": "mse",                    # or "minmax" (then brevitas.quant.Int8WeightPerChannelFloat);
+                                                  # absent in older files: clip_weights says, else minmax
+        "clip_weights": true,                     # weight_range == "mse", for older readers
         "signed_input": "brevitas.quant.scaled_int.Int8ActPerTensorFloat",
         "unsigned_input": "brevitas.quant.scaled_int.Uint8ActPerTensorFloat",
         "bias": null,                             # biases stay in floating point

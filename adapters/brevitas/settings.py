@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 from haq_plugin.api.errors import HaqError
 from haq_plugin.api.quantize_mode import WEIGHTS_AND_ACTIVATIONS, WEIGHTS_ONLY, check_quantize
-from haq_plugin.adapters.common.weight_ranges import WEIGHT_RANGES
+from haq_plugin.adapters.common.weight_ranges import DEFAULT_WEIGHT_RANGE, WEIGHT_RANGES
 
 ACT_RANGES = ("percentile", "mse")
-#: The backend's ``weight_range`` default (see its option's help for the measurement behind it).
-DEFAULT_WEIGHT_RANGE = "minmax"
 
 
 @dataclass(frozen=True)

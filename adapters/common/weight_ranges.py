@@ -4,8 +4,9 @@ Each backend offers the choice as its ``weight_range`` option
 (:data:`WEIGHT_RANGES`): ``minmax`` spans each output channel's extremes, so
 no weight saturates; ``mse`` clips the range where that lowers the squared
 error.  Brevitas also accepts its older ``clip_weights`` flag as an alias.
-The default of each backend, and why, is in its option's help
-(``benchmarks/weight_range.py`` measures both on the demo and the peer workload).
+Every backend defaults to ``mse``: on the demo both values reach the same
+median searched accuracy, on the peer workload ``mse`` is 3 to 6 points ahead
+(``benchmarks/weight_range_default.py``, ``benchmarks/RESULTS.md`` section 11).
 
 A min-max range spends the few levels of a 2- to 4-bit grid on a channel's
 largest weights, which are rare: most weights then round to zero.  Clipping
@@ -34,9 +35,13 @@ MSE_MAX_BITS = 4
 MSE_MIN_CHANNEL_SIZE = 16
 RATIOS = torch.linspace(0.2, 1.0, 41)
 WEIGHT_RANGES = ("minmax", "mse")
+#: Every per-channel backend's ``weight_range`` default (the measurement is in the module docstring).
+DEFAULT_WEIGHT_RANGE = "mse"
 WEIGHT_RANGE_HELP = ("Per-channel weight ranges: 'minmax' spans each output channel's extremes (no weight "
                      "saturates); 'mse' clips the range to the least squared error at 4 bits or fewer, on "
-                     "channels of 16 or more weights (outliers saturate).")
+                     "channels of 16 or more weights (outliers saturate). mse is the default: it searched as "
+                     "well as minmax on the demo and better on the peer workload (benchmarks/RESULTS.md "
+                     "section 11); use minmax where a layer's few large weights carry its signal.")
 
 
 def bits_of(quant_min: int, quant_max: int) -> int:

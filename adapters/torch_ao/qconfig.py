@@ -47,7 +47,8 @@ from haq_plugin.api.bits import check_width
 from haq_plugin.api.errors import HaqError
 
 from haq_plugin.adapters.common.integer_ranges import act_range, weight_range
-from haq_plugin.adapters.common.weight_ranges import WEIGHT_RANGES, store_clipped_extremes, symmetric_scale
+from haq_plugin.adapters.common.weight_ranges import (
+    DEFAULT_WEIGHT_RANGE, WEIGHT_RANGES, store_clipped_extremes, symmetric_scale)
 
 SUPPORTED_BITS = tuple(range(2, 9))
 BITS_HELP = (
@@ -111,8 +112,6 @@ class MinMaxSymmetricObserver(FullRangeSymmetricObserver):
 
 #: ``weight_range`` option value -> weight observer class.
 WEIGHT_OBSERVERS: dict[str, type] = {"mse": FullRangeSymmetricObserver, "minmax": MinMaxSymmetricObserver}
-#: The backend's ``weight_range`` default (see its option's help for the measurement behind it).
-DEFAULT_WEIGHT_RANGE = "mse"
 
 
 def check_bits(bits: int, what: str) -> int:

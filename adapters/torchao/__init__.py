@@ -23,7 +23,7 @@ Export file (``torchao_quantizer.json``, ``schema_version`` 1)::
       "format": "haq-plugin torchao PT2E quantizer",
       "schema_version": 1,
       "quantize": "weights+activations" | "weights",
-      "weight_range": "minmax" | "mse",                   # absent in older files: minmax
+      "weight_range": "mse" | "minmax",                   # absent in older files: minmax
       "layers": [{"name": "features.0.0", "shape": "conv:...",
                   "weight_bits": 4, "activation_bits": 3,        # null when quantize is "weights"
                   "weight": {"dtype": "int8", "quant_min": -8, "quant_max": 7,
@@ -76,7 +76,7 @@ from haq_plugin.adapters.torchao.quantizer_file import (
 from haq_plugin.api.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, QuantizeMode
 from haq_plugin.adapters.common.integer_ranges import act_range, set_fake_quant_range, weight_range
 from haq_plugin.adapters.torchao.quiet import quiet_export
-from haq_plugin.adapters.common.weight_ranges import WEIGHT_RANGE_HELP, WEIGHT_RANGES
+from haq_plugin.adapters.common.weight_ranges import DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_HELP, WEIGHT_RANGES
 
 if TYPE_CHECKING:
     from torchao.quantization import FqnToConfig
@@ -87,8 +87,6 @@ __all__ = ["TorchaoPt2eBackend", "TorchaoBackend", "load_quantizer", "load_quant
 
 log = logging.getLogger(__name__)
 
-#: The backend's ``weight_range`` default (see its option's help for the measurement behind it).
-DEFAULT_WEIGHT_RANGE = "minmax"
 BITS_HELP = ("The torchao backend quantizes with 2 to 8 bits: weights are held in torch.int8 and inputs in "
              "torch.uint8, and 1 bit has no symmetric signed weight range.")
 

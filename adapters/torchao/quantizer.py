@@ -34,7 +34,7 @@ from haq_plugin.api.bits import layer_differences
 from haq_plugin.api.errors import HaqError
 
 from haq_plugin.adapters.common.integer_ranges import act_range, weight_range
-from haq_plugin.adapters.common.weight_ranges import store_clipped_extremes
+from haq_plugin.adapters.common.weight_ranges import DEFAULT_WEIGHT_RANGE, store_clipped_extremes
 from haq_plugin.adapters.torchao.quiet import quiet_torchao_import
 
 with quiet_torchao_import():
@@ -106,7 +106,7 @@ class SpecFields:
     def activation(cls, bits: int) -> "SpecFields":
         return cls("uint8", *act_range(bits), "per_tensor_affine")
 
-    def spec(self, for_training: bool, ranges: str = "minmax") -> QuantizationSpec:
+    def spec(self, for_training: bool, ranges: str = DEFAULT_WEIGHT_RANGE) -> QuantizationSpec:
         """The torchao spec: fake quantizers for QAT, plain observers for post-training prepare.
 
         ``ranges`` (a ``weight_range``) chooses the observer of a weight spec.
@@ -145,7 +145,7 @@ class LayerBitsQuantizer(Quantizer):
     backend option of that name (``minmax`` or ``mse``).
     """
 
-    def __init__(self, bits: LayerBits, for_training: bool = True, weight_range: str = "minmax") -> None:
+    def __init__(self, bits: LayerBits, for_training: bool = True, weight_range: str = DEFAULT_WEIGHT_RANGE) -> None:
         super().__init__()
         if weight_range not in WEIGHT_OBSERVERS:
             raise HaqError(f"torchao quantizer: weight_range {weight_range!r} is unknown; use one of "

@@ -67,3 +67,8 @@ def test_files_without_the_field_read_as_the_clipped_ranges_they_were_measured_w
     qat = prepare_qat_fx(OutlierNet().train(), load_qconfig_mapping(path, model, EXAMPLE), (EXAMPLE,),
                          backend_config=backend_config())
     assert type(qat.get_submodule("conv").weight_fake_quant.activation_post_process) is WEIGHT_OBSERVERS["mse"]
+
+
+def test_the_default_stays_mse_as_measured():
+    """benchmarks/RESULTS.md section 11: mse searched as well as minmax on the demo and better on the peer workload."""
+    assert TorchAoFxBackend().config["weight_range"] == "mse"

@@ -10,7 +10,7 @@ import torch
 
 from haq_plugin.adapters.torchao import (TorchaoPt2eBackend, export_for_quantization, load_quantize_config,
                                          load_quantizer)
-from haq_plugin.adapters.torchao.quantizer import WEIGHT_OBSERVERS, layer_fake_quants
+from haq_plugin.adapters.torchao.quantizer import WEIGHT_OBSERVERS, LayerBitsQuantizer, layer_fake_quants
 from tests.adapters.outliers import (BITS, CALIBRATION, EXAMPLE, OutlierNet, assert_clipped_range,
                                      assert_minmax_range, assert_refuses_an_unknown_weight_range,
                                      export_policy)
@@ -69,3 +69,8 @@ def test_files_without_the_field_read_as_minmax_and_the_recipe_says_when_it_diff
 
 def test_an_unknown_weight_range_is_refused_with_the_choices():
     assert_refuses_an_unknown_weight_range(TorchaoPt2eBackend)
+
+
+def test_the_default_is_the_measured_mse():
+    """benchmarks/RESULTS.md section 11: mse searched as well as minmax on the demo and better on the peer workload."""
+    assert TorchaoPt2eBackend().config["weight_range"] == LayerBitsQuantizer({}).weight_range == "mse"
