@@ -45,7 +45,8 @@ from haq_plugin.api.options import Option
 from haq_plugin.api.policy import Policy
 
 from haq_plugin.api.quantize_mode import QuantizeMode
-from haq_plugin.adapters.brevitas.settings import ACT_RANGES, LayerQuant, QuantSettings
+from haq_plugin.adapters.brevitas.settings import ACT_RANGES, LayerQuant, QuantSettings, alias_weight_range
+from haq_plugin.adapters.common.weight_ranges import DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_HELP, WEIGHT_RANGES
 
 if TYPE_CHECKING:
     from haq_plugin.adapters.brevitas.calibration import InputRangeCache
@@ -80,8 +81,6 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
     """
 
     name = "brevitas"
-    #: MSE-clipped weight scales at 4 bits or fewer (see ``_brevitas_weight_ranges``); set before prepare.
-    clip_weights = False
     description = ("Brevitas quant layers via layerwise_quantize: per-channel weights, per-tensor signed or "
                    "unsigned inputs, bit widths changed in place")
     export_filename = "brevitas_policy.json"
@@ -94,12 +93,21 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
                     "more accurate at 3-4 bits, several times slower to calibrate)."),
         Option("act_percentile", float, 99.99, check=_check_percentile,
                help="Percentile of the absolute calibration inputs used as range (act_range=percentile)."),
+        Option("weight_range", str, DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_HELP, choices=WEIGHT_RANGES),
+        Option("clip_weights", bool, None, "The older name of weight_range: true is weight_range=mse, false "
+               "minmax (stored as weight_range)."),
     )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        given = self.config["weight_range"] if "weight_range" in options else None
+        # The alias is resolved once, here: the stored config (policy.json, workers) holds weight_range only.
+        self.config["weight_range"] = alias_weight_range(self.config["clip_weights"], given) or \
+            self.config["weight_range"]
+        self.config["clip_weights"] = None
         self._settings = QuantSettings(act_range=self.config["act_range"],
-                                       act_percentile=self.config["act_percentile"])
+                                       act_percentile=self.config["act_percentile"],
+                                       weight_range=self.config["weight_range"])
         self._model: nn.Module | None = None
         self._handles: dict[str, LayerHandles] = {}
         self._signs: dict[str, bool] = {}
@@ -107,6 +115,15 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         self._calibration: list[Any] = []
         self._example_shape: tuple[int, ...] = ()
         self._ranges: InputRangeCache | None = None
+
+    @property
+    def clip_weights(self) -> bool:
+        """Whether weight ranges are MSE-clipped: the older name of option ``weight_range`` (set before prepare)."""
+        return self.config["weight_range"] == "mse"
+
+    @clip_weights.setter
+    def clip_weights(self, value: bool) -> None:
+        self.config["weight_range"] = alias_weight_range(bool(value), None)
 
     # -- search loop ----------------------------------------------------------------------
     def prepare(self, model: nn.Module, example_input: torch.Tensor, calibration_data: Iterable[Any],
@@ -123,7 +140,7 @@ class BrevitasBackend(QuantizeMode, QuantBackend):
         names = [layer.name for layer in self.use_layers(model, example_input, layers)]
         qmodel = copy.deepcopy(model)
         self._settings = dataclasses.replace(self._settings, quantize=self.quantize,
-                                             clip_weights=self.clip_weights)
+                                             weight_range=self.config["weight_range"])
         self._signs = detect_input_signs(qmodel, names, batches)
         self._bits = {name: (8, 8) for name in names}
         quantize_layers(qmodel, self._plan(), self._settings)

@@ -8,7 +8,10 @@ Plain JSON, no pickles.  Schema (``format_version`` 1)::
       "brevitas_version": "0.13.4",
       "example_input_shape": [1, 1, 8, 8],      # input used for the layer fingerprint
       "quantizers": {                             # Brevitas quantizer classes (import paths)
-        "weight": "brevitas.quant.scaled_int.Int8WeightPerChannelFloat",
+        "weight": "haq_plugin.adapters.brevitas.clipped_scales.ClippedInt8WeightPerChannelFloat",
+        "weight_range": "mse",                    # or "minmax" (then brevitas.quant.Int8WeightPerChannelFloat);
+                                                  # absent in older files: clip_weights says, else minmax
+        "clip_weights": true,                     # weight_range == "mse", for older readers
         "signed_input": "brevitas.quant.scaled_int.Int8ActPerTensorFloat",
         "unsigned_input": "brevitas.quant.scaled_int.Uint8ActPerTensorFloat",
         "bias": null,                             # biases stay in floating point
@@ -43,7 +46,7 @@ from haq_plugin.storage.files import read_json, require_fields, write_text_atomi
 from haq_plugin.api.policy import Policy
 
 from haq_plugin.adapters.brevitas.quantizers import QUANT_LAYER_CLASSES, input_quant, weight_quant
-from haq_plugin.adapters.brevitas.settings import LayerQuant, QuantSettings
+from haq_plugin.adapters.brevitas.settings import LayerQuant, QuantSettings, alias_weight_range
 
 FORMAT = "haq_plugin.brevitas_policy"
 FORMAT_VERSION = 1
@@ -74,7 +77,8 @@ def policy_file_dict(policy: Policy, plan: Mapping[str, LayerQuant], settings: Q
         "format_version": FORMAT_VERSION,
         "brevitas_version": brevitas.__version__,
         "example_input_shape": [int(s) for s in example_input_shape],
-        "quantizers": {"weight": _class_path(weight_quant(settings)), "clip_weights": settings.clip_weights,
+        "quantizers": {"weight": _class_path(weight_quant(settings)), "weight_range": settings.weight_range,
+                       "clip_weights": settings.clip_weights,
                        "signed_input": _class_path(input_quant(settings, signed=True)),
                        "unsigned_input": _class_path(input_quant(settings, signed=False)),
                        "bias": None, "act_range": settings.act_range, "act_percentile": settings.act_percentile,
@@ -116,9 +120,17 @@ def _read_settings(path: Path, quantizers: Any) -> QuantSettings:
     try:
         return QuantSettings(act_range=quantizers["act_range"], act_percentile=float(percentile),
                              quantize=quantizers.get("quantize", QuantSettings.quantize),
-                             clip_weights=quantizers.get("clip_weights") is True)
+                             weight_range=_stored_weight_range(quantizers))
     except HaqError as exc:
         raise HaqError(f"{path}: field 'quantizers': {exc}") from None
+
+
+def _stored_weight_range(quantizers: Mapping[str, Any]) -> str:
+    """``weight_range``, or what an older file's ``clip_weights`` says (minmax when it says nothing)."""
+    clip = quantizers.get("clip_weights")
+    if clip is not None and not isinstance(clip, bool):
+        raise HaqError(f"'clip_weights' must be true or false, got {clip!r}.")
+    return alias_weight_range(clip, quantizers.get("weight_range")) or "minmax"
 
 
 def _read_layers(path: Path, entries: Any, policy: Policy) -> dict[str, LayerQuant]:

@@ -10,7 +10,7 @@ Quantizers (all stock Brevitas 0.13):
 * weights: ``Int8WeightPerChannelFloat`` with ``weight_bit_width`` overridden:
   signed, narrow range (``2**w - 1`` levels), one float scale per output
   channel, computed from the weights' absolute maximum at every forward pass;
-  with ``clip_weights``, MSE-clipped at 4 bits or fewer (subclass
+  with ``weight_range="mse"`` (alias ``clip_weights``), MSE-clipped at 4 bits or fewer (subclass
   ``ClippedInt8WeightPerChannelFloat``, :mod:`haq_plugin.adapters.brevitas.clipped_scales`);
 * layer inputs: ``Uint8ActPerTensorFloat`` where every calibration input of the
   layer was non-negative (after ReLU/ReLU6, or a non-negative network input),
@@ -76,7 +76,7 @@ INPUT_QUANTS = {  # act_range -> (signed, unsigned) input quantizer
 
 
 def weight_quant(settings: QuantSettings) -> type:
-    """The Brevitas weight quantizer of ``settings`` (MSE-clipped scales when ``clip_weights``)."""
+    """The Brevitas weight quantizer of ``settings`` (MSE-clipped scales when ``weight_range`` is ``mse``)."""
     return CLIPPED_WEIGHT_QUANT if settings.clip_weights else WEIGHT_QUANT
 
 

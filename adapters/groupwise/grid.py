@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from haq_plugin.adapters.common.weight_ranges import WEIGHT_RANGES  # noqa: F401 (the values every backend accepts)
+
 GROUP_SIZES = (0, 16, 32, 64, 128, 256)
 ZERO_POINTS = ("float", "integer")
-WEIGHT_RANGES = ("minmax", "mse")
 CLIP_RATIOS = tuple(1.0 - 0.05 * k for k in range(10))  # 1.0, 0.95, ..., 0.55
 SCALE_BITS = 32  # a float16 scale and a float16 zero point (or minimum) per group
 _SMALLEST_SCALE = 2.0 ** -24  # float16's smallest subnormal: a constant group keeps a usable scale

@@ -28,32 +28,10 @@ statistics; ``calibrate`` observes the calibration batches and freezes the
 ranges; ``finetune`` trains a few steps and the next ``set_policy`` restores
 the weights of ``prepare``, so episodes stay independent.
 
-Export file (``qconfig_mapping.json``, ``schema_version`` 1)::
-
-    {
-      "format": "haq-plugin torch.ao QConfigMapping",
-      "schema_version": 1,
-      "mode": "fx" | "eager",
-      "graph": "traced" | "assumed-chain" | "eager",
-      "layers": [{"name": "features.0.0", "shape": "conv:...", "weight_bits": 8,
-                  "activation_bits": 8, "effective_activation_bits": 8}, ...],
-      "shared_activation_observers": [["features.0.0", "features.1.conv.0.0"], ...],
-      "qconfig_mapping": {
-        "global": QCONFIG,
-        "module_name": [{"name": "features.0.0", "qconfig": QCONFIG}, ...],
-        "module_name_object_type_order": [{"module_name": "features.1", "object_type": "_operator.add",
-                                           "index": 0, "qconfig": QCONFIG}, ...]
-      }
-    }
-
-where ``QCONFIG`` is ``{"activation": CTOR, "weight": CTOR}`` and ``CTOR`` is
-described in :mod:`haq_plugin.adapters.torch_ao.mapping_json`.  ``graph`` says how
-the producers were found: ``traced`` from the model (exact); ``assumed-chain``
-when the policy was exported without its model (each layer is assumed to read
-the previous layer's output; give the model to :func:`load_qconfig_mapping` to
-rebuild it exactly); ``eager`` for eager mode, where each entry's activation
-describes the layer's *input* and the file is applied with
-:func:`prepare_qat_eager`.
+The export file, ``qconfig_mapping.json``, is described in
+:mod:`haq_plugin.adapters.torch_ao.mapping_file`.  Option ``weight_range``
+(``mse`` or ``minmax``) chooses the weight observer
+(:mod:`haq_plugin.adapters.torch_ao.qconfig`); the file records it.
 
 Apply an exported policy with :func:`backend_config` and :func:`convert_in_range` (see their docs)::
 
@@ -82,15 +60,18 @@ from haq_plugin.api.errors import HaqError, one_line
 from haq_plugin.api.hookspecs import hookimpl
 from haq_plugin.api.layers import LayerSpec, extract_layers
 from haq_plugin.api.options import Option
-from haq_plugin.storage.files import read_versioned_json, write_text_atomic
+from haq_plugin.storage.files import write_text_atomic
 from haq_plugin.api.policy import Policy, check_layer_shapes, fingerprint
 
 from haq_plugin.adapters.torch_ao.eager import eager_handles, prepare_qat_eager
-from haq_plugin.adapters.torch_ao.mapping_json import mapping_from_json, mapping_to_json
+from haq_plugin.adapters.torch_ao.mapping_file import (
+    export_document, read_export, stored_observer, stored_weight_range)
+from haq_plugin.adapters.torch_ao.mapping_json import mapping_from_json
 from haq_plugin.adapters.torch_ao.match import warn_unmatched_layers
 from haq_plugin.adapters.torch_ao.plan import ActivationPlan, OwnerKey, check_traceable, prepare_probed
 from haq_plugin.adapters.common.integer_ranges import act_range, set_fake_quant_range, weight_range
-from haq_plugin.adapters.torch_ao.qconfig import ACT_OBSERVERS, BITS_HELP, SUPPORTED_BITS
+from haq_plugin.adapters.torch_ao.qconfig import ACT_OBSERVERS, BITS_HELP, DEFAULT_WEIGHT_RANGE, SUPPORTED_BITS
+from haq_plugin.adapters.common.weight_ranges import WEIGHT_RANGE_HELP, WEIGHT_RANGES
 from haq_plugin.adapters.torch_ao.convert import backend_config, convert_in_range
 from haq_plugin.api.quantize_mode import QUANTIZE_MODES, QuantizeMode, check_quantize
 
@@ -99,8 +80,6 @@ __all__ = ["TorchAoFxBackend", "TorchAoBackend", "backend_config", "convert_in_r
 
 log = logging.getLogger(__name__)
 
-FORMAT = "haq-plugin torch.ao QConfigMapping"
-SCHEMA_VERSION = 1
 BitMap = Mapping[str, tuple[int, int]]
 
 
@@ -118,12 +97,14 @@ def _layer_names(model: nn.Module, example_input: Any) -> list[str]:
 
 
 def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, act_observer: str = "minmax",
-                        other_act_bits: int = 8, quantize: str = QUANTIZE_MODES[0]) -> QConfigMapping:
+                        other_act_bits: int = 8, quantize: str = QUANTIZE_MODES[0],
+                        weight_range: str = DEFAULT_WEIGHT_RANGE) -> QConfigMapping:
     """The QConfigMapping that makes ``prepare_qat_fx(model, mapping, ...)`` apply ``bits``.
 
     ``bits`` maps layer name -> (weight_bits, activation_bits of the layer's
-    input).  A copy of the model is traced once to find which QConfig builds
-    the observer in front of each layer; ``model`` itself is left as it was.
+    input); ``weight_range`` is the backend option of that name.  A copy of
+    the model is traced once to find which QConfig builds the observer in
+    front of each layer; ``model`` itself is left as it was.
     """
     layers = _layer_names(model, example_input)
     checked = checked_bits(bits, layers)
@@ -133,7 +114,8 @@ def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, a
         raise HaqError(f"torch.fx cannot trace {type(model).__name__} ({one_line(exc)}), so no FX "
                        "QConfigMapping applies; use the torch.ao backend's eager mode and prepare_qat_eager.") from None
     # prepare_qat_fx writes .qconfig attributes into the modules it is given: trace a copy.
-    _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, layers, act_observer, other_act_bits)
+    _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, layers, act_observer, other_act_bits,
+                                weight_range)
     plan.quantize = check_quantize(quantize, "qconfig_mapping_for")
     return plan.mapping(checked)
 
@@ -153,7 +135,7 @@ def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
     model nothing can be checked: ``prepare_qat_fx`` ignores unknown names, and
     a renamed layer silently gets the global 8-bit QConfig.
     """
-    data = _read_export(Path(path))
+    data = read_export(Path(path))
     if model is not None and example_input is not None:
         stored = {str(entry["name"]): str(entry.get("shape", "")) for entry in data["layers"]}
         check_layer_shapes(stored, extract_layers(model, example_input))
@@ -163,25 +145,10 @@ def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
             warn_unmatched_layers(mapping, model, path)
         return mapping
     bits = {entry["name"]: (int(entry["weight_bits"]), int(entry["activation_bits"])) for entry in data["layers"]}
-    observer = _stored_observer(data)
-    return qconfig_mapping_for(bits, model, example_input, act_observer=observer,
+    return qconfig_mapping_for(bits, model, example_input, act_observer=stored_observer(data),
                                other_act_bits=int(data.get("other_activation_bits", 8)),
-                               quantize=data.get("quantize", QUANTIZE_MODES[0]))
-
-
-def _stored_observer(data: Mapping[str, Any]) -> str:
-    observer = data.get("activation_observer", "minmax")
-    if observer not in ACT_OBSERVERS:
-        raise HaqError(f"qconfig mapping file: activation_observer {observer!r} is unknown.")
-    return observer
-
-
-def _read_export(path: Path) -> dict[str, Any]:
-    data = read_versioned_json(path, "QConfigMapping file", "torch.ao QConfigMapping file", FORMAT, SCHEMA_VERSION)
-    for key in ("mode", "layers", "qconfig_mapping"):
-        if key not in data:
-            raise HaqError(f"{path}: field '{key}' is missing.")
-    return data
+                               quantize=data.get("quantize", QUANTIZE_MODES[0]),
+                               weight_range=stored_weight_range(data))
 
 
 def _bits_problem(bits: Any, names: Sequence[str]) -> str:
@@ -212,6 +179,7 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
                "batches) or moving_average.", choices=tuple(ACT_OBSERVERS)),
         Option("other_act_bits", int, 8, "Bits of activation observers that feed no quantizable layer "
                "(e.g. a residual branch before its add, the network output).", check=_check_other_bits),
+        Option("weight_range", str, DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_HELP, choices=WEIGHT_RANGES),
     )
 
     def __init__(self, **options: Any) -> None:
@@ -230,13 +198,15 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
         work = copy.deepcopy(model)
         if self._use_fx(work):
             self._model, self._plan, handles = prepare_probed(
-                work, example_input, names, self.config["act_observer"], self.config["other_act_bits"])
+                work, example_input, names, self.config["act_observer"], self.config["other_act_bits"],
+                self.config["weight_range"])
             self._weight_fqs, self._act_fqs = handles.weights, handles.activations
             for group in self._plan.shared():
                 log.info("torch.ao: the inputs of layers %s are quantized by observers of one QConfig; they "
                          "share the smallest of their activation bit widths.", ", ".join(group))
         else:
             self._plan = ActivationPlan.eager(names, self.config["act_observer"], self.config["other_act_bits"])
+            self._plan.weight_range = self.config["weight_range"]
             uniform = {name: (8, 8) for name in names}
             self._model = prepare_qat_eager(work, self._plan.mapping(uniform), inplace=True)
             self._weight_fqs, inputs = eager_handles(self._model, names)
@@ -346,33 +316,13 @@ class TorchAoFxBackend(QuantizeMode, QuantBackend):
             plan, graph = self._plan, ("eager" if self._plan.mode == "eager" else "traced")
         else:
             plan = ActivationPlan.chain(list(bits), self.config["act_observer"], self.config["other_act_bits"])
-            plan.quantize, graph = self.quantize, "assumed-chain"
+            plan.quantize, plan.weight_range, graph = self.quantize, self.config["weight_range"], "assumed-chain"
             log.warning("torch.ao: exporting without the model, so each layer is assumed to read the previous "
                         "layer's output; pass the model to load_qconfig_mapping(path, model, example_input) to "
                         "rebuild the mapping exactly.")
         checked = self.check_bits(bits, plan.layers)
         data = export_document(plan, checked, shapes, graph)
         return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def export_document(plan: ActivationPlan, bits: BitMap, shapes: Mapping[str, str], graph: str) -> dict[str, Any]:
-    """The JSON document of the module docstring for ``plan`` and ``bits``."""
-    mapping = plan.mapping(bits)
-    effective = plan.effective_act_bits(bits)
-    return {
-        "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "mode": plan.mode,
-        "graph": graph,
-        "activation_observer": plan.observer,
-        "other_activation_bits": plan.other_act_bits,
-        "quantize": plan.quantize,
-        "layers": [{"name": name, "shape": shapes.get(name, ""), "weight_bits": bits[name][0],
-                    "activation_bits": bits[name][1], "effective_activation_bits": effective[name]}
-                   for name in plan.layers],
-        "shared_activation_observers": plan.shared(),
-        "qconfig_mapping": mapping_to_json(mapping),
-    }
 
 
 #: The class's name before the adapters became one package each (kept for existing imports).

@@ -59,8 +59,8 @@ from haq_plugin.api.quantize_mode import QUANTIZE_MODES, WEIGHTS_ONLY
 from haq_plugin.adapters.torch_ao.fx_backend import backend_config
 from haq_plugin.adapters.common.integer_ranges import act_range
 from haq_plugin.adapters.torch_ao.qconfig import (
-    ACT_OBSERVERS, disable_fake_quants, leave_weights_unclamped, make_qconfig, weight_fake_quant,
-    weight_only_qconfig)
+    ACT_OBSERVERS, DEFAULT_WEIGHT_RANGE, disable_fake_quants, leave_weights_unclamped, make_qconfig,
+    weight_fake_quant, weight_only_qconfig)
 from haq_plugin.adapters.torch_ao.quiet import quiet_torch_ao
 
 BitMap = Mapping[str, tuple[int, int]]
@@ -117,6 +117,7 @@ class ActivationPlan:
     observer: str = "minmax"
     mode: str = "fx"
     quantize: str = QUANTIZE_MODES[0]
+    weight_range: str = DEFAULT_WEIGHT_RANGE
 
     def act_bits_by_key(self, bits: BitMap) -> dict[OwnerKey, int]:
         """Activation bits of each entry: the smallest of the layers it feeds (8 if one of them keeps 8
@@ -145,21 +146,24 @@ class ActivationPlan:
         if self.mode == "eager":
             mapping = QConfigMapping()
             for layer in self.layers:
-                mapping.set_module_name(layer, make_qconfig(bits[layer][0], bits[layer][1], self.observer))
+                mapping.set_module_name(layer, self._qconfig(bits[layer][0], bits[layer][1]))
             return mapping
         by_key = self.act_bits_by_key(bits)
         act_of = lambda key: by_key.get(key, self.other_act_bits)  # noqa: E731
-        mapping = QConfigMapping().set_global(make_qconfig(PROBE_BITS, act_of(GLOBAL), self.observer))
+        mapping = QConfigMapping().set_global(self._qconfig(PROBE_BITS, act_of(GLOBAL)))
         for layer in self.layers:
             key = OwnerKey("module_name", layer)
-            mapping.set_module_name(layer, make_qconfig(bits[layer][0], act_of(key), self.observer))
+            mapping.set_module_name(layer, self._qconfig(bits[layer][0], act_of(key)))
         for key in self.owners:
-            qconfig = make_qconfig(PROBE_BITS, act_of(key), self.observer)
+            qconfig = self._qconfig(PROBE_BITS, act_of(key))
             if key.kind == "module_name" and key.module_name not in bits:
                 mapping.set_module_name(key.module_name, qconfig)
             elif key.kind == "module_name_object_type_order":
                 mapping.set_module_name_object_type_order(key.module_name, key.object_type, key.index, qconfig)
         return mapping
+
+    def _qconfig(self, weight_bits: int, act_bits: int) -> QConfig:
+        return make_qconfig(weight_bits, act_bits, self.observer, self.weight_range)
 
     def apply_quantize(self, quantize: str, activations: list[tuple[FakeQuantize, OwnerKey]]
                        ) -> list[tuple[FakeQuantize, OwnerKey]]:
@@ -174,7 +178,7 @@ class ActivationPlan:
         """Only the layers have a QConfig, with float activations: nothing else is observed."""
         mapping = QConfigMapping()
         for layer in self.layers:
-            mapping.set_module_name(layer, weight_only_qconfig(bits[layer][0]))
+            mapping.set_module_name(layer, weight_only_qconfig(bits[layer][0], self.weight_range))
         return mapping
 
     @classmethod
@@ -218,9 +222,9 @@ def _owned_act(owner: str, observer: str) -> Any:
                                        dtype=torch.quint8, qscheme=torch.per_tensor_affine, owner=owner)
 
 
-def probe_mapping(model: nn.Module, observer: str) -> QConfigMapping:
+def probe_mapping(model: nn.Module, observer: str, weight_range: str = DEFAULT_WEIGHT_RANGE) -> QConfigMapping:
     """A mapping with one named, 8-bit QConfig per module (and one global)."""
-    weight = weight_fake_quant(PROBE_BITS)
+    weight = weight_fake_quant(PROBE_BITS, weight_range)
     mapping = QConfigMapping().set_global(QConfig(activation=_owned_act("", observer), weight=weight))
     for name, _ in model.named_modules():
         if name:
@@ -236,7 +240,8 @@ def check_traceable(model: nn.Module) -> None:
 
 
 def prepare_probed(model: nn.Module, example_input: Any, layers: list[str], observer: str = "minmax",
-                   other_act_bits: int = 8) -> tuple[fx.GraphModule, ActivationPlan, FxHandles]:
+                   other_act_bits: int = 8, weight_range: str = DEFAULT_WEIGHT_RANGE
+                   ) -> tuple[fx.GraphModule, ActivationPlan, FxHandles]:
     """``prepare_qat_fx`` with the probe mapping, and the plan read from the result.
 
     Pass a copy: the prepared model shares the parameters of ``model``, and
@@ -248,11 +253,12 @@ def prepare_probed(model: nn.Module, example_input: Any, layers: list[str], obse
     model.train()
     try:
         with quiet_torch_ao():
-            prepared = prepare_qat_fx(model, probe_mapping(model, observer), example,
+            prepared = prepare_qat_fx(model, probe_mapping(model, observer, weight_range), example,
                                       backend_config=backend_config())
     finally:
         model.train(was_training)
     plan, handles = _read_plan(prepared, layers, observer, other_act_bits)
+    plan.weight_range = weight_range
     return prepared, plan, handles
 
 

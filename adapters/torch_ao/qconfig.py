@@ -12,7 +12,9 @@ A signed activation type would not do: torch.ao's default backend config only
 accepts ``quint8`` activations and silently leaves a layer with a ``qint8``
 activation QConfig in floating point.
 
-The weight observer is :class:`FullRangeSymmetricObserver`, a
+The weight observer is :class:`FullRangeSymmetricObserver` (option
+``weight_range=mse``: MSE-clipped ranges at low bits) or its subclass
+:class:`MinMaxSymmetricObserver` (``weight_range=minmax``), a
 ``PerChannelMinMaxObserver`` with one change: torch's symmetric formula
 ``scale = max|w| / ((quant_max - quant_min) / 2)`` maps the largest positive
 weight to ``quant_max + 1/2``.  Fake quantization clamps that to ``quant_max``,
@@ -45,7 +47,8 @@ from haq_plugin.api.bits import check_width
 from haq_plugin.api.errors import HaqError
 
 from haq_plugin.adapters.common.integer_ranges import act_range, weight_range
-from haq_plugin.adapters.common.weight_ranges import clips, mse_clip_ratios, symmetric_scale
+from haq_plugin.adapters.common.weight_ranges import (
+    DEFAULT_WEIGHT_RANGE, WEIGHT_RANGES, store_clipped_extremes, symmetric_scale)
 
 SUPPORTED_BITS = tuple(range(2, 9))
 BITS_HELP = (
@@ -69,9 +72,12 @@ class FullRangeSymmetricObserver(PerChannelMinMaxObserver):
     """
 
     clamp_weights: bool = True
+    #: Whether low-bit ranges are MSE-clipped; the class, not an argument, says so, so that the
+    #: exported QConfigMapping (which names the observer class) reproduces the choice.
+    mse_clip: bool = True
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
-        """Min-max statistics, or at low bits an MSE-clipped range (see :mod:`._weight_ranges`).
+        """Min-max statistics, or at low bits with ``mse_clip`` an MSE-clipped range (see ``weight_ranges``).
 
         A clipped range saturates the outlying weights.  Fake quantization
         clamps them anyway; with ``clamp_weights`` (the default) they are also
@@ -80,12 +86,8 @@ class FullRangeSymmetricObserver(PerChannelMinMaxObserver):
         the policy's.  The search backend turns this off on its own model, so
         that no episode changes the weights the next one starts from.
         """
-        if not clips(x_orig, int(self.quant_min), int(self.quant_max), self.ch_axis):
+        if not self.mse_clip or not store_clipped_extremes(self, x_orig):
             return super().forward(x_orig)
-        ratio = mse_clip_ratios(x_orig, int(self.quant_min), int(self.quant_max), self.ch_axis)
-        rows = x_orig.detach().transpose(0, self.ch_axis).reshape(x_orig.shape[self.ch_axis], -1)
-        self.min_val.resize_(ratio.shape).copy_(rows.amin(1) * ratio)
-        self.max_val.resize_(ratio.shape).copy_(rows.amax(1) * ratio)
         scale, _ = self.calculate_qparams()
         shape = [1] * x_orig.dim()
         shape[self.ch_axis] = -1
@@ -102,6 +104,16 @@ class FullRangeSymmetricObserver(PerChannelMinMaxObserver):
         return scale, torch.zeros(scale.shape, dtype=torch.int64, device=scale.device)
 
 
+class MinMaxSymmetricObserver(FullRangeSymmetricObserver):
+    """:class:`FullRangeSymmetricObserver` without clipping: every channel spans its smallest and largest weight."""
+
+    mse_clip = False
+
+
+#: ``weight_range`` option value -> weight observer class.
+WEIGHT_OBSERVERS: dict[str, type] = {"mse": FullRangeSymmetricObserver, "minmax": MinMaxSymmetricObserver}
+
+
 def check_bits(bits: int, what: str) -> int:
     """``bits`` as an int, or a :class:`HaqError` saying what is supported."""
     try:
@@ -110,10 +122,12 @@ def check_bits(bits: int, what: str) -> int:
         raise HaqError(f"torch.ao backend: {exc} {BITS_HELP}") from None
 
 
-def weight_fake_quant(bits: int) -> Any:
-    """Constructor of a per-output-channel symmetric weight fake-quantizer."""
+def weight_fake_quant(bits: int, ranges: str = DEFAULT_WEIGHT_RANGE) -> Any:
+    """Constructor of a per-output-channel symmetric weight fake-quantizer (``ranges``: a ``weight_range``)."""
     lo, hi = weight_range(check_bits(bits, "a weight bit width"))
-    return FakeQuantize.with_args(observer=FullRangeSymmetricObserver, quant_min=lo, quant_max=hi,
+    if ranges not in WEIGHT_OBSERVERS:
+        raise HaqError(f"torch.ao backend: weight_range {ranges!r} is unknown; use one of {', '.join(WEIGHT_RANGES)}.")
+    return FakeQuantize.with_args(observer=WEIGHT_OBSERVERS[ranges], quant_min=lo, quant_max=hi,
                                   dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
 
 
@@ -127,19 +141,20 @@ def act_fake_quant(bits: int, observer: str = "minmax") -> Any:
                                   dtype=torch.quint8, qscheme=torch.per_tensor_affine)
 
 
-def make_qconfig(weight_bits: int, act_bits: int, observer: str = "minmax") -> QConfig:
-    """One QConfig: weights at ``weight_bits``, the activation it observes at ``act_bits``."""
-    return QConfig(activation=act_fake_quant(act_bits, observer), weight=weight_fake_quant(weight_bits))
+def make_qconfig(weight_bits: int, act_bits: int, observer: str = "minmax",
+                 ranges: str = DEFAULT_WEIGHT_RANGE) -> QConfig:
+    """One QConfig: weights at ``weight_bits`` with ``ranges``, the activation it observes at ``act_bits``."""
+    return QConfig(activation=act_fake_quant(act_bits, observer), weight=weight_fake_quant(weight_bits, ranges))
 
 
-def weight_only_qconfig(weight_bits: int) -> QConfig:
+def weight_only_qconfig(weight_bits: int, ranges: str = DEFAULT_WEIGHT_RANGE) -> QConfig:
     """Weights at ``weight_bits``, activations left in floating point (a float ``PlaceholderObserver``).
 
     torch's native backend config has no float-activation, int8-weight Conv or
     Linear, so apply it with :func:`~haq_plugin.adapters.torch_ao.fx_backend.backend_config`.
     """
     return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.float32),
-                   weight=weight_fake_quant(weight_bits))
+                   weight=weight_fake_quant(weight_bits, ranges))
 
 
 def disable_fake_quants(fqs: list[tuple[FakeQuantize, Any]]) -> list[tuple[FakeQuantize, Any]]:

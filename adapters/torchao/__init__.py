@@ -27,6 +27,7 @@ Export file (``torchao_quantizer.json``, ``schema_version`` 1)::
       "format": "haq-plugin torchao PT2E quantizer",
       "schema_version": 1,
       "quantize": "weights+activations" | "weights",
+      "weight_range": "mse" | "minmax",                   # absent in older files: minmax
       "layers": [{"name": "features.0.0", "shape": "conv:...",
                   "weight_bits": 4, "activation_bits": 3,        # null when quantize is "weights"
                   "weight": {"dtype": "int8", "quant_min": -8, "quant_max": 7,
@@ -36,7 +37,9 @@ Export file (``torchao_quantizer.json``, ``schema_version`` 1)::
     }
 
 ``weight``/``activation`` spell out the torchao ``QuantizationSpec`` each
-layer gets; the loader reads the bits and rebuilds the specs from them.
+layer gets; the loader reads the bits and rebuilds the specs from them, with
+the weight observer of ``weight_range`` (option ``weight_range``: each
+channel's min-max, or MSE-clipped at 4 bits or fewer).
 
 Apply an exported policy in your own training script (quantization-aware)::
 
@@ -78,6 +81,7 @@ from haq_plugin.adapters.torchao.quantizer_file import (
 from haq_plugin.api.quantize_mode import QUANTIZE_MODES, WEIGHTS_AND_ACTIVATIONS, QuantizeMode
 from haq_plugin.adapters.common.integer_ranges import act_range, set_fake_quant_range, weight_range
 from haq_plugin.adapters.torchao.quiet import quiet_export
+from haq_plugin.adapters.common.weight_ranges import DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_HELP, WEIGHT_RANGES
 
 if TYPE_CHECKING:
     from torchao.quantization import FqnToConfig
@@ -117,7 +121,7 @@ def load_quantizer(path: str | Path, for_training: bool = True, *, model: nn.Mod
     """
     contents = read_quantizer_file(path)
     check_model_layers(contents, model, example_input)
-    return pt2e().LayerBitsQuantizer(contents.bits, for_training=for_training)
+    return pt2e().LayerBitsQuantizer(contents.bits, for_training=for_training, weight_range=contents.weight_range)
 
 
 def load_quantize_config(path: str | Path, *, model: nn.Module | None = None,
@@ -142,6 +146,9 @@ def load_quantize_config(path: str | Path, *, model: nn.Module | None = None,
         takes = intx_weight_only_takes(contents.shapes[name])
         configs[name] = ao.IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{weight_bits}"),
                                                 granularity=ao.PerAxis(0)) if takes else None
+    if contents.weight_range != "minmax":
+        log.warning("torchao: IntxWeightOnlyConfig takes each channel's min-max range, while this policy was measured "
+                    "with weight_range=%s; load_quantizer(path) reproduces the measured ranges.", contents.weight_range)
     skipped = [name for name, config in configs.items() if config is None]
     if skipped:
         log.warning("torchao: IntxWeightOnlyConfig cannot quantize convolutions with kernels larger than 1x1 per "
@@ -215,6 +222,7 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
         Option("quantize", str, WEIGHTS_AND_ACTIVATIONS, choices=QUANTIZE_MODES,
                help="What is quantized: weights and layer inputs, or weights only (inputs stay float and the "
                     "activation bits of a policy are ignored)."),
+        Option("weight_range", str, DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_HELP, choices=WEIGHT_RANGES),
     )
 
     def __init__(self, **options: Any) -> None:
@@ -234,7 +242,8 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
             raise HaqError("backend 'torchao': calibration_data is empty; give at least one input batch.")
         act_bits = None if self.weights_only else 8
         ao = pt2e()
-        quantizer = ao.LayerBitsQuantizer({name: (8, act_bits) for name in names})
+        quantizer = ao.LayerBitsQuantizer({name: (8, act_bits) for name in names},
+                                          weight_range=self.config["weight_range"])
         prepared = ao.prepare_qat_pt2e(export_for_quantization(model, example_input), quantizer)
         ao.allow_exported_model_train_eval(prepared)
         self._model, self._fake_quants = prepared, ao.layer_fake_quants(prepared)
@@ -307,7 +316,8 @@ class TorchaoPt2eBackend(QuantizeMode, QuantBackend):
         self.require_prepared()
         bits = self.policy_bits(policy)
         shapes = {layer.name: layer.shape_key() for layer in self.layers}
-        return write_document(self.export_path(path), export_document(bits, shapes, self.quantize))
+        document = export_document(bits, shapes, self.quantize, self.config["weight_range"])
+        return write_document(self.export_path(path), document)
 
 
 #: The class's name before the adapters became one package each (kept for existing imports).

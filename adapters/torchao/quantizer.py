@@ -7,7 +7,9 @@ Each annotation quantizes the node's *inputs*, which is HAQ's definition of a
 layer's bits:
 
 * weight: ``torch.int8`` holding ``[-2^(w-1), 2^(w-1) - 1]``,
-  ``per_channel_symmetric`` over output channels (axis 0);
+  ``per_channel_symmetric`` over output channels (axis 0), each channel's
+  range its min-max (:class:`FullRangeWeightObserver`) or, with
+  ``weight_range="mse"``, MSE-clipped at low bits (:class:`MseClippedWeightObserver`);
 * input activation: ``torch.uint8`` holding ``[0, 2^a - 1]``,
   ``per_tensor_affine`` (the zero point lets one unsigned type hold inputs
   that can be negative); left in floating point for weight-only policies
@@ -32,6 +34,7 @@ from haq_plugin.api.bits import layer_differences
 from haq_plugin.api.errors import HaqError
 
 from haq_plugin.adapters.common.integer_ranges import act_range, weight_range
+from haq_plugin.adapters.common.weight_ranges import DEFAULT_WEIGHT_RANGE, store_clipped_extremes
 from haq_plugin.adapters.torchao.quiet import quiet_torchao_import
 
 with quiet_torchao_import():
@@ -66,6 +69,25 @@ class FullRangeWeightObserver(PerChannelMinMaxObserver):
         return scale, torch.zeros(scale.shape, dtype=torch.int64, device=scale.device)
 
 
+class MseClippedWeightObserver(FullRangeWeightObserver):
+    """:class:`FullRangeWeightObserver` whose low-bit ranges are MSE-clipped (option ``weight_range=mse``).
+
+    Each observed weight replaces the statistics (a weight has one value at a
+    time, not a running range).  The clipped weights need no clamping in
+    place: ``convert_pt2e`` quantizes with the spec's own ``quant_min`` and
+    ``quant_max``, so outliers saturate there as they did in fake quantization.
+    """
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if not store_clipped_extremes(self, x_orig):
+            return super().forward(x_orig)
+        return x_orig
+
+
+#: ``weight_range`` option value -> weight observer class.
+WEIGHT_OBSERVERS: dict[str, type] = {"minmax": FullRangeWeightObserver, "mse": MseClippedWeightObserver}
+
+
 @dataclass(frozen=True)
 class SpecFields:
     """The fields of one ``QuantizationSpec``, as written in the export file."""
@@ -84,9 +106,12 @@ class SpecFields:
     def activation(cls, bits: int) -> "SpecFields":
         return cls("uint8", *act_range(bits), "per_tensor_affine")
 
-    def spec(self, for_training: bool) -> QuantizationSpec:
-        """The torchao spec: fake quantizers for QAT, plain observers for post-training prepare."""
-        observer = FullRangeWeightObserver if self.ch_axis is not None else MinMaxObserver
+    def spec(self, for_training: bool, ranges: str = DEFAULT_WEIGHT_RANGE) -> QuantizationSpec:
+        """The torchao spec: fake quantizers for QAT, plain observers for post-training prepare.
+
+        ``ranges`` (a ``weight_range``) chooses the observer of a weight spec.
+        """
+        observer = WEIGHT_OBSERVERS[ranges] if self.ch_axis is not None else MinMaxObserver
         maker = FakeQuantize.with_args(observer=observer) if for_training else observer.with_args()
         return QuantizationSpec(dtype=getattr(torch, self.dtype), quant_min=self.quant_min,
                                 quant_max=self.quant_max, qscheme=getattr(torch, self.qscheme),
@@ -116,13 +141,18 @@ class LayerBitsQuantizer(Quantizer):
 
     ``for_training`` chooses fake quantizers (``prepare_qat_pt2e``) or
     observers (``prepare_pt2e``); both preparations accept either, so the
-    default follows what the model is prepared with.
+    default follows what the model is prepared with.  ``weight_range`` is the
+    backend option of that name (``minmax`` or ``mse``).
     """
 
-    def __init__(self, bits: LayerBits, for_training: bool = True) -> None:
+    def __init__(self, bits: LayerBits, for_training: bool = True, weight_range: str = DEFAULT_WEIGHT_RANGE) -> None:
         super().__init__()
+        if weight_range not in WEIGHT_OBSERVERS:
+            raise HaqError(f"torchao quantizer: weight_range {weight_range!r} is unknown; use one of "
+                           f"{', '.join(WEIGHT_OBSERVERS)}.")
         self.bits = dict(bits)
         self.for_training = for_training
+        self.weight_range = weight_range
 
     def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
         nodes = layer_nodes(model)
@@ -137,7 +167,8 @@ class LayerBitsQuantizer(Quantizer):
                 # Input first, weight second: torchao's QAT conv-BN fusion reads the map in this order.
                 # A weight-only layer keeps the input key with no spec, which PT2E leaves unobserved.
                 act = None if act_bits is None else SpecFields.activation(act_bits).spec(self.for_training)
-                specs = {node.args[0]: act, node.args[1]: SpecFields.weight(weight_bits).spec(self.for_training)}
+                weight = SpecFields.weight(weight_bits).spec(self.for_training, self.weight_range)
+                specs = {node.args[0]: act, node.args[1]: weight}
                 node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=specs,
                                                                               _annotated=True)
         return model

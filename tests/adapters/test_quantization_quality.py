@@ -351,7 +351,7 @@ def test_brevitas_clipped_weights_are_recorded_in_the_policy_file(digits_net, di
         for name in ("expand.0", "fc"):
             ours = backend.model.get_submodule(name).quant_weight().value
             assert torch.equal(qmodel.get_submodule(name).quant_weight().value, ours), name
-            plain = BrevitasBackend()
+            plain = BrevitasBackend(weight_range="minmax")
             plain.prepare(digits_net, EXAMPLE, [x])
             plain.set_policy({n: (3, 8) for n in LAYERS})
             assert not torch.equal(plain.model.get_submodule(name).quant_weight().value, ours), name

@@ -108,7 +108,8 @@ def test_backend_is_registered_through_its_entry_point():
     assert isinstance(backend, BrevitasBackend)
     assert backend.export_filename == "brevitas_policy.json"
     assert backend.supported_bits == (2, 3, 4, 5, 6, 7, 8)
-    assert backend.config == {"act_range": "percentile", "act_percentile": 99.99}
+    assert backend.config == {"act_range": "percentile", "act_percentile": 99.99, "weight_range": "mse",
+                              "clip_weights": None}
 
 
 def test_bad_options_are_user_errors():
@@ -187,7 +188,9 @@ def test_methods_before_prepare_are_user_errors():
 MIXED = {"conv1": (2, 7), "conv2": (5, 3), "conv3": (8, 2), "fc": (3, 6)}
 
 
-def test_mixed_policy_weights_take_at_most_2_pow_w_values_per_channel_exactly_as_computed(backend):
+def test_mixed_policy_weights_take_at_most_2_pow_w_values_per_channel_exactly_as_computed(task):
+    backend = load_backend("brevitas", weight_range="minmax")  # the plain per-channel maximum, recomputed below
+    backend.prepare(task["model"], task["example"], task["calib"])
     backend.set_policy(MIXED)
     backend.calibrate()
     for name, layer in quant_layers(backend.model).items():
