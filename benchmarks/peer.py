@@ -13,6 +13,7 @@ policy and the seconds per episode as a markdown table.  Latency and energy
     python -m benchmarks.peer --backends brevitas --budgets size:0.375 size:0.5 -o peer.md
     python -m benchmarks.peer --quantize weights+activations   # the default is search()'s per constraint
     python -m benchmarks.peer --budgets size:0.3 --finetune-steps 20   # finetune every episode's policy
+    python -m benchmarks.peer --strategies ddpg --updates-per-episode 6  # capped DDPG updates
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Run:
 
 
 def one(task: PeerTask, backend: str, constraint: str, budget: float, strategy: str, seed: int, episodes: int,
-        quantize: str | None, finetune_steps: int = 0) -> Run:
+        quantize: str | None, finetune_steps: int = 0, updates_per_episode: int = 0) -> Run:
     run = Run(backend, constraint, budget, strategy, seed, finetune_steps=finetune_steps)
     extra = {}
     if quantize is not None:
@@ -66,7 +67,8 @@ def one(task: PeerTask, backend: str, constraint: str, budget: float, strategy: 
                         constraint=constraint, budget=budget, eval_fn=task.eval_fn,
                         calibration_data=task.calibration_data, train_data=task.train_data,
                         finetune_steps=finetune_steps, episodes=episodes, strategy=strategy, seed=seed,
-                        ddpg=DDPGConfig(), progress=False, float_accuracy=task.float_val_accuracy, **extra)
+                        ddpg=DDPGConfig(updates_per_episode=updates_per_episode), progress=False,
+                        float_accuracy=task.float_val_accuracy, **extra)
     except InfeasibleBudget as exc:
         run.infeasible = f"{exc.smallest:.3f}"
         return run
@@ -119,6 +121,8 @@ def main() -> None:
     parser.add_argument("--quantize", default=None, help="weights or weights+activations (needs search(quantize=))")
     parser.add_argument("--finetune-steps", type=int, default=0,
                         help="finetune steps (batches of 64 training images) per episode; 0: none")
+    parser.add_argument("--updates-per-episode", type=int, default=0,
+                        help="DDPGConfig.updates_per_episode (0: one update per stored transition, HAQ's)")
     parser.add_argument("--note", default="", help="a line to print under the table's title")
     parser.add_argument("-o", "--output", type=Path, help="also write the markdown table here")
     parser.add_argument("--json", type=Path, help="also write every run as JSON")
@@ -134,7 +138,7 @@ def main() -> None:
                 for seed in (args.seeds[:1] if strategy == "uniform" else args.seeds):
                     start = time.perf_counter()
                     run = one(task, backend, constraint, float(fraction), strategy, seed, args.episodes,
-                              args.quantize, args.finetune_steps)
+                              args.quantize, args.finetune_steps, args.updates_per_episode)
                     runs.append(run)
                     print(f"{backend} {spec} {strategy} seed {seed}: val {run.val} test {run.test} "
                           f"cost {run.cost_fraction} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
