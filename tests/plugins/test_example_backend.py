@@ -162,7 +162,8 @@ def test_sensitivity_at_4_bits(simplefq_site, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with (out / "sensitivity.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 14 and set(rows[0]) == {"index", "layer", "cost_share", "w4", "w8", "a4", "a8"}
+    assert len(rows) == 14 and set(rows[0]) == {"index", "layer", "cost_share", "w4", "w8", "a4", "a8", "effective"}
+    assert {row["effective"] for row in rows} == {""}  # the example backend gives every layer the asked bits
     for row in rows:
         assert all(0 <= float(row[column]) <= 100 for column in ("w4", "w8", "a4", "a8"))
     assert len({row["w8"] for row in rows}) == 1  # every layer at 8 bits is the same model
