@@ -26,6 +26,7 @@ from haq_plugin import HaqError, HardwareModel, LayerCost, LayerSpec, Option, ho
 from haq_plugin.adapters.groupwise.gguf_types import WRITTEN_TYPES
 from haq_plugin.hardware_models.llamacpp.extra import missing_extra, usable_cpus
 from haq_plugin.hardware_models.llamacpp.timing import Protocol
+from haq_plugin.hardware_models.llamacpp.variants import shape_label
 
 DEFAULT_MODEL = "llm:smollm2-135m"
 CITATION = ("measured with llama.cpp's CPU backend (G. Gerganov et al., ggml / llama.cpp, "
@@ -116,8 +117,10 @@ class LlamaCppCPU(HardwareModel):
         table, qtype = self.table(), WRITTEN_TYPES[weight_bits]
         shape = (layer.out_channels, layer.in_channels)
         seconds = {phase: table.cost(phase, shape, qtype) for phase in ("decode", "prompt")}
-        return LayerCost(latency_s=seconds[self.config["phase"]],
-                         details={"gguf_type": qtype, "decode_s": seconds["decode"], "prompt_s": seconds["prompt"]})
+        phase = self.config["phase"]
+        return LayerCost(latency_s=seconds[phase],
+                         details={"gguf_type": qtype, "decode_s": seconds["decode"], "prompt_s": seconds["prompt"],
+                                  "floored": table.floored(phase, shape_label(shape), qtype)})
 
 
 @hookimpl

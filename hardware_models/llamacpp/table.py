@@ -21,6 +21,13 @@ lookup, the per-token call), does not depend on the policy.  It is spread over
 the searched tensors in proportion to their Q8_0 bytes, so that a policy's sum of
 layer costs is the predicted time of its whole file, while the differences
 between policies are the measured ones.
+
+Where a tensor's time is below the timing noise (a tiny model: microseconds per
+tensor, against tens of microseconds of jitter on a shared machine), a fitted
+difference can exceed the tensor's share and make its cost negative; such an
+entry is floored at :data:`FLOOR` of its share (no layer is free) and marked
+(``floored`` in the layer's details).  On SmolLM2 no entry needs it
+(``benchmarks/llamacpp_table.py`` prints the table).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from haq_plugin.hardware_models.llamacpp.variants import (
 )
 
 PHASES = ("decode", "prompt")
+FLOOR = 0.05
+"""Least cost of a tensor, as a fraction of its share of the reference time (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,14 @@ class LookupTable:
         if label not in self.counts:
             raise HaqError(f"hardware model 'llamacpp-cpu': no tensor of shape {label} (out x in) in the calibration "
                            f"model (it has {', '.join(self.counts)}); give --hw-option model= the GGUF you search.")
+        share = self.share(phase, label)
         extra = 0.0 if qtype == REFERENCE else self.delta[phase][label][qtype]
-        return self.share(phase, label) + extra
+        return max(share + extra, FLOOR * share)
+
+    def floored(self, phase: str, label: str, qtype: str) -> bool:
+        """Whether the noise exceeded this entry's share, so that :meth:`cost` gives its floor."""
+        extra = 0.0 if qtype == REFERENCE else self.delta[phase][label][qtype]
+        return extra < (FLOOR - 1.0) * self.share(phase, label)
 
     def predict(self, phase: str, tensors: Sequence[Tensor], types: Mapping[str, str]) -> float:
         """Predicted seconds per token of a whole file with ``types[tensor name]``."""
