@@ -1,19 +1,18 @@
 """How well ``llamacpp-cpu``'s lookup table predicts llama.cpp's whole-file latency of mixed policies.
 
-Measures (or reads from the cache) the table for SmolLM2-135M-Instruct, prints it
-per tensor shape and GGUF type, then writes mixed-type GGUFs with the GGUF
-export's writer (the functions ``haq-plugin export --format gguf`` calls), times
-each whole file with llama.cpp under the table's protocol (same threads,
-context, prompt and decode tokens, interleaved rounds, medians) and prints the
-table's prediction beside the measurement.  The mixed files are not among the
-calibration files the table was fitted on.
+Writes the table's calibration files and five mixed-type GGUFs of SmolLM2-135M-Instruct
+with the GGUF export's writer (the functions ``haq-plugin export --format gguf``
+calls), times all of them in one session with llama.cpp (the table's protocol:
+fixed threads, files loaded together, decode steps interleaved and paired with
+the reference file, medians; ``hardware_models/llamacpp/timing.py``), fits the
+table on the calibration files only (what ``llamacpp-cpu`` caches), and prints
+its prediction for each mixed file beside the measurement.  The mixed files are
+not among those the table is fitted on.
 
-On a machine shared with other work the timings are noisy: the figures are
-paired medians (see ``hardware_models/llamacpp/timing.py``).  The reference file
-is timed again with the mixed files: "error" compares the prediction with the
-measurement as they stand, "vs ref now" compares their ratios to the reference,
-which cancels a change of the machine's load between the table's measurement and
-this one (the table cannot know the load of another moment).
+Timing them in the same session as the calibration files keeps the machine's
+load out of the comparison: on 2 shared cores single steps ranged from 15 ms to
+1.7 s during these runs, and the load level drifts by 2x within minutes, which
+no table measured at another moment can know.
 
     python -m benchmarks.llamacpp_table --threads 2
 """
@@ -25,9 +24,11 @@ import random
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from haq_plugin import load_hardware
+from haq_plugin.hardware_models.llamacpp.table import LookupTable, fit, plan
 from haq_plugin.hardware_models.llamacpp.timing import time_files
 from haq_plugin.hardware_models.llamacpp.variants import REFERENCE, TYPES, Calibration, shape_label
 
@@ -50,52 +51,29 @@ def policies(calibration: Calibration, seed: int) -> dict[str, dict[str, str]]:
     }
 
 
-def print_table(hardware, calibration: Calibration) -> None:
-    table = hardware.table()
-    print(f"table: measured in {table.seconds:.0f} s; reference file (all {REFERENCE}): "
-          f"decode {table.base['decode'] * 1e3:.2f} ms/token, prompt {table.base['prompt'] * 1e3:.3f} ms/token")
-    print(f"{'shape (out x in)':>18} {'tensors':>7} | decode us per tensor: " + "  ".join(f"{q:>6}" for q in TYPES)
-          + " | falls with bits")
-    shapes = {shape_label(t.shape): t.shape for t in calibration.tensors}
-    for label, shape in shapes.items():
+def print_table(table: LookupTable, calibration: Calibration) -> None:
+    print(f"reference file (all {REFERENCE}): decode {table.base['decode'] * 1e3:.2f} ms/token, "
+          f"prompt {table.base['prompt'] * 1e3:.3f} ms/token")
+    print(f"{'shape (out x in)':>18} {'tensors':>7} | decode us per tensor: " + "  ".join(f"{q:>7}" for q in TYPES)
+          + " | Q4_1 < Q5_1 < Q8_0")
+    for label, shape in {shape_label(t.shape): t.shape for t in calibration.tensors}.items():
         costs = [table.cost("decode", shape, q) * 1e6 for q in TYPES]
-        falls = costs[0] <= costs[1] <= costs[2]
-        print(f"{label:>18} {table.counts[label]:>7} | {'':21}" + "  ".join(f"{c:6.1f}" for c in costs)
-              + f" | {'yes' if falls else 'no'}")
-    for row in table.measured:
-        fitted = table.predict("decode", calibration.tensors, _types_of(row["file"], calibration))
-        print(f"  calibration file {row['file']:>16}: measured {row['decode_s'] * 1e3:.2f} ms, "
-              f"fit {fitted * 1e3:.2f} ms")
+        floored = any(table.floored("decode", label, q) for q in TYPES)
+        print(f"{label:>18} {table.counts[label]:>7} | {'':21}" + "  ".join(f"{c:7.1f}" for c in costs)
+              + f" | {'yes' if costs[0] < costs[1] < costs[2] else 'no'}{' (floored)' if floored else ''}")
 
 
-def _types_of(name: str, calibration: Calibration) -> dict[str, str]:
-    from haq_plugin.hardware_models.llamacpp.table import plan
-
-    return next(c.types for c in plan(calibration.tensors) if c.name == name)
-
-
-def validate(hardware, calibration: Calibration, seed: int) -> list[float]:
-    """Time the reference and the mixed files together; print measured, predicted, and both errors."""
-    table, mixes = hardware.table(), policies(calibration, seed)
-    reference = {t.name: REFERENCE for t in calibration.tensors}
-    with tempfile.TemporaryDirectory(prefix="haq-llamacpp-check-") as directory:
-        paths = [calibration.write(Path(directory) / f"mix-{i}.gguf", types)
-                 for i, types in enumerate([reference, *mixes.values()])]
-        timings = time_files(paths, hardware.protocol)
+def report(table: LookupTable, calibration: Calibration, mixes: dict, timings: list) -> list[float]:
+    """Measured and predicted per mixed file; returns the absolute decode errors."""
     errors = []
-    print(f"\n{'file':>40} | {'phase':>6} {'measured':>9} {'predicted':>9} {'error':>7} {'vs ref now':>10}")
+    print(f"\n{'file':>40} | {'phase':>6} {'measured':>9} {'predicted':>9} {'error':>7}")
     for phase in ("decode", "prompt"):
-        now, then = getattr(timings[0], f"{phase}_s"), table.base[phase]
-        print(f"{'reference (all Q8_0), timed again':>40} | {phase:>6} {now * 1e3:6.2f} ms {then * 1e3:6.2f} ms "
-              f"{(then - now) / now:+7.1%}")
-        for (name, types), timing in zip(mixes.items(), timings[1:]):
+        for (name, types), timing in zip(mixes.items(), timings):
             measured, predicted = getattr(timing, f"{phase}_s"), table.predict(phase, calibration.tensors, types)
-            absolute = (predicted - measured) / measured
-            relative = (predicted / then - measured / now) / (measured / now)  # the load of the moment cancelled
+            error = (predicted - measured) / measured
             if phase == "decode":
-                errors.append(abs(relative))
-            print(f"{name:>40} | {phase:>6} {measured * 1e3:6.2f} ms {predicted * 1e3:6.2f} ms {absolute:+7.1%} "
-                  f"{relative:+10.1%}")
+                errors.append(abs(error))
+            print(f"{name:>40} | {phase:>6} {measured * 1e3:6.2f} ms {predicted * 1e3:6.2f} ms {error:+7.1%}")
     return errors
 
 
@@ -104,17 +82,31 @@ def main() -> None:
     parser.add_argument("--model", default="llm:smollm2-135m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    hardware = load_hardware("llamacpp-cpu", model=args.model, threads=args.threads, repeats=args.repeats)
+    hardware = load_hardware("llamacpp-cpu", model=args.model, threads=args.threads, repeats=args.repeats,
+                             decode_tokens=args.decode_tokens, prompt_tokens=args.prompt_tokens)
     start = time.perf_counter()
     calibration = Calibration(hardware.source())
-    print(f"{hardware.source().name}: {len(calibration.tensors)} searched tensors; protocol {hardware.protocol}")
-    print_table(hardware, calibration)
-    errors = validate(hardware, calibration, args.seed)
-    print(f"\ndecode error of the table on {len(errors)} mixed files, relative to the reference timed with them: "
-          f"median {statistics.median(errors):.1%}, max {max(errors):.1%} (target: within 10%); "
-          f"{time.perf_counter() - start:.0f} s in all")
+    configs, mixes = plan(calibration.tensors), policies(calibration, args.seed)
+    print(f"{hardware.source().name}: {len(calibration.tensors)} searched tensors; {len(configs)} calibration "
+          f"files, {len(mixes)} mixed; {hardware.protocol}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="haq-llamacpp-check-") as directory:
+        types = [c.types for c in configs] + list(mixes.values())
+        paths = [calibration.write(Path(directory) / f"file-{i}.gguf", t) for i, t in enumerate(types)]
+        timings = time_files(paths, hardware.protocol)
+    base, delta = fit(calibration.tensors, configs, timings[:len(configs)])
+    counts = dict(Counter(shape_label(t.shape) for t in calibration.tensors))
+    table = LookupTable(counts, base, delta, [], {})
+    print_table(table, calibration)
+    for config, timing in zip(configs, timings):
+        print(f"  calibration file {config.name:>16}: decode {timing.decode_s * 1e3:6.2f} ms, "
+              f"prompt {timing.prompt_s * 1e3:6.3f} ms per token")
+    errors = report(table, calibration, mixes, timings[len(configs):])
+    print(f"\ndecode error of the table on {len(errors)} mixed files: median {statistics.median(errors):.1%}, "
+          f"max {max(errors):.1%} (target: within 10%); {time.perf_counter() - start:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ for each tensor shape: the reference file holds every searched tensor in Q8_0
 every tensor of that shape to that type; two more files are uniform in Q4_1 and
 Q5_1.  The difference to the reference, divided by the number of tensors of the
 shape, is that type's extra seconds per tensor.  All files are fitted together
-by least squares (a model time = base + the sum of its tensors' differences),
-so the uniform files check the additivity the search relies on.
+by least squares (a file's time = the reference's + the sum of its tensors'
+differences), so the uniform files check the additivity the search relies on.
 
 What is left, the reference time (attention over the cache, norms, the embedding
 lookup, the per-token call), does not depend on the policy.  It is spread over
@@ -136,15 +136,21 @@ def parse_label(label: str) -> Shape:
 
 
 def fit(tensors: Sequence[Tensor], configs: Sequence[Config], timings: Sequence[Any]) -> tuple[dict, dict]:
-    """Least squares over every file: ``(base, delta)`` per phase."""
-    matrix = design(tensors, [c.types for c in configs])
+    """``(base, delta)`` per phase: the reference file's time as measured, the differences by least squares.
+
+    The base is not a free parameter of the fit: on a busy machine a few noisy
+    files could pull a fitted intercept far from the reference (even below zero on
+    a tiny model), while the reference is measured as directly as any file.
+    """
+    reference = next(i for i, c in enumerate(configs) if set(c.types.values()) == {REFERENCE})
+    matrix = design(tensors, [c.types for c in configs])[:, 1:]
     base, delta = {}, {}
     for phase in PHASES:
         observed = np.array([getattr(t, f"{phase}_s") for t in timings])
-        solution = np.linalg.lstsq(matrix, observed, rcond=None)[0]
-        base[phase] = float(solution[0])
+        base[phase] = float(observed[reference])
+        solution = np.linalg.lstsq(matrix, observed - base[phase], rcond=None)[0]
         delta[phase] = {}
-        for (label, qtype), value in zip(columns(tensors), solution[1:]):
+        for (label, qtype), value in zip(columns(tensors), solution):
             delta[phase].setdefault(label, {})[qtype] = float(value)
     return base, delta
 
