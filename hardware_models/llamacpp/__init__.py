@@ -48,7 +48,8 @@ def _options() -> tuple[Option, ...]:
         Option("repeats", int, 5, "interleaved rounds over the calibration files (medians over them)",
                minimum=1, source="5: medians robust to a busy machine"),
         Option("phase", str, "decode", "latency = seconds per generated token (decode) or per prompt token "
-               "(prompt)", choices=("decode", "prompt"), source="decode: what a chat waits for per token"),
+               "(prompt)", choices=("decode", "prompt"), source="decode: what a chat waits for per token (validated, RESULTS.md "
+               "section 11); prompt figures are paired per round only and noisier"),
     )
 
 

@@ -16,7 +16,9 @@ of the others.  Each figure is paired with the first file's (the reference):
 a file's time is the median, over all steps (prompts: rounds), of its ratio to
 the reference's step at the same moment, times the reference's median.  Ratios
 taken a few milliseconds apart cancel the load, medians drop the steps that a
-context switch hit.  Every load is followed by an untimed warm-up (page the
+context switch hit.  Prompts are paired per round only (each is one batch of
+seconds), so prompt figures are far noisier than decode ones on a busy machine
+(RESULTS.md section 11).  Every load is followed by an untimed warm-up (page the
 weights in, build the compute graph).  Loading all files at once costs their
 size in memory (13 files of a 135M model: about 3 GB).
 """
