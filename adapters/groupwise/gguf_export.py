@@ -45,7 +45,7 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
-def _open_source(source: Path) -> Any:
+def open_source(source: Path) -> Any:
     """The source GGUF's reader; :class:`HaqError` unless it is a Llama model."""
     from gguf import GGUFReader
 
@@ -98,25 +98,46 @@ def write_gguf(path: Path, source: Path, weights: Mapping[str, torch.Tensor], bi
 
     Written atomically (a temporary file renamed); returns ``path``.
     """
-    import gguf
-
     check_grid(grid)
-    reader = _open_source(source)
+    reader = open_source(source)
+    tensors = _searched_tensors(reader, weights)
+    write_encoded(path, reader, encode_layers(reader, weights, bits, grid))
+    write_recipe(recipe_path(path), {tensor: bits[layer] for tensor, layer in tensors.items()})
+    return path
+
+
+def encode_layers(reader: Any, weights: Mapping[str, torch.Tensor], bits: Mapping[str, int],
+                  grid: GroupGrid) -> dict[str, tuple[np.ndarray, Any]]:
+    """``{GGUF tensor: (blocks, type)}`` of every layer of ``weights`` rounded at its ``bits`` on ``grid``.
+
+    Separate from writing, so that files mixing layers encoded once can be assembled
+    cheaply (:func:`write_encoded`).
+    """
+    check_grid(grid)
     tensors = _searched_tensors(reader, weights)
     heads = int(_field(reader, "llama.attention.head_count"))
     kv_heads = int(_field(reader, "llama.attention.head_count_kv", heads))
+    encoded = {}
+    for tensor, layer in tensors.items():
+        ordered = in_gguf_order(weights[layer].detach().cpu(), tensor, heads, kv_heads)
+        encoded[tensor] = gguf_blocks(ordered, bits[layer], grid)
+    return encoded
+
+
+def write_encoded(path: Path, reader: Any, encoded: Mapping[str, tuple[np.ndarray, Any]]) -> Path:
+    """The source of ``reader`` with the tensors of ``encoded`` replaced, written atomically to ``path``."""
+    import gguf
+
     staging = path.with_name(f".{path.name}.partial")
     writer = gguf.GGUFWriter(str(staging), "llama")
     _copy_metadata(reader, writer)
     types: Counter = Counter()
     for tensor in reader.tensors:
-        layer = tensors.get(tensor.name)
-        if layer is None:
+        if tensor.name not in encoded:
             writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
             continue
-        ordered = in_gguf_order(weights[layer].detach().cpu(), tensor.name, heads, kv_heads)
-        data, qtype = gguf_blocks(ordered, bits[layer], grid)
-        types[qtype] += ordered.numel()
+        data, qtype = encoded[tensor.name]
+        types[qtype] += int(tensor.n_elements)
         writer.add_tensor(tensor.name, data, raw_dtype=qtype)
     writer.add_file_type(_main_file_type(types))
     if "general.quantization_version" not in reader.fields:
@@ -129,7 +150,6 @@ def write_gguf(path: Path, source: Path, weights: Mapping[str, torch.Tensor], bi
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
-    write_recipe(recipe_path(path), {tensor: bits[layer] for tensor, layer in tensors.items()})
     return path
 
 

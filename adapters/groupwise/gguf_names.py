@@ -66,3 +66,12 @@ def in_gguf_order(weight: torch.Tensor, tensor: str, heads: int, kv_heads: int) 
     if ".attn_k." in tensor:
         return llama_cpp_rows(weight, kv_heads)
     return weight
+
+
+def from_gguf_order(weight: torch.Tensor, tensor: str, heads: int, kv_heads: int) -> torch.Tensor:
+    """The inverse of :func:`in_gguf_order`: a tensor read from a GGUF in transformers' row order."""
+    groups = heads if ".attn_q." in tensor else kv_heads if ".attn_k." in tensor else 0
+    if not groups:
+        return weight
+    rows = weight.shape[0]
+    return weight.reshape(groups, rows // groups // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)

@@ -61,12 +61,33 @@ class HardwareModel(abc.ABC):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, **options: Any) -> None:
+        missing = type(self).unavailable()
+        if missing:
+            raise HaqError(f"hardware model '{self.name}' is unavailable: {missing}")
         given = {**self.presets.get(options.get("preset") or "", {}), **options}
         self.config: dict[str, Any] = resolve_options(f"hardware model '{self.name}'", self.options, given)
         self.setup()
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """None when the model can run here, else one line: what is missing and the command that installs it.
+
+        A model whose dependencies are an optional extra keeps its module free of
+        them, so it stays registered without the extra: ``hw list`` shows this line
+        and creating the model refuses with it (a :class:`HaqError`, exit status 2).
+        """
+        return None
+
     def setup(self) -> None:
         """Derive internal constants from ``self.config`` (override when needed)."""
+
+    def environment(self) -> dict[str, Any]:
+        """What the costs depend on besides the options (a measured model: the machine, library versions).
+
+        Part of the cost-table cache key, so that a table measured on another machine
+        or library version is never served.  Simulators depend on nothing else: empty.
+        """
+        return {}
 
     @property
     def supported_bits(self) -> tuple[int, ...]:

@@ -36,7 +36,10 @@ def hw_show(name: str, fmt: str) -> None:
 
 
 def _hardware_extra(cls: Any) -> dict[str, Any]:
-    return {"energy": cls.has_energy, "supported_bits": list(_supported_bits(cls)), "citation": cls.citation}
+    """Energy, bits and citation; first, for a model whose optional extra is missing, the line that installs it."""
+    missing = cls.unavailable()
+    return {**({"unavailable": missing} if missing else {}), "energy": cls.has_energy,
+            "supported_bits": list(_supported_bits(cls)), "citation": cls.citation}
 
 
 def _supported_bits(cls: Any) -> tuple[int, ...]:

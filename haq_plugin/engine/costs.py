@@ -4,7 +4,8 @@ Simulating a layer is slow compared to looking a number up, and a search costs
 thousands of policies, so the core simulates each (layer, weight bits,
 activation bits) once and keeps a :class:`CostTable`.  Costing a policy is then a
 sum of table entries.  Tables are cached on disk, keyed by hardware name, its
-options, the layer shapes and the bit widths.
+options, the layer shapes, the bit widths and, for a measured model, its
+:meth:`~haq_plugin.api.hardware.HardwareModel.environment` (machine, library versions).
 
 Four constraints can be budgeted:
 
@@ -172,7 +173,8 @@ def build_cost_table(hardware: HardwareModel, layers: Sequence[LayerSpec], bits:
     bit_axis = table_bits(hardware, bits)
     key = stable_hash({"format": CACHE_FORMAT, "hw": hardware.name, "cls": type(hardware).__qualname__,
                        "code": model_code_hash(type(hardware)), "config": hardware.config,
-                       "layers": [l.shape_key() for l in layers], "bits": bit_axis})
+                       "layers": [l.shape_key() for l in layers], "bits": bit_axis,
+                       **({"env": env} if (env := hardware.environment()) else {})})
     path = _cache_path(f"{hardware.name}-{key}.npz") if cache else None
     if path is not None and path.exists():
         start = time.perf_counter()
