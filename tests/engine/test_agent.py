@@ -56,7 +56,7 @@ def test_agent_never_touches_the_global_random_generators():
 
 
 def test_warmup_actions_are_uniform_and_do_not_train():
-    agent = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=5), seed=11)
+    agent = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=5, updates_per_episode=0), seed=11)
     expected = np.random.default_rng(11).uniform(0.0, 1.0, 5 * STEPS)
     states = toy_states()
     actions = []
@@ -207,11 +207,12 @@ def test_config_defaults_are_the_reference_values():
 
 
 def test_updates_per_episode_sets_the_number_of_gradient_updates():
+    haq = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=1, updates_per_episode=0), seed=2)
     default = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=1), seed=2)
     fewer = DDPGAgent(10, STEPS, DDPGConfig(warmup_episodes=1, updates_per_episode=3), seed=2)
-    for agent in (default, fewer):
+    for agent in (haq, default, fewer):
         run_episodes(agent, 3, 0.5)
-    assert (default.updates, fewer.updates) == (2 * STEPS, 2 * 3)
-    assert DDPGConfig().updates_per_episode == 0, "default: one update per stored transition, as in HAQ"
+    assert (haq.updates, default.updates, fewer.updates) == (2 * STEPS, 2 * min(6, STEPS), 2 * 3)
+    assert DDPGConfig().updates_per_episode == 6, "default: 6 updates; 0 is HAQ's one per stored transition"
     with pytest.raises(HaqError, match="updates_per_episode must be an integer >= 0"):
         DDPGConfig(updates_per_episode=-1)
