@@ -92,29 +92,28 @@ def checked_bits(bits: BitMap, layers: list[str]) -> dict[str, tuple[int, int]]:
     return TorchAoFxBackend().check_bits(bits, layers)
 
 
-def _layer_names(model: nn.Module, example_input: Any) -> list[str]:
-    return [spec.name for spec in extract_layers(model, example_input)]
-
-
 def qconfig_mapping_for(bits: BitMap, model: nn.Module, example_input: Any, *, act_observer: str = "minmax",
                         other_act_bits: int = 8, quantize: str = QUANTIZE_MODES[0],
-                        weight_range: str = DEFAULT_WEIGHT_RANGE) -> QConfigMapping:
+                        weight_range: str = DEFAULT_WEIGHT_RANGE,
+                        layers: Sequence[LayerSpec] | None = None) -> QConfigMapping:
     """The QConfigMapping that makes ``prepare_qat_fx(model, mapping, ...)`` apply ``bits``.
 
     ``bits`` maps layer name -> (weight_bits, activation_bits of the layer's
     input); ``weight_range`` is the backend option of that name.  A copy of
     the model is traced once to find which QConfig builds the observer in
-    front of each layer; ``model`` itself is left as it was.
+    front of each layer; ``model`` itself is left as it was.  ``layers``, the
+    model's :func:`extract_layers` when the caller has them, saves a forward pass.
     """
-    layers = _layer_names(model, example_input)
-    checked = checked_bits(bits, layers)
+    specs = extract_layers(model, example_input) if layers is None else layers
+    names = [spec.name for spec in specs]
+    checked = checked_bits(bits, names)
     try:
         check_traceable(model)
     except Exception as exc:
         raise HaqError(f"torch.fx cannot trace {type(model).__name__} ({one_line(exc)}), so no FX "
                        "QConfigMapping applies; use the torch.ao backend's eager mode and prepare_qat_eager.") from None
     # prepare_qat_fx writes .qconfig attributes into the modules it is given: trace a copy.
-    _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, layers, act_observer, other_act_bits,
+    _, plan, _ = prepare_probed(copy.deepcopy(model), example_input, names, act_observer, other_act_bits,
                                 weight_range)
     plan.quantize = check_quantize(quantize, "qconfig_mapping_for")
     return plan.mapping(checked)
@@ -136,9 +135,11 @@ def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
     a renamed layer silently gets the global 8-bit QConfig.
     """
     data = read_export(Path(path))
+    layers = None
     if model is not None and example_input is not None:
         stored = {str(entry["name"]): str(entry.get("shape", "")) for entry in data["layers"]}
-        check_layer_shapes(stored, extract_layers(model, example_input))
+        layers = extract_layers(model, example_input)
+        check_layer_shapes(stored, layers)
     if model is None or example_input is None or data["mode"] == "eager":
         mapping = mapping_from_json(data["qconfig_mapping"], str(path))
         if model is not None:
@@ -148,7 +149,7 @@ def load_qconfig_mapping(path: str | Path, model: nn.Module | None = None,
     return qconfig_mapping_for(bits, model, example_input, act_observer=stored_observer(data),
                                other_act_bits=int(data.get("other_activation_bits", 8)),
                                quantize=data.get("quantize", QUANTIZE_MODES[0]),
-                               weight_range=stored_weight_range(data))
+                               weight_range=stored_weight_range(data), layers=layers)
 
 
 def _bits_problem(bits: Any, names: Sequence[str]) -> str:

@@ -48,8 +48,9 @@ def _options() -> tuple[Option, ...]:
         Option("repeats", int, 5, "interleaved rounds over the calibration files (medians over them)",
                minimum=1, source="5: medians robust to a busy machine"),
         Option("phase", str, "decode", "latency = seconds per generated token (decode) or per prompt token "
-               "(prompt)", choices=("decode", "prompt"), source="decode: what a chat waits for per token (validated, RESULTS.md "
-               "section 12); prompt figures are paired per round only and noisier"),
+               "(prompt)", choices=("decode", "prompt"),
+               source="decode: what a chat waits for per token (validated, RESULTS.md section 12); prompt "
+                      "figures are paired per round only and noisier"),
     )
 
 
