@@ -70,13 +70,14 @@ def test_perplexity(backend: GroupwiseBackend, bits: dict, test_fn: Callable) ->
 
 
 def run(budgets: list[float], seeds: list[int], episodes: int, decisions: str, strategies: list[str],
-        threads: int, max_bits: int, random_seeds: list[int], output: Path) -> dict[str, Any]:
+        threads: int, max_bits: int, random_seeds: list[int], output: Path, rounding: str = "nearest",
+        calibration_windows: int = 1) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    task = language_model_task("llm:smollm2-135m")
+    task = language_model_task("llm:smollm2-135m", None, {"calibration_windows": calibration_windows})
     model, example = task.model, task.example_input
-    calibration = list(task.windows.calibration[:1].split(1))
+    calibration = list(task.windows.calibration.split(1))
     val_fn, test_fn = task.val_eval_fn(), task.test_eval_fn()
-    backend = GroupwiseBackend(group_size=64)
+    backend = GroupwiseBackend(group_size=64, rounding=rounding)
     reference = {"val": val_fn(model), "test": test_fn(model)}
     rows: list[dict[str, Any]] = []
     common = dict(hardware="llm-decode", backend=backend, constraint="size", metric="perplexity",
@@ -84,7 +85,8 @@ def run(budgets: list[float], seeds: list[int], episodes: int, decisions: str, s
                   calibration_data=calibration, progress=False, float_accuracy=reference["val"], max_bits=max_bits)
     report = {"reference": reference, "rows": rows, "python": sys.version.split()[0], "episodes": episodes,
               "decisions": decisions, "threads": threads, "seeds": seeds, "random_seeds": random_seeds,
-              "max_bits": max_bits, "group_size": 64}
+              "max_bits": max_bits, "group_size": 64, "rounding": rounding,
+              "calibration_windows": calibration_windows}
     runs = {"ddpg": seeds, "random": random_seeds}
     for budget in budgets:
         for strategy in strategies:
@@ -138,13 +140,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-bits", type=int, default=5, help="widest width any strategy may choose")
     parser.add_argument("--random-seeds", default="0", help="seeds of the random strategy")
+    parser.add_argument("--rounding", default="nearest", choices=("nearest", "gptq"),
+                        help="the groupwise backend's rounding")
+    parser.add_argument("--calibration-windows", type=int, default=1,
+                        help="calibration windows of 256 tokens (what GPTQ's Hessians are measured on)")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     budgets = [3.5] if args.quick else [float(b) for b in args.budgets.split(",")]
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     report = run(budgets, seeds, 20 if args.quick else args.episodes, args.decisions,
                  args.strategies.split(","), args.threads, args.max_bits,
-                 [int(s) for s in args.random_seeds.split(",")], Path(args.output))
+                 [int(s) for s in args.random_seeds.split(",")], Path(args.output), args.rounding,
+                 args.calibration_windows)
     report["medians"] = medians(report)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"reference perplexity: val {report['reference']['val']:.3f}, test {report['reference']['test']:.3f} "

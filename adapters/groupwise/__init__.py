@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 from torch import nn
 
 from haq_plugin import WEIGHTS_ONLY, HaqError, LayerSpec, Option, Policy, QuantBackend, hookimpl
+from haq_plugin.adapters.groupwise.gptq import ROUNDINGS
+from haq_plugin.adapters.groupwise.hessians import gptq_hessians
 from haq_plugin.adapters.groupwise.grid import GROUP_SIZES, WEIGHT_RANGES, ZERO_POINTS, GroupGrid
 from haq_plugin.adapters.groupwise.policy_file import apply_policy, load_quantize_config, write_policy_file
 from haq_plugin.adapters.groupwise.weights import GroupQuantizedWeights
@@ -51,6 +53,9 @@ class GroupwiseBackend(QuantBackend):
                "and width often; 0 rounds every time)", minimum=0),
         Option("weight_range", str, "minmax", "'minmax': each group's full range; 'mse': the range narrowed to the "
                "smallest squared error (float zero point only)", choices=WEIGHT_RANGES),
+        Option("rounding", str, "nearest", "'nearest': each weight to its nearest level; 'gptq': GPTQ, each "
+               "column's error moved onto the next ones by the layer's calibration inputs (linear layers, float "
+               "zero point; computed once per layer and width)", choices=ROUNDINGS),
     )
 
     def __init__(self, **options: Any) -> None:
@@ -58,6 +63,9 @@ class GroupwiseBackend(QuantBackend):
         if self.config["weight_range"] == "mse" and self.config["zero_point"] == "integer":
             raise HaqError("backend 'groupwise': weight_range=mse needs zero_point=float (torchao's integer grid "
                            "chooses its own ranges); drop one of the two options.")
+        if self.config["rounding"] == "gptq" and self.config["zero_point"] == "integer":
+            raise HaqError("backend 'groupwise': rounding=gptq needs zero_point=float (torchao's integer grid rounds "
+                           "to nearest inside torchao); drop one of the two options.")
         self.grid = GroupGrid(self.config["group_size"], self.config["zero_point"], self.config["weight_range"])
         self._model: nn.Module | None = None
         self._weights: GroupQuantizedWeights | None = None
@@ -87,9 +95,12 @@ class GroupwiseBackend(QuantBackend):
         self._model = copy.deepcopy(model).eval()
         originals = dict(model.named_modules())
         copies = dict(self._model.named_modules())
+        hessians = None
+        if self.config["rounding"] == "gptq":
+            hessians = gptq_hessians(self._model, [layer.name for layer in layers], calibration_data)
         self._weights = GroupQuantizedWeights(
             {layer.name: (originals[layer.name].weight, copies[layer.name].weight) for layer in layers}, self.grid,
-            cache_bytes=self.config["cache_mb"] * 2 ** 20)
+            cache_bytes=self.config["cache_mb"] * 2 ** 20, hessians=hessians)
         self.mark_prepared()
         self.set_policy({layer.name: (8, 8) for layer in layers})
 
@@ -112,7 +123,7 @@ class GroupwiseBackend(QuantBackend):
         bits = self.policy_bits(policy)
         shapes = {layer.name: (layer.out_channels, layer.params // layer.out_channels) for layer in self.layers}
         return write_policy_file(self.export_path(path), {name: pair[0] for name, pair in bits.items()}, shapes,
-                                 self.grid)
+                                 self.grid, self.config["rounding"])
 
     def export_gguf(self, policy: Policy | Any, path: str | Path, source: str | Path) -> Path:
         """Write the policy as a GGUF for llama.cpp, from the GGUF ``source`` the model was loaded from.
@@ -125,7 +136,10 @@ class GroupwiseBackend(QuantBackend):
         assert self._weights is not None
         bits = {name: pair[0] for name, pair in self.policy_bits(policy).items()}
         weights = {name: self._weights.float_weight(name) for name in bits}
-        return write_gguf(Path(path), Path(source), weights, bits, self.grid)
+        levels = None
+        if self._weights.rounding == "gptq":
+            levels = {name: self._weights.levels(name, width) for name, width in bits.items()}
+        return write_gguf(Path(path), Path(source), weights, bits, self.grid, levels)
 
 
 @hookimpl

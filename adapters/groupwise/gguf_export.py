@@ -31,7 +31,8 @@ import torch
 
 from haq_plugin import HaqError
 from haq_plugin.adapters.groupwise.gguf_names import gguf_name, in_gguf_order
-from haq_plugin.adapters.groupwise.gguf_types import RECIPE_TYPES, check_grid, gguf_blocks
+from haq_plugin.adapters.groupwise.gguf_types import RECIPE_TYPES, check_grid, gguf_blocks, levels_blocks
+from haq_plugin.adapters.groupwise.gptq import GroupLevels
 from haq_plugin.adapters.groupwise.grid import GroupGrid
 from haq_plugin.storage.files import write_text_atomic
 
@@ -93,21 +94,24 @@ def _main_file_type(types: Counter) -> Any:
 
 
 def write_gguf(path: Path, source: Path, weights: Mapping[str, torch.Tensor], bits: Mapping[str, int],
-               grid: GroupGrid) -> Path:
+               grid: GroupGrid, levels: Mapping[str, GroupLevels] | None = None) -> Path:
     """Write the GGUF of ``weights`` (float, per policy layer) rounded at ``bits`` on ``grid``, and its recipe.
 
+    ``levels`` (per layer, optional) are levels already chosen at the layer's bits,
+    e.g. by GPTQ; they are written as they are instead of rounding ``weights``.
     Written atomically (a temporary file renamed); returns ``path``.
     """
     check_grid(grid)
     reader = open_source(source)
     tensors = _searched_tensors(reader, weights)
-    write_encoded(path, reader, encode_layers(reader, weights, bits, grid))
+    write_encoded(path, reader, encode_layers(reader, weights, bits, grid, levels))
     write_recipe(recipe_path(path), {tensor: bits[layer] for tensor, layer in tensors.items()})
     return path
 
 
 def encode_layers(reader: Any, weights: Mapping[str, torch.Tensor], bits: Mapping[str, int],
-                  grid: GroupGrid) -> dict[str, tuple[np.ndarray, Any]]:
+                  grid: GroupGrid, levels: Mapping[str, GroupLevels] | None = None
+                  ) -> dict[str, tuple[np.ndarray, Any]]:
     """``{GGUF tensor: (blocks, type)}`` of every layer of ``weights`` rounded at its ``bits`` on ``grid``.
 
     Separate from writing, so that files mixing layers encoded once can be assembled
@@ -119,6 +123,12 @@ def encode_layers(reader: Any, weights: Mapping[str, torch.Tensor], bits: Mappin
     kv_heads = int(_field(reader, "llama.attention.head_count_kv", heads))
     encoded = {}
     for tensor, layer in tensors.items():
+        if levels is not None and layer in levels:
+            chosen = levels[layer]
+            ordered = GroupLevels(*(in_gguf_order(part.detach().cpu(), tensor, heads, kv_heads)
+                                    for part in (chosen.levels, chosen.low, chosen.scale)))
+            encoded[tensor] = levels_blocks(ordered, bits[layer])
+            continue
         ordered = in_gguf_order(weights[layer].detach().cpu(), tensor, heads, kv_heads)
         encoded[tensor] = gguf_blocks(ordered, bits[layer], grid)
     return encoded

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from haq_plugin import HaqError
+from haq_plugin.adapters.groupwise.gptq import GroupLevels
 from haq_plugin.adapters.groupwise.grid import GroupGrid, float_grid_codes
 from haq_plugin.adapters.groupwise.weights import float_grid_of
 
@@ -94,21 +95,29 @@ def gguf_blocks(weight: torch.Tensor, bits: int, grid: GroupGrid) -> tuple[np.nd
     Returns the bytes and their ``GGMLQuantizationType``; the values they decode to
     are the fake-quantized weights of the search (exactly for Q4_1 and Q5_1).
     """
+    check_grid(grid)
+    groups, low, scale = float_grid_of(weight.to(torch.float32), bits, grid)
+    return levels_blocks(GroupLevels(float_grid_codes(groups, bits, low, scale).to(torch.uint8), low, scale), bits)
+
+
+def levels_blocks(levels: GroupLevels, bits: int) -> tuple[np.ndarray, Any]:
+    """Levels already chosen (by rounding to nearest or by GPTQ) as GGUF bytes ``[out, bytes per row]``."""
     import gguf
 
-    check_grid(grid)
-    if weight.shape[-1] % BLOCK:
-        raise HaqError(f"--format gguf: a row of {weight.shape[-1]} weights is not a whole number of GGUF blocks "
+    out, n_groups, size = levels.levels.shape
+    if (n_groups * size) % BLOCK:
+        raise HaqError(f"--format gguf: a row of {n_groups * size} weights is not a whole number of GGUF blocks "
                        f"of {BLOCK}.")
+    if size % BLOCK:
+        raise HaqError(f"--format gguf: groups of {size} weights put two groups in one GGUF block of {BLOCK}.")
     qtype = written_type(bits)
-    groups, low, scale = float_grid_of(weight.to(torch.float32), bits, grid)
-    levels = float_grid_codes(groups, bits, low, scale)
+    low, scale = levels.low.detach().cpu().to(torch.float32), levels.scale.detach().cpu().to(torch.float32)
+    codes = levels.levels.detach().cpu()
     if qtype == gguf.GGMLQuantizationType.Q8_0:
-        values = (levels * scale + low).reshape(weight.shape)
+        values = GroupLevels(codes, low, scale).values((out, n_groups * size))
         return gguf.quants.quantize(values.numpy(), qtype), qtype
-    out, n_groups, size = groups.shape
     per_group = size // BLOCK
-    blocks = pack_blocks(levels.reshape(-1, BLOCK).to(torch.uint8).numpy(),
+    blocks = pack_blocks(codes.reshape(-1, BLOCK).numpy(),
                          low.unsqueeze(2).expand(out, n_groups, per_group, 1).reshape(-1, 1).numpy(),
                          scale.unsqueeze(2).expand(out, n_groups, per_group, 1).reshape(-1, 1).numpy(), bits)
     return blocks.reshape(out, -1), qtype

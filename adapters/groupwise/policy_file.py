@@ -7,12 +7,14 @@ weight, scales included::
 
     {"format": "haq-plugin groupwise policy", "schema_version": 1,
      "grid": {"group_size": 64, "zero_point": "float", "weight_range": "minmax", "scale_bits": 32},
-     "bits_per_weight": 3.5,
+     "rounding": "nearest", "bits_per_weight": 3.5,
      "layers": [{"name": "model.layers.0.self_attn.q_proj", "shape": [576, 576], "weight_bits": 3}, ...]}
 
 :func:`load_quantize_config` gives torchao's recipe for ``quantize_``;
 :func:`apply_policy` writes the searched weights into a model (the exact
-values the search evaluated, for either grid).
+values the search evaluated, for either grid).  ``"rounding": "gptq"`` weights
+depend on calibration inputs as well, so applying them takes the calibration
+batches; files written before the field existed were rounded to nearest.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from haq_plugin import HaqError
+from haq_plugin.adapters.groupwise.gptq import ROUNDINGS, gptq_levels
 from haq_plugin.adapters.groupwise.grid import GROUP_SIZES, SCALE_BITS, WEIGHT_RANGES, ZERO_POINTS, GroupGrid
+from haq_plugin.adapters.groupwise.hessians import gptq_hessians
 from haq_plugin.adapters.groupwise.weights import rounded_weight
 from haq_plugin.storage.files import read_versioned_json, require_fields, write_text_atomic
 
@@ -44,6 +48,7 @@ class GroupwisePolicy:
     grid: GroupGrid
     bits: dict[str, int]
     shapes: dict[str, tuple[int, int]]
+    rounding: str = "nearest"
 
     def bits_per_weight(self) -> float:
         """Stored bits over weights, scales and zero points included."""
@@ -52,12 +57,12 @@ class GroupwisePolicy:
 
 
 def write_policy_file(path: Path, bits: Mapping[str, int], shapes: Mapping[str, tuple[int, int]],
-                      grid: GroupGrid) -> Path:
+                      grid: GroupGrid, rounding: str = "nearest") -> Path:
     """Write the file for ``bits`` (layer -> weight bits) atomically; returns its path."""
     policy = GroupwisePolicy(grid, dict(bits), {name: tuple(shapes[name]) for name in bits})  # type: ignore[misc]
     document = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION,
-        "grid": {**asdict(grid), "scale_bits": SCALE_BITS},
+        "grid": {**asdict(grid), "scale_bits": SCALE_BITS}, "rounding": rounding,
         "bits_per_weight": round(policy.bits_per_weight(), 6),
         "layers": [{"name": name, "shape": list(policy.shapes[name]), "weight_bits": int(b)}
                    for name, b in bits.items()],
@@ -76,6 +81,9 @@ def read_policy_file(path: str | Path) -> GroupwisePolicy:
         if grid_data[key] not in allowed:
             raise HaqError(f"{path}: grid {key} {grid_data[key]!r} is not one of {', '.join(map(str, allowed))}.")
     grid = GroupGrid(int(grid_data["group_size"]), str(grid_data["zero_point"]), str(grid_data["weight_range"]))
+    rounding = data.get("rounding", "nearest")
+    if rounding not in ROUNDINGS:
+        raise HaqError(f"{path}: rounding {rounding!r} is not one of {', '.join(ROUNDINGS)}.")
     if not isinstance(data["layers"], list) or not data["layers"]:
         raise HaqError(f"{path}: 'layers' must be a non-empty list of layer entries.")
     bits, shapes = {}, {}
@@ -86,7 +94,7 @@ def read_policy_file(path: str | Path) -> GroupwisePolicy:
             raise HaqError(f"{path}: layer '{name}' has weight_bits {width!r}; the groupwise backend takes "
                            f"{SUPPORTED_BITS[0]} to {SUPPORTED_BITS[-1]}.")
         bits[name], shapes[name] = int(width), _shape(entry["shape"], name, path)
-    return GroupwisePolicy(grid, bits, shapes)
+    return GroupwisePolicy(grid, bits, shapes, str(rounding))
 
 
 def _shape(value: Any, name: str, path: str | Path) -> tuple[int, int]:
@@ -111,14 +119,32 @@ def _layers_of(model: nn.Module, policy: GroupwisePolicy, path: str | Path) -> d
     return {name: modules[name] for name in policy.bits}
 
 
-def apply_policy(model: nn.Module, path: str | Path) -> nn.Module:
-    """Round ``model``'s weights in place to the file's bits and grid: the weights the search evaluated."""
+def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[Any] | None = None) -> nn.Module:
+    """Round ``model``'s weights in place to the file's bits and grid: the weights the search evaluated.
+
+    A ``rounding: gptq`` file needs ``calibration_data`` (batches of model inputs):
+    the search's own calibration batches give the very weights it measured.
+    """
     policy = read_policy_file(path)
+    layers = _layers_of(model, policy, path)
+    hessians = _gptq_hessians(model, policy, path, calibration_data) if policy.rounding == "gptq" else None
     with torch.no_grad():
-        for name, module in _layers_of(model, policy, path).items():
+        for name, module in layers.items():
             weight = module.weight
-            weight.data.copy_(rounded_weight(weight.data.clone(), policy.bits[name], policy.grid))
+            if hessians is None:
+                rounded = rounded_weight(weight.data.clone(), policy.bits[name], policy.grid)
+            else:
+                rounded = gptq_levels(weight.data, hessians[name], policy.bits[name], policy.grid).values(weight.shape)
+            weight.data.copy_(rounded)
     return model
+
+
+def _gptq_hessians(model: nn.Module, policy: GroupwisePolicy, path: str | Path,
+                   calibration_data: Iterable[Any] | None) -> dict[str, torch.Tensor]:
+    if calibration_data is None:
+        raise HaqError(f"{path} was searched with rounding=gptq, whose weights depend on calibration inputs: pass "
+                       "calibration_data= (the search's calibration batches give the searched weights).")
+    return gptq_hessians(model, list(policy.bits), calibration_data)
 
 
 def load_quantize_config(path: str | Path, model: nn.Module | None = None) -> Any:
@@ -142,6 +168,10 @@ def load_quantize_config(path: str | Path, model: nn.Module | None = None) -> An
         log.warning("%s was searched with float zero points (llama.cpp's grid); torchao's IntxWeightOnlyConfig "
                     "uses integer zero points, so its weights differ from the searched ones. Search with "
                     "--backend-option zero_point=integer for an exact torchao recipe.", path)
+    if policy.rounding == "gptq":
+        log.warning("%s was searched with GPTQ rounding; torchao's IntxWeightOnlyConfig rounds to nearest, so its "
+                    "weights differ from the searched ones (apply_policy with calibration_data, or --format gguf, "
+                    "keeps them).", path)
     if policy.grid.weight_range != "minmax":
         log.warning("%s was searched with MSE-clipped ranges; torchao's recipe uses each group's full range.", path)
     granularity = PerAxis(0) if policy.grid.group_size == 0 else PerGroup(policy.grid.group_size)

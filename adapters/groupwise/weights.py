@@ -7,6 +7,11 @@ kept, most recently used first, up to ``cache_bytes``: a search revisits the
 same (layer, width) pairs all the time, and a kept one is swapped in without
 rounding again.  The float weights are read from the model the backend was
 prepared on, which is never modified.
+
+With GPTQ rounding (:mod:`.gptq`, ``hessians`` given) each (layer, width) is
+rounded once and its levels kept, one byte per weight: GPTQ costs far more than
+rounding to nearest, while turning kept levels into weights costs one
+multiply-add.  The float cache is then not used.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Mapping
 
 import torch
 
-from haq_plugin.adapters.groupwise.grid import (GroupGrid, as_groups, float_grid_params, float_grid_values,
-                                                integer_grid_values, mse_clip_ratios)
+from haq_plugin.adapters.groupwise.gptq import GroupLevels, gptq_levels
+from haq_plugin.adapters.groupwise.grid import (GroupGrid, as_groups, float_grid_codes, float_grid_params,
+                                                float_grid_values, integer_grid_values, mse_clip_ratios)
 
 
 def rounded_weight(weight: torch.Tensor, bits: int, grid: GroupGrid, ratio: torch.Tensor | None = None,
@@ -49,9 +55,14 @@ class GroupQuantizedWeights:
     """Per layer: the float weight, the weight the model computes with, and the bits it holds now."""
 
     def __init__(self, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grid: GroupGrid,
-                 cache_bytes: int = 0) -> None:
-        """``weights`` maps a layer name to (its float weight, the parameter of the model to write into)."""
+                 cache_bytes: int = 0, hessians: Mapping[str, torch.Tensor] | None = None) -> None:
+        """``weights`` maps a layer name to (its float weight, the parameter of the model to write into).
+
+        ``hessians`` (layer -> input Hessian) switches the rounding to GPTQ.
+        """
         self.grid, self.cache_bytes = grid, cache_bytes
+        self._hessians = dict(hessians) if hessians is not None else None
+        self._levels: dict[tuple[str, int], GroupLevels] = {}
         self._kept: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._kept_bytes = 0
         self._float = {name: pair[0].detach() for name, pair in weights.items()}
@@ -62,6 +73,21 @@ class GroupQuantizedWeights:
     def float_weight(self, name: str) -> torch.Tensor:
         """The layer's float weight, which every rounding (and a file export) starts from."""
         return self._float[name]
+
+    @property
+    def rounding(self) -> str:
+        return "nearest" if self._hessians is None else "gptq"
+
+    def levels(self, name: str, bits: int) -> GroupLevels:
+        """The layer's levels at ``bits`` on the float grid: what a file stores (GPTQ's are kept)."""
+        if self._hessians is None:
+            groups, low, scale = float_grid_of(self._float[name].to(torch.float32), bits, self.grid,
+                                               self._ratio(name, bits))
+            return GroupLevels(float_grid_codes(groups, bits, low, scale).to(torch.uint8), low, scale)
+        key = (name, bits)
+        if key not in self._levels:
+            self._levels[key] = gptq_levels(self._float[name], self._hessians[name], bits, self.grid)
+        return self._levels[key]
 
     def apply(self, bits: Mapping[str, int]) -> None:
         """Round every layer of ``bits`` to its width, skipping layers already at that width."""
@@ -74,6 +100,9 @@ class GroupQuantizedWeights:
 
     def _rounded(self, name: str, bits: int) -> torch.Tensor:
         """The layer's weight rounded at ``bits``: kept from before, or rounded now (and kept if it fits)."""
+        if self._hessians is not None:
+            weight = self._float[name]
+            return self.levels(name, bits).values(weight.shape).to(weight.dtype)
         key = (name, bits)
         if key in self._kept:
             self._kept.move_to_end(key)

@@ -155,3 +155,28 @@ def test_a_layer_outside_llamas_names_is_refused():
         gguf_name("model.layers.0.mlp.fc1", tied=False)
     assert "layer 'model.layers.0.mlp.fc1' is not a Llama decoder linear" in one_line(error)
     assert gguf_name("lm_head", tied=False) == "output.weight"
+
+
+def test_gptq_levels_are_written_as_they_are(tmp_path):
+    """GPTQ's levels are not the nearest ones: the file must hold the searched weights, not a re-rounding."""
+    from transformers import AutoModelForCausalLM
+
+    write_tiny_gguf(tmp_path / "source.gguf", *tiny_llama(seed=4))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="source.gguf", dtype=torch.float32).eval()
+    calibration = [torch.randint(0, 300, (1, 32)) for _ in range(4)]
+    layers = [layer for layer in extract_layers(model, calibration[0]) if layer.name != "lm_head"]
+    bits = {layer.name: 2 + i % 4 for i, layer in enumerate(layers)}  # 2..5: Q4_1 and Q5_1, exact
+    backend = load_backend("groupwise", group_size=32, rounding="gptq")
+    backend.prepare(model, calibration[0], calibration, layers=layers)
+    backend.set_policy({name: (b, 8) for name, b in bits.items()})
+    path = backend.export_gguf(Policy.from_bits(layers, {n: (b, 8) for n, b in bits.items()}), tmp_path / "out.gguf",
+                               tmp_path / "source.gguf")
+    tensors = _tensors(path)
+    moved = 0
+    for layer, width in bits.items():
+        name = gguf_name(layer, tied=True)
+        searched = backend.model.get_submodule(layer).weight.detach()
+        got = gguf.quants.dequantize(np.asarray(tensors[name].data), tensors[name].tensor_type)
+        assert np.array_equal(got, in_gguf_order(searched, name, HEADS, KV_HEADS).numpy()), layer
+        moved += not torch.equal(searched, _fake_quantized(model, layer, width))
+    assert moved == len(bits)  # every layer's GPTQ weights differ from rounding to nearest
