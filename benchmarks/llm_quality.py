@@ -78,6 +78,7 @@ def run(budgets: list[float], seeds: list[int], episodes: int, decisions: str, s
     calibration = list(task.windows.calibration.split(1))
     val_fn, test_fn = task.val_eval_fn(), task.test_eval_fn()
     backend = GroupwiseBackend(group_size=64, rounding=rounding)
+    backend.reuse_prepared = True  # as in a sweep: one prepare (and one set of GPTQ Hessians) for every search
     reference = {"val": val_fn(model), "test": test_fn(model)}
     rows: list[dict[str, Any]] = []
     common = dict(hardware="llm-decode", backend=backend, constraint="size", metric="perplexity",

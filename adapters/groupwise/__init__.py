@@ -55,7 +55,7 @@ class GroupwiseBackend(QuantBackend):
                "smallest squared error (float zero point only)", choices=WEIGHT_RANGES),
         Option("rounding", str, "nearest", "'nearest': each weight to its nearest level; 'gptq': GPTQ, each "
                "column's error moved onto the next ones by the layer's calibration inputs (linear layers, float "
-               "zero point; computed once per layer and width)", choices=ROUNDINGS),
+               "zero point, widths below 8; computed once per layer and width)", choices=ROUNDINGS),
     )
 
     def __init__(self, **options: Any) -> None:

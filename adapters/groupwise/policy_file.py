@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from haq_plugin import HaqError
-from haq_plugin.adapters.groupwise.gptq import ROUNDINGS, gptq_levels
+from haq_plugin.adapters.groupwise.gptq import ROUNDINGS, gptq_levels, inverse_factor
 from haq_plugin.adapters.groupwise.grid import GROUP_SIZES, SCALE_BITS, WEIGHT_RANGES, ZERO_POINTS, GroupGrid
 from haq_plugin.adapters.groupwise.hessians import gptq_hessians
-from haq_plugin.adapters.groupwise.weights import rounded_weight
+from haq_plugin.adapters.groupwise.weights import GPTQ_BELOW, rounded_weight
 from haq_plugin.storage.files import read_versioned_json, require_fields, write_text_atomic
 
 FORMAT = "haq-plugin groupwise policy"
@@ -131,10 +131,11 @@ def apply_policy(model: nn.Module, path: str | Path, calibration_data: Iterable[
     with torch.no_grad():
         for name, module in layers.items():
             weight = module.weight
-            if hessians is None:
+            if hessians is None or policy.bits[name] >= GPTQ_BELOW:
                 rounded = rounded_weight(weight.data.clone(), policy.bits[name], policy.grid)
             else:
-                rounded = gptq_levels(weight.data, hessians[name], policy.bits[name], policy.grid).values(weight.shape)
+                upper = inverse_factor(hessians[name])
+                rounded = gptq_levels(weight.data, upper, policy.bits[name], policy.grid).values(weight.shape)
             weight.data.copy_(rounded)
     return model
 

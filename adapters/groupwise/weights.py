@@ -8,10 +8,12 @@ same (layer, width) pairs all the time, and a kept one is swapped in without
 rounding again.  The float weights are read from the model the backend was
 prepared on, which is never modified.
 
-With GPTQ rounding (:mod:`.gptq`, ``hessians`` given) each (layer, width) is
-rounded once and its levels kept, one byte per weight: GPTQ costs far more than
-rounding to nearest, while turning kept levels into weights costs one
-multiply-add.  The float cache is then not used.
+With GPTQ rounding (:mod:`.gptq`, ``hessians`` given) each (layer, width) below
+8 bits is rounded once and its levels kept, one byte per weight: GPTQ costs far
+more than rounding to nearest, while turning kept levels into weights costs one
+multiply-add.  8 bits still round to nearest: their error is already a 255th of
+each group's range, and the layer kept at 8 bits in a language model, ``lm_head``,
+is often the token embedding too, which GPTQ would fit to ``lm_head``'s inputs only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Mapping
 
 import torch
 
-from haq_plugin.adapters.groupwise.gptq import GroupLevels, gptq_levels
+from haq_plugin.adapters.groupwise.gptq import GroupLevels, gptq_levels, inverse_factor
 from haq_plugin.adapters.groupwise.grid import (GroupGrid, as_groups, float_grid_codes, float_grid_params,
                                                 float_grid_values, integer_grid_values, mse_clip_ratios)
 
@@ -51,6 +53,18 @@ def float_grid_of(weight: torch.Tensor, bits: int, grid: GroupGrid, ratio: torch
     return groups, low, scale
 
 
+def _inverse_factors(hessians: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GPTQ's inverse factor per layer, computed once per Hessian (q, k and v share one, and their factor)."""
+    shared: dict[int, torch.Tensor] = {}
+    for hessian in hessians.values():
+        if id(hessian) not in shared:
+            shared[id(hessian)] = inverse_factor(hessian)
+    return {name: shared[id(hessian)] for name, hessian in hessians.items()}
+
+
+GPTQ_BELOW = 8  # widths from here up round to nearest even with rounding=gptq (see the module docstring)
+
+
 class GroupQuantizedWeights:
     """Per layer: the float weight, the weight the model computes with, and the bits it holds now."""
 
@@ -61,7 +75,7 @@ class GroupQuantizedWeights:
         ``hessians`` (layer -> input Hessian) switches the rounding to GPTQ.
         """
         self.grid, self.cache_bytes = grid, cache_bytes
-        self._hessians = dict(hessians) if hessians is not None else None
+        self._factors = None if hessians is None else _inverse_factors(hessians)
         self._levels: dict[tuple[str, int], GroupLevels] = {}
         self._kept: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._kept_bytes = 0
@@ -76,17 +90,17 @@ class GroupQuantizedWeights:
 
     @property
     def rounding(self) -> str:
-        return "nearest" if self._hessians is None else "gptq"
+        return "nearest" if self._factors is None else "gptq"
 
     def levels(self, name: str, bits: int) -> GroupLevels:
         """The layer's levels at ``bits`` on the float grid: what a file stores (GPTQ's are kept)."""
-        if self._hessians is None:
+        if self._factors is None or bits >= GPTQ_BELOW:
             groups, low, scale = float_grid_of(self._float[name].to(torch.float32), bits, self.grid,
                                                self._ratio(name, bits))
             return GroupLevels(float_grid_codes(groups, bits, low, scale).to(torch.uint8), low, scale)
         key = (name, bits)
         if key not in self._levels:
-            self._levels[key] = gptq_levels(self._float[name], self._hessians[name], bits, self.grid)
+            self._levels[key] = gptq_levels(self._float[name], self._factors[name], bits, self.grid)
         return self._levels[key]
 
     def apply(self, bits: Mapping[str, int]) -> None:
@@ -100,7 +114,7 @@ class GroupQuantizedWeights:
 
     def _rounded(self, name: str, bits: int) -> torch.Tensor:
         """The layer's weight rounded at ``bits``: kept from before, or rounded now (and kept if it fits)."""
-        if self._hessians is not None:
+        if self._factors is not None and bits < GPTQ_BELOW:
             weight = self._float[name]
             return self.levels(name, bits).values(weight.shape).to(weight.dtype)
         key = (name, bits)

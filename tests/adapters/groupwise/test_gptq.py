@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from haq_plugin import HaqError, load_backend
-from haq_plugin.adapters.groupwise.gptq import gptq_levels
+from haq_plugin.adapters.groupwise.gptq import gptq_levels, inverse_factor
 from haq_plugin.adapters.groupwise.grid import GroupGrid, as_groups
 from haq_plugin.adapters.groupwise.hessians import input_hessians
 from haq_plugin.adapters.groupwise.weights import rounded_weight
@@ -28,7 +28,7 @@ def test_gptq_lowers_the_output_error_of_rounding_to_nearest(bits, group_size):
     weight = torch.randn(48, 128)
     inputs = _correlated_inputs(512, 128)
     grid = GroupGrid(group_size)
-    levels = gptq_levels(weight, inputs.T @ inputs, bits, grid)
+    levels = gptq_levels(weight, inverse_factor(inputs.T @ inputs), bits, grid)
     gptq = levels.values(weight.shape)
     nearest = rounded_weight(weight, bits, grid)
 
@@ -47,7 +47,7 @@ def test_with_uncorrelated_inputs_gptq_is_rounding_to_nearest():
     torch.manual_seed(1)
     weight = torch.randn(16, 64)
     hessian = torch.diag(torch.rand(64) + 0.5)
-    levels = gptq_levels(weight, hessian, 3, GroupGrid(32))
+    levels = gptq_levels(weight, inverse_factor(hessian), 3, GroupGrid(32))
     assert torch.equal(levels.values(weight.shape), rounded_weight(weight, 3, GroupGrid(32)))
 
 
@@ -84,11 +84,15 @@ def test_the_backend_rounds_with_gptq_and_keeps_each_width_once():
         with torch.no_grad():
             errors[rounding] = float((backend.model(inputs) - outputs).square().mean())
     assert errors["gptq"] < errors["nearest"]
-    kept = backend._weights._levels  # prepare's 8 bits, then 3
-    assert sorted(kept) == sorted((name, b) for name in backend.layer_names for b in (3, 8))
+    kept = backend._weights._levels  # 3 bits only: prepare's 8 bits round to nearest
+    assert sorted(kept) == sorted((name, 3) for name in backend.layer_names)
     backend.set_policy({name: (4, 8) for name in backend.layer_names})
     backend.set_policy({name: (3, 8) for name in backend.layer_names})
-    assert len(kept) == 3 * len(backend.layer_names)  # 3 bits came back from the kept levels
+    assert len(kept) == 2 * len(backend.layer_names)  # 3 bits came back from the kept levels
+    backend.set_policy({name: (8, 8) for name in backend.layer_names})
+    for name in backend.layer_names:
+        float_weight = model.get_submodule(name).weight
+        assert torch.equal(backend.model.get_submodule(name).weight, rounded_weight(float_weight, 8, GroupGrid(32)))
 
 
 def test_gptq_refuses_what_it_cannot_round():
