@@ -105,7 +105,8 @@ BUDGET = BudgetType()
 def apply_task_defaults(params: dict[str, Any], ctx: click.Context) -> None:
     """A language-model ``--model`` changes the defaults of the options the user did not give.
 
-    Weight-only group-wise quantization (``--backend groupwise``), the decode
+    Weight-only group-wise quantization (``--backend groupwise`` with GPTQ rounding and
+    32 calibration windows for its Hessians), the decode
     hardware model, a size budget with perplexity as the metric, one decision
     per block, the first layer free, and ``text:pydoc`` as the data
     (:data:`haq_plugin.tasks.llm.spec.SEARCH_DEFAULTS`).  A ``--metric`` other than
@@ -123,9 +124,31 @@ def apply_task_defaults(params: dict[str, Any], ctx: click.Context) -> None:
         name = names.get(key, "data_spec" if key == "data" else key)
         if name in params and ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
             params[name] = value
+    _backend_defaults(params)
     if params.get("metric", "perplexity") != "perplexity":  # given on the command line: defaults are set above
         raise HaqError(f"--metric {params['metric']}: a language model is measured by its perplexity on the val "
                        "windows (lower is better), not by an accuracy; drop --metric or give --metric perplexity.")
+
+
+def _backend_defaults(params: dict[str, Any]) -> None:
+    """A language model's backend options not given (GPTQ rounding for groupwise), and GPTQ's calibration windows.
+
+    Added as if typed, so that the search records them and ``export`` re-creates the same weights.
+    """
+    from haq_plugin.tasks.llm.spec import BACKEND_DEFAULTS, GPTQ_CALIBRATION_WINDOWS
+
+    if "backend_options" not in params:
+        return
+    given = plugin_options(params["backend_options"], "--backend-option")
+    added = {key: value for key, value in BACKEND_DEFAULTS.get(params.get("backend_name"), {}).items()
+             if key not in given}
+    if given.get("zero_point") == "integer":  # torchao's grid, for an exact torchao recipe: it rounds to nearest
+        added.pop("rounding", None)
+    params["backend_options"] = (*params["backend_options"], *(f"{key}={value}" for key, value in added.items()))
+    if {**given, **added}.get("rounding") != "gptq" or "data_options" not in params:
+        return
+    if "calibration_windows" not in plugin_options(params["data_options"] or (), "--data-option"):
+        params["data_options"] = (*(params["data_options"] or ()), f"calibration_windows={GPTQ_CALIBRATION_WINDOWS}")
 
 
 def plugin_options(values: tuple[str, ...], flag: str) -> dict[str, str]:

@@ -112,6 +112,37 @@ def test_search_then_export_gives_torchao_the_searched_perplexity(files, tmp_pat
     assert by_torchao == pytest.approx(achieved, rel=1e-3)
 
 
+def test_a_language_model_search_rounds_with_gptq_and_export_keeps_its_weights(files, tmp_path, capsys):
+    """The default: GPTQ on 32 calibration windows, recorded so that export and apply_policy rebuild it."""
+    from haq_plugin.adapters.groupwise import apply_policy
+    from haq_plugin.tasks.llm import build_language_model_task, perplexity
+
+    out = tmp_path / "search"
+    windows = ("--data-option", "window=32", "--data-option", "val_windows=2", "--data-option", "test_windows=2")
+    code, stdout, stderr = haq(capsys, "search", "--model", f"hf:{files / 'ckpt'}", "--data",
+                               f"text:{files / 'corpus.txt'}", *windows, "--budget", "3.5bpw", "--output", str(out))
+    assert code == 0, stderr
+    policy = Policy.load(out / "policy.json")
+    assert policy.provenance["backend"]["config"]["rounding"] == "gptq"
+    assert policy.provenance["search"]["task"]["data_options"]["calibration_windows"] == "32"
+    exported = tmp_path / "exported.json"
+    code, stdout, stderr = haq(capsys, "export", "--policy", str(out / "policy.json"), "--backend", "groupwise",
+                               "-o", str(exported))
+    assert code == 0, stderr
+    assert json.loads(exported.read_text()) == json.loads((out / "groupwise_policy.json").read_text())
+    assert json.loads(exported.read_text())["rounding"] == "gptq"
+    task = build_language_model_task(f"hf:{files / 'ckpt'}", f"text:{files / 'corpus.txt'}", window=32,
+                                     calibration_windows=32, val_windows=2, test_windows=2, progress=False)
+    applied = apply_policy(copy.deepcopy(task.model), exported, list(task.windows.calibration.split(1)))
+    assert perplexity(applied, task.windows.val) == pytest.approx(policy.provenance["achieved"]["accuracy"], rel=1e-6)
+
+    code, stdout, stderr = haq(capsys, "search", "--model", f"hf:{files / 'ckpt'}", "--data",
+                               f"text:{files / 'corpus.txt'}", *WINDOWS, "--budget", "3.5bpw", "--backend-option",
+                               "rounding=nearest", "--output", str(tmp_path / "nearest"))
+    assert code == 0, stderr
+    assert Policy.load(tmp_path / "nearest" / "policy.json").provenance["backend"]["config"]["rounding"] == "nearest"
+
+
 @pytest.mark.slow
 def test_search_and_export_in_a_fresh_interpreter(files, tmp_path):
     out = tmp_path / "search"

@@ -37,6 +37,10 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     # widths 2..5: at 3 to 4.5 bits per weight nothing wider is affordable, and greedy measures 3 widths per unit
     "max_bits": 5,
 }
+# GPTQ rounding for the default backend (benchmarks/RESULTS.md section 10), and the calibration it needs: its
+# Hessians from 32 windows of 256 tokens (one pass of the float model) instead of the 4 other backends calibrate on.
+BACKEND_DEFAULTS: dict[str, dict[str, str]] = {"groupwise": {"rounding": "gptq"}}
+GPTQ_CALIBRATION_WINDOWS = 32
 
 
 def is_language_model(model_spec: str | None) -> bool:
