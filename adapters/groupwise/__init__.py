@@ -30,6 +30,8 @@ from haq_plugin.adapters.groupwise.grid import GROUP_SIZES, WEIGHT_RANGES, ZERO_
 from haq_plugin.adapters.groupwise.policy_file import apply_policy, load_quantize_config, write_policy_file
 from haq_plugin.adapters.groupwise.weights import GroupQuantizedWeights
 
+GGUF_TYPES = ("exact", "k")  # export_gguf's type families: the gguf package's exact types, or llama.cpp's K types
+
 __all__ = ["GroupwiseBackend", "apply_policy", "load_quantize_config"]
 
 
@@ -125,16 +127,28 @@ class GroupwiseBackend(QuantBackend):
         return write_policy_file(self.export_path(path), {name: pair[0] for name, pair in bits.items()}, shapes,
                                  self.grid, self.config["rounding"])
 
-    def export_gguf(self, policy: Policy | Any, path: str | Path, source: str | Path) -> Path:
+    def export_gguf(self, policy: Policy | Any, path: str | Path, source: str | Path, types: str = "exact",
+                    threads: int = 1) -> Path:
         """Write the policy as a GGUF for llama.cpp, from the GGUF ``source`` the model was loaded from.
 
-        Also writes ``<path>.tensor-types.txt`` (see :mod:`haq_plugin.adapters.groupwise.gguf_export`).
+        ``types="exact"``: the types the ``gguf`` package writes, holding the searched
+        weights bit for bit (:mod:`haq_plugin.adapters.groupwise.gguf_export`);
+        ``types="k"``: llama.cpp's K types, written by its quantizer on ``threads``
+        threads (:mod:`haq_plugin.adapters.groupwise.gguf_k_types`).  Also writes
+        ``<path>.tensor-types.txt``, the recipe for ``llama-quantize``.
         """
-        from haq_plugin.adapters.groupwise.gguf_export import write_gguf  # deferred: imports gguf
-
         self.require_prepared()
         assert self._weights is not None
         bits = {name: pair[0] for name, pair in self.policy_bits(policy).items()}
+        if types not in GGUF_TYPES:
+            raise HaqError(f"--gguf-types {types!r}: choose one of {', '.join(GGUF_TYPES)}.")
+        if types == "k":
+            from haq_plugin.adapters.groupwise.gguf_k_types import write_k_gguf  # deferred: imports llama_cpp
+
+            searched = {name: self._weights.rounded(name, width) for name, width in bits.items()}
+            return write_k_gguf(Path(path), Path(source), searched, bits, threads)
+        from haq_plugin.adapters.groupwise.gguf_export import write_gguf  # deferred: imports gguf
+
         weights = {name: self._weights.float_weight(name) for name in bits}
         levels = None
         if self._weights.rounding == "gptq":

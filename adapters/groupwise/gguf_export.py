@@ -41,7 +41,7 @@ RECIPE_SUFFIX = ".tensor-types.txt"
 _NOT_COPIED = ("general.architecture", "general.alignment", "general.file_type")
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
+def field_value(reader: Any, key: str, default: Any = None) -> Any:
     field = reader.fields.get(key)
     return default if field is None else field.contents()
 
@@ -54,7 +54,7 @@ def open_source(source: Path) -> Any:
         reader = GGUFReader(str(source))
     except (OSError, ValueError) as error:
         raise HaqError(f"--format gguf: cannot read the source GGUF {source}: {error}") from None
-    architecture = _field(reader, "general.architecture")
+    architecture = field_value(reader, "general.architecture")
     if architecture != "llama":
         raise HaqError(f"--format gguf: {source} is a {architecture!r} model; the GGUF export writes "
                        "Llama-architecture language models only (general.architecture 'llama').")
@@ -72,7 +72,7 @@ def _copy_metadata(reader: Any, writer: Any) -> None:
         writer.add_key_value(key, field.contents(), kind, field.types[-1] if kind == GGUFValueType.ARRAY else None)
 
 
-def _searched_tensors(reader: Any, weights: Mapping[str, torch.Tensor]) -> dict[str, str]:
+def searched_tensors(reader: Any, weights: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """``{GGUF tensor: policy layer}``, every layer's tensor checked to exist with the layer's shape."""
     shapes = {tensor.name: tuple(int(d) for d in reversed(tensor.shape)) for tensor in reader.tensors}
     tied = "output.weight" not in shapes
@@ -90,7 +90,8 @@ def _main_file_type(types: Counter) -> Any:
     """``general.file_type`` of the type that holds most searched weights (llama.cpp shows it as the model's)."""
     from gguf import LlamaFileType
 
-    return LlamaFileType[f"MOSTLY_{types.most_common(1)[0][0].name}"]
+    name = types.most_common(1)[0][0].name
+    return LlamaFileType.ALL_F32 if name == "F32" else LlamaFileType[f"MOSTLY_{name}"]
 
 
 def write_gguf(path: Path, source: Path, weights: Mapping[str, torch.Tensor], bits: Mapping[str, int],
@@ -103,7 +104,7 @@ def write_gguf(path: Path, source: Path, weights: Mapping[str, torch.Tensor], bi
     """
     check_grid(grid)
     reader = open_source(source)
-    tensors = _searched_tensors(reader, weights)
+    tensors = searched_tensors(reader, weights)
     write_encoded(path, reader, encode_layers(reader, weights, bits, grid, levels))
     write_recipe(recipe_path(path), {tensor: bits[layer] for tensor, layer in tensors.items()})
     return path
@@ -118,9 +119,9 @@ def encode_layers(reader: Any, weights: Mapping[str, torch.Tensor], bits: Mappin
     cheaply (:func:`write_encoded`).
     """
     check_grid(grid)
-    tensors = _searched_tensors(reader, weights)
-    heads = int(_field(reader, "llama.attention.head_count"))
-    kv_heads = int(_field(reader, "llama.attention.head_count_kv", heads))
+    tensors = searched_tensors(reader, weights)
+    heads = int(field_value(reader, "llama.attention.head_count"))
+    kv_heads = int(field_value(reader, "llama.attention.head_count_kv", heads))
     encoded = {}
     for tensor, layer in tensors.items():
         if levels is not None and layer in levels:

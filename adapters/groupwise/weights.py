@@ -109,11 +109,11 @@ class GroupQuantizedWeights:
             for name, width in bits.items():
                 if self._current.get(name) == width:
                     continue
-                self._target[name].data = self._rounded(name, width)
+                self._target[name].data = self.rounded(name, width)
                 self._current[name] = width
 
-    def _rounded(self, name: str, bits: int) -> torch.Tensor:
-        """The layer's weight rounded at ``bits``: kept from before, or rounded now (and kept if it fits)."""
+    def rounded(self, name: str, bits: int) -> torch.Tensor:
+        """The layer's weight rounded at ``bits`` (what the search measures): kept, or rounded now (and kept if it fits)."""
         if self._factors is not None and bits < GPTQ_BELOW:
             weight = self._float[name]
             return self.levels(name, bits).values(weight.shape).to(weight.dtype)

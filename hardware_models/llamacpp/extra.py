@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 import platform
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 from haq_plugin.api.errors import HaqError
 
@@ -40,11 +44,11 @@ def missing_extra() -> str | None:
     return None
 
 
-def require_llama_cpp() -> ModuleType:
-    """``llama_cpp``, or the one-line :class:`HaqError` of :func:`missing_extra`."""
+def require_llama_cpp(purpose: str = "hardware model 'llamacpp-cpu' is unavailable") -> ModuleType:
+    """``llama_cpp``, or the one-line :class:`HaqError` of :func:`missing_extra` after ``purpose``."""
     missing = missing_extra()
     if missing:
-        raise HaqError(f"hardware model 'llamacpp-cpu' is unavailable: {missing}")
+        raise HaqError(f"{purpose}: {missing}")
     return importlib.import_module("llama_cpp")
 
 
@@ -74,3 +78,26 @@ def machine_identity() -> dict[str, str | int]:
     return {"cpu": cpu_model(), "cpus": usable_cpus(), "machine": platform.machine(),
             "llama_cpp_python": getattr(llama_cpp, "__version__", "unknown"),
             "llama_cpp_features": features.decode(errors="replace") if isinstance(features, bytes) else str(features)}
+
+
+@contextmanager
+def native_output_to(log: Path) -> Iterator[None]:
+    """Everything llama.cpp prints meanwhile (through llama-cpp-python's logger or straight to the process's
+    stdout and stderr, as its quantizer and loader partly do) goes into the file ``log`` instead."""
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        logger.setLevel(level)

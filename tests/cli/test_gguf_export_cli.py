@@ -47,7 +47,7 @@ def test_export_writes_a_gguf_and_its_recipe(files, tmp_path, capsys):
     code, stdout, stderr = haq(capsys, "export", "--policy", str(files / "policy.json"), "--backend", "groupwise",
                                "--format", "gguf", "--out", str(out))
     assert code == 0, stderr
-    assert f"wrote {out} (GGUF, 15 layers)" in stdout and f"{out}.tensor-types.txt" in stdout
+    assert f"wrote {out} (GGUF, exact types, 15 layers)" in stdout and f"{out}.tensor-types.txt" in stdout
     types = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(str(out)).tensors}
     policy = Policy.load(files / "policy.json")
     recipe = (tmp_path / "tiny-mixed.gguf.tensor-types.txt").read_text().splitlines()
@@ -74,4 +74,44 @@ def test_refusals_are_one_line_and_exit_2(case, files, tmp_path, capsys):
                                "-o", str(tmp_path / "out.gguf"), *[arg.format(root=files) for arg in extra])
     assert code == 2, stderr
     assert message in the_error(stderr)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_k_types_with_verify_report_fallbacks_and_both_perplexities(files, tmp_path, capsys):
+    pytest.importorskip("llama_cpp", reason="the llamacpp extra (llama-cpp-python) is not installed")
+    out = tmp_path / "tiny-k.gguf"
+    code, stdout, stderr = haq(capsys, "export", "--policy", str(files / "policy.json"), "--backend", "groupwise",
+                               "--format", "gguf", "--gguf-types", "k", "--verify", "--out", str(out))
+    assert code == 0, stderr
+    assert f"wrote {out} (GGUF, k types, 15 layers)" in stdout
+    # hidden 64: no row holds a K super-block of 256 weights, so llama.cpp falls back for every K type, and says so
+    k_typed = sum(1 for width, _ in Policy.load(files / "policy.json").bits.values() if width <= 6)
+    assert f"note: llama.cpp wrote another type where a row is not a multiple of 256 weights, {k_typed} tensors: " \
+        in stdout
+    line = next(line for line in stdout.splitlines() if line.startswith("perplexity on the search's"))
+    assert line.startswith("perplexity on the search's 2 val windows of 32 tokens: searched ")
+    searched, measured = (float(part.split()[-1]) for part in line.split(": ", 1)[1].split(" (")[0].split(", "))
+    assert measured == pytest.approx(searched, rel=0.1)  # a random model: perplexity near its vocabulary size
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gguf-types", "k"], "--gguf-types and --verify apply to --format gguf only."),
+    (["--verify"], "--gguf-types and --verify apply to --format gguf only."),
+])
+def test_gguf_options_without_format_gguf_are_refused(files, tmp_path, capsys, extra, message):
+    code, stdout, stderr = haq(capsys, "export", "--policy", str(files / "policy.json"), "--backend", "groupwise",
+                               "-o", str(tmp_path / "out.json"), *extra)
+    assert code == 2, stderr
+    assert message in the_error(stderr)
+
+
+def test_k_types_without_the_llamacpp_extra_are_a_one_line_refusal(files, tmp_path):
+    from tests.hardware_models.llamacpp.test_unavailable import INSTALL, haq_without_llama_cpp
+
+    result = haq_without_llama_cpp("export", "--policy", str(files / "policy.json"), "--backend", "groupwise",
+                                   "--format", "gguf", "--gguf-types", "k", "-o", str(tmp_path / "out.gguf"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --gguf-types k: it needs the llamacpp extra"), lines
+    assert lines[0].endswith(INSTALL)
     assert not (tmp_path / "out.gguf").exists()

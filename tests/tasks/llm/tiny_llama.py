@@ -44,12 +44,16 @@ def tiny_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=BOS)
 
 
-def tiny_llama(seed: int = 0) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: a 2-block Llama (hidden 64, 4 heads, 2 kv heads, context 128), eval mode."""
+def tiny_llama(seed: int = 0, hidden_size: int = 64, intermediate_size: int = 128) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: a 2-block Llama (hidden 64, 4 heads, 2 kv heads, context 128), eval mode.
+
+    ``hidden_size=256`` gives rows that llama.cpp's K types (super-blocks of 256) hold.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
