@@ -58,11 +58,14 @@ _FILE_TYPES = {"Q2_K": "MOSTLY_Q2_K", "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q
                "Q6_K": "MOSTLY_Q6_K", "Q8_0": "MOSTLY_Q8_0"}
 
 
-def llama_quantize(source: Path, path: Path, types: Mapping[str, str], main_type: str, threads: int = 1) -> None:
+def llama_quantize(source: Path, path: Path, types: Mapping[str, str], file_type: str, threads: int = 1,
+                   pure: bool = True) -> None:
     """``llama_model_quantize(source -> path)`` with one exact-name override per entry of ``types``.
 
     ``types`` maps GGUF tensor names to ggml type names (``"Q3_K"``); every other
-    tensor is quantized to ``main_type``'s file type, so callers list every 2-D tensor.
+    2-D tensor gets ``file_type``'s type (a ``gguf.LlamaFileType`` name such as
+    ``"MOSTLY_Q3_K_M"``), or, with ``pure=False``, llama.cpp's own mix for it: what
+    ``llama-quantize SOURCE PATH Q3_K_M`` writes.
     """
     import gguf
 
@@ -78,9 +81,9 @@ def llama_quantize(source: Path, path: Path, types: Mapping[str, str], main_type
     overrides[len(names)].pattern = None  # the list ends at a null pattern
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads
-    params.ftype = int(gguf.LlamaFileType[_FILE_TYPES.get(main_type, "MOSTLY_Q8_0")])
+    params.ftype = int(gguf.LlamaFileType[file_type])
     params.allow_requantize = True  # tensors outside the search may already be quantized (then copied)
-    params.pure = True
+    params.pure = pure
     params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     log = path.with_name(f".{path.name}.log")
     try:
@@ -91,7 +94,7 @@ def llama_quantize(source: Path, path: Path, types: Mapping[str, str], main_type
         log.unlink(missing_ok=True)
     if status != 0:
         last = said[-1] if said else "no message"
-        raise HaqError(f"--gguf-types k: llama.cpp's quantizer failed on {source} (status {status}): {last}")
+        raise HaqError(f"llama.cpp's quantizer failed on {source} (status {status}): {last}")
 
 
 def written_types(path: Path) -> dict[str, str]:
@@ -126,7 +129,8 @@ def write_k_gguf(path: Path, source: Path, searched: Mapping[str, torch.Tensor],
     partial = path.with_name(f".{path.name}.partial")
     try:
         write_encoded(staging, reader, encoded)
-        llama_quantize(staging, partial, {**asked, **kept}, max(weights_of, key=weights_of.get), threads)
+        main_type = max(weights_of, key=weights_of.get)
+        llama_quantize(staging, partial, {**asked, **kept}, _FILE_TYPES.get(main_type, "MOSTLY_Q8_0"), threads)
         os.replace(partial, path)
     finally:
         staging.unlink(missing_ok=True)
