@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import torch
 
 from haq_plugin import search
 from haq_plugin.adapters.groupwise import GroupwiseBackend
-from haq_plugin.adapters.groupwise.gguf_export import open_source, searched_tensors, write_encoded
+from haq_plugin.adapters.groupwise.gguf_export import field_value, open_source, searched_tensors, write_encoded
 from haq_plugin.adapters.groupwise.gguf_k_types import fallbacks, llama_quantize
 from haq_plugin.adapters.groupwise.gguf_names import in_gguf_order
 from haq_plugin.hardware_models.llamacpp.perplexity import gguf_perplexity
@@ -67,8 +66,8 @@ def write_float_gguf(path: Path, source: Path, model: Any, names: list[str]) -> 
 
     reader = open_source(source)
     weights = {name: model.get_submodule(name).weight.detach() for name in names}
-    heads = int(reader.fields["llama.attention.head_count"].contents())
-    kv_heads = int(reader.fields["llama.attention.head_count_kv"].contents())
+    heads = int(field_value(reader, "llama.attention.head_count"))
+    kv_heads = int(field_value(reader, "llama.attention.head_count_kv", heads))
     encoded = {tensor: (in_gguf_order(weights[layer], tensor, heads, kv_heads).to(torch.float32).numpy(),
                         GGMLQuantizationType.F32) for tensor, layer in searched_tensors(reader, weights).items()}
     return write_encoded(path, reader, encoded)
@@ -165,7 +164,6 @@ def main(argv: list[str] | None = None) -> None:
         searched_ppl = f"{row['search_test_ppl']:.2f}" if "search_test_ppl" in row else "-"
         print(f"{name:<34} {row['file_mb']:6.1f} {row['block_bpw']:7.3f} {row['llama_test_ppl']:18.2f} "
               f"{searched_ppl:>15} {row['decode_ms']:9.2f} {row['prompt_tok_s']:12.0f}")
-    print(f"median decode {statistics.median(r['decode_ms'] for r in rows.values()):.2f} ms")
 
 
 if __name__ == "__main__":
